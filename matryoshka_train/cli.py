@@ -1,0 +1,120 @@
+"""The `mtrain` command: verbs that mirror the workflow. Thin: parse, call, print.
+
+User errors (config, data, interruption) print one line per problem and exit non-zero without a
+traceback; ``--debug`` shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from .errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtrain", description="Train Matryoshka sentence encoders from a YAML config."
+    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="path to the YAML config")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set training.learning_rate=3e-5 (repeatable)")
+        p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+
+    run = sub.add_parser("run", help="train the model a config describes")
+    with_config(run)
+    run.add_argument("--overwrite", action="store_true", help="replace what is in training.output_dir")
+
+    check = sub.add_parser("check", help="validate a config, its data and model, without training")
+    with_config(check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_libraries(args.debug)
+    try:
+        if args.verb == "check":
+            return _check(args)
+        return _run(args)
+    except UserError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted before training started; nothing was written to train from", file=sys.stderr)
+        return 130
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check import check, go_offline_if_unreachable
+    from .config import load_config
+
+    online = go_offline_if_unreachable()
+    config = load_config(args.config, args.overrides)
+    report = check(config)
+    for line in report.lines:
+        print(line)
+    if not online:
+        print("Hub: unreachable, so hub models and datasets were not verified (offline check)")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    if report.problems:
+        for problem in report.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{len(report.problems)} problem(s): a run would not start.", file=sys.stderr)
+        return 2
+    print("OK: a run would start.")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .check import go_offline_if_unreachable
+    from .config import load_config
+
+    go_offline_if_unreachable()
+    config = load_config(args.config, args.overrides)
+    from .training import run
+
+    run(config, overwrite=args.overwrite)
+    return 0
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """Library chatter (deprecation notes, codecarbon info lines) hides what matters."""
+    if debug:
+        logging.basicConfig(level=logging.INFO)
+        return
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    for name in ("codecarbon", "sentence_transformers", "transformers", "datasets", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # library progress bars for file reading and weight loading; the training bar stays
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

