@@ -185,6 +185,16 @@ class MatryoshkaConfig(Section):
         return self
 
 
+class AnchorConfig(Section):
+    """Pull the trained full-size embedding toward a frozen reference model's (see docs/quality.md)."""
+
+    weight: float = Field(0.0, ge=0, description="Weight of the anchor term; 0 turns anchoring off.")
+    distance: Literal["cosine", "mse"] = Field("cosine", description="cosine: 1 − cos; mse: mean squared error.")
+    model: str | None = Field(
+        None, description="Reference model; null means a frozen copy of the starting model (model.name_or_path)."
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # training
 
@@ -223,6 +233,12 @@ class TrainingConfig(Section):
     load_best_model_at_end: bool = False
     metric_for_best_model: str | None = None
     report_to: list[str] = Field(default_factory=lambda: ["none"])
+    freeze_embeddings: bool = Field(False, description="Keep the token embedding layer fixed.")
+    freeze_layers: int = Field(0, ge=0, description="Keep the first N transformer layers fixed.")
+    layerwise_lr_decay: float | None = Field(
+        None, gt=0, le=1,
+        description="Layer i of L gets learning_rate × decay^(L−i); embeddings decay^(L+1). null: one rate.",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other SentenceTransformerTrainingArguments field, passed through as is.",
@@ -303,6 +319,7 @@ class RunConfig(Section):
     datasets: list[DatasetConfig] = Field(min_length=1)
     loss: LossConfig = Field(default_factory=LossConfig)
     matryoshka: MatryoshkaConfig = Field(default_factory=MatryoshkaConfig)
+    anchor: AnchorConfig = Field(default_factory=AnchorConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     carbon: CarbonConfig = Field(default_factory=CarbonConfig)

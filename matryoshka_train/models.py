@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -155,3 +156,47 @@ def resolve_dims(mcfg: MatryoshkaConfig, embedding_dim: int | None) -> list[int]
             where="matryoshka.dims",
         )
     return list(mcfg.dims)
+
+
+# --------------------------------------------------------------------------------------------
+# levers: which parameters train, and how fast
+
+_LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def layer_index(parameter_name: str) -> int | None:
+    """Transformer layer number of a parameter (BERT, RoBERTa, XLM-R, GPT-style names), or None."""
+    match = _LAYER.search(parameter_name)
+    return int(match.group(1)) if match else None
+
+
+def is_embedding(parameter_name: str) -> bool:
+    return ".embeddings." in parameter_name or ".embed_tokens." in parameter_name or "wte" in parameter_name
+
+
+def freeze(model: SentenceTransformer, embeddings: bool, first_layers: int) -> int:
+    """Turn off gradients for the embedding layer and/or the first N layers; returns how many
+    parameters were frozen (0 when asked for nothing)."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        layer = layer_index(name)
+        if (embeddings and is_embedding(name)) or (layer is not None and layer < first_layers):
+            param.requires_grad_(False)
+            frozen += 1
+    if (embeddings or first_layers) and frozen == 0:
+        raise ConfigError("found no embedding or layer parameters to freeze in this model", where="training.freeze_layers")
+    return frozen
+
+
+def layerwise_learning_rates(model: SentenceTransformer, base_lr: float, decay: float) -> dict[str, float]:
+    """Regex -> learning rate for sentence-transformers' ``learning_rate_mapping``: the top layer
+    trains at ``base_lr``, each layer below at ``decay`` times the one above, embeddings lowest."""
+    names = [n for n, _ in model.named_parameters()]
+    layers = sorted({i for n in names if (i := layer_index(n)) is not None})
+    if not layers:
+        raise ConfigError("layer-wise decay needs a layered transformer model", where="training.layerwise_lr_decay")
+    top = layers[-1]
+    mapping = {rf"\.(?:layer|layers|h|block|blocks)\.{i}\.": base_lr * decay ** (top - i) for i in layers}
+    if any(is_embedding(n) for n in names):
+        mapping[r"\.embeddings\.|\.embed_tokens\.|wte"] = base_lr * decay ** (top + 1)
+    return mapping

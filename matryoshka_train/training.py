@@ -105,6 +105,7 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         "primary_metric": dict(plan.evaluator.primary) if plan.evaluator is not None else {},
         "carbon": carbon,
         "train": _train_summary(train_output, trainer),
+        "anchor": _anchor_cost(plan),
         "precision": plan.precision,
         "batch_sampler": plan.batch_sampler,
         "wall_time_s": round(time.time() - started, 2),
@@ -128,7 +129,7 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     from transformers import set_seed
 
     from .check import config_problems, label_width_problems
-    from .models import load_model, resolve_dims
+    from .models import freeze, load_model, resolve_dims
 
     problems = config_problems(config)
     if problems:
@@ -150,7 +151,11 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
         problems += label_width_problems(prepared, i, model.get_embedding_dimension(), inputs)
     if problems:
         raise DataError(problems)
+    if config.training.freeze_embeddings or config.training.freeze_layers:
+        freeze(model, config.training.freeze_embeddings, config.training.freeze_layers)
     losses = {d.name: _loss_for(config, i, model, dims) for i, d in enumerate(datasets)}
+    if config.anchor.weight > 0:
+        losses = anchor_losses(config, model, losses)
     evaluator = build_evaluator(config, datasets, dims)
     precision = resolve_precision(config.training.precision, torch.cuda.is_available(), echo)
     return Plan(config, model, dims, datasets, losses, evaluator, precision, resolve_batch_sampler(config))
@@ -168,6 +173,24 @@ def _loss_for(config: RunConfig, index: int, model: Any, dims: list[int]) -> Any
         return build_loss(model, lcfg, config.matryoshka, dims, guide=guide)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"cannot build {lcfg.name}: {exc}", where=where) from None
+
+
+def anchor_losses(config: RunConfig, model: Any, losses: dict[str, Any]) -> dict[str, Any]:
+    """Wrap every loss with the pull toward one shared, frozen reference model."""
+    from .anchor import AnchoredLoss
+    from .models import load_model
+
+    acfg = config.anchor
+    if acfg.model is None:
+        reference = AnchoredLoss.frozen_copy_of(model)
+    else:
+        reference = load_model(config.model.model_copy(update={"name_or_path": acfg.model, "type": "pretrained"}))
+        if reference.get_embedding_dimension() != model.get_embedding_dimension():
+            raise ConfigError(
+                f"the reference's embedding size {reference.get_embedding_dimension()} differs from the model's "
+                f"{model.get_embedding_dimension()}", where="anchor.model",
+            )
+    return {name: AnchoredLoss(model, loss, reference, acfg.weight, acfg.distance) for name, loss in losses.items()}
 
 
 def build_evaluator(config: RunConfig, datasets: list[PreparedDataset], dims: list[int]) -> Any:
@@ -261,6 +284,10 @@ def training_arguments(plan: Plan) -> Any:
         "dataloader_pin_memory": torch.cuda.is_available(),
         **t.extra,
     }
+    if t.layerwise_lr_decay is not None:
+        from .models import layerwise_learning_rates
+
+        kwargs["learning_rate_mapping"] = layerwise_learning_rates(plan.model, t.learning_rate, t.layerwise_lr_decay)
     try:
         return SentenceTransformerTrainingArguments(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -305,6 +332,22 @@ def guard_output_dir(out: Path, overwrite: bool) -> None:
             "or set training.output_dir to a new directory",
             where="training.output_dir",
         )
+
+
+def _anchor_cost(plan: Plan) -> dict[str, Any] | None:
+    from .anchor import AnchoredLoss
+
+    anchored = [loss for loss in plan.losses.values() if isinstance(loss, AnchoredLoss)]
+    if not anchored:
+        return None
+    seconds = sum(loss.reference_seconds for loss in anchored)
+    steps = sum(loss.calls for loss in anchored)
+    return {
+        "weight": plan.config.anchor.weight,
+        "distance": plan.config.anchor.distance,
+        "reference_forward_s_total": round(seconds, 3),
+        "reference_forward_s_per_step": round(seconds / steps, 4) if steps else 0.0,
+    }
 
 
 def _train_summary(train_output: Any, trainer: Any) -> dict[str, Any]:

@@ -87,7 +87,7 @@ def render() -> str:
     for title, model in [
         ("model", C.ModelConfig), ("datasets[]", C.DatasetConfig), ("datasets[].source (and any source)", C.SourceConfig),
         ("datasets[].eval", C.EvalSplitConfig), ("loss (and datasets[].loss)", C.LossConfig),
-        ("matryoshka", C.MatryoshkaConfig), ("training", C.TrainingConfig), ("evaluation", C.EvaluationConfig),
+        ("matryoshka", C.MatryoshkaConfig), ("anchor", C.AnchorConfig), ("training", C.TrainingConfig), ("evaluation", C.EvaluationConfig),
         ("evaluation.evaluators[]", C.EvaluatorConfig), ("carbon", C.CarbonConfig),
     ]:
         parts += section(title, model)
