@@ -60,7 +60,7 @@ def check(config: RunConfig) -> CheckReport:
     from .data import HubUnavailable, prepare_dataset
     from .losses import LOSSES
     from .models import is_local, load_model, resolve_dims
-    from .training import resolve_batch_sampler
+    from .training import batch_lines
 
     report = CheckReport()
     report.lines.append("Resolved config:\n" + _indent(dump_resolved(config)))
@@ -85,6 +85,7 @@ def check(config: RunConfig) -> CheckReport:
     report.problems += config_problems(config)
 
     # datasets and their losses
+    columns: dict[str, list[str]] = {}
     for i, dcfg in enumerate(config.datasets):
         lcfg = config.loss_for(dcfg)
         if dcfg.source.hub and not hub_reachable():
@@ -98,6 +99,7 @@ def check(config: RunConfig) -> CheckReport:
         except UserError as exc:
             report.problems += exc.problems
             continue
+        columns[dcfg.name] = prepared.columns
         n_eval = len(prepared.eval) if prepared.eval is not None else 0
         report.lines.append(
             f"Dataset {dcfg.name}: {len(prepared.train)} train / {n_eval} eval rows · columns "
@@ -120,15 +122,7 @@ def check(config: RunConfig) -> CheckReport:
             continue
         report.problems += _evaluator_source_problems(ecfg, i)
 
-    # batch semantics
-    t = config.training
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    report.lines.append(
-        f"Batch: {t.per_device_train_batch_size} per device × {world} device(s) × "
-        f"{t.gradient_accumulation_steps} accumulation = "
-        f"{t.per_device_train_batch_size * world * t.gradient_accumulation_steps} global · "
-        f"sampler {resolve_batch_sampler(config)}"
-    )
+    report.lines += batch_lines(config, columns)
     return report
 
 

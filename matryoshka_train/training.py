@@ -307,22 +307,33 @@ def _eval_datasets(plan: Plan) -> Any:
 
 
 def batch_summary(plan: Plan) -> str:
-    t = plan.config.training
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world
     rows = sum(len(d.train) for d in plan.datasets)
     lines = [
         f"Model: {plan.config.model.name_or_path} · embedding size {plan.model.get_embedding_dimension()} · dims {plan.dims}",
-        f"Data: {rows} training rows in {len(plan.datasets)} dataset(s) · batch sampler {plan.batch_sampler}",
-        f"Batch: {t.per_device_train_batch_size} per device × {world} device(s) × {t.gradient_accumulation_steps} "
-        f"accumulation = {global_batch} global · precision {plan.precision}",
+        f"Data: {rows} training rows in {len(plan.datasets)} dataset(s)",
+        *batch_lines(plan.config, {d.name: d.columns for d in plan.datasets}, plan.precision),
     ]
-    for dcfg, d in zip(plan.config.datasets, plan.datasets):
-        if LOSSES[plan.config.loss_for(dcfg).name].in_batch_negatives:
-            per_anchor = t.per_device_train_batch_size * (len(d.columns) - 1) - 1
-            lines.append(f"  {d.name}: {per_anchor} negatives per anchor (other rows' positives"
-                         + (" and hard negatives)" if len(d.columns) > 2 else ")"))
     return "\n".join(lines)
+
+
+def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str | None = None) -> list[str]:
+    """Batch semantics, printed by `run` and `check`: per-device and global batch, the sampler, and
+    how many negatives each anchor is scored against (for in-batch-negative losses)."""
+    t = config.training
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    global_batch = t.per_device_train_batch_size * world * t.gradient_accumulation_steps
+    lines = [
+        f"Batch: {t.per_device_train_batch_size} per device × {world} device(s) × {t.gradient_accumulation_steps} "
+        f"accumulation = {global_batch} global · sampler {resolve_batch_sampler(config)}"
+        + (f" · precision {precision}" if precision else "")
+    ]
+    for dcfg in config.datasets:
+        cols = columns.get(dcfg.name)
+        if cols and LOSSES[config.loss_for(dcfg).name].in_batch_negatives:
+            per_anchor = t.per_device_train_batch_size * (len(cols) - 1) - 1
+            kinds = "other rows' positives" + (" and hard negatives" if len(cols) > 2 else "")
+            lines.append(f"  {dcfg.name}: {per_anchor} negatives per anchor ({kinds})")
+    return lines
 
 
 def guard_output_dir(out: Path, overwrite: bool) -> None:

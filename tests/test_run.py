@@ -74,6 +74,7 @@ def test_check_passes_on_a_good_config(tiny_config, write_config, capsys):
     assert "Dataset tiny: 48 train / 16 eval rows" in out
     assert "Matryoshka dims: [32, 16, 8]" in out
     assert "8 per device × 1 device(s) × 1 accumulation = 8 global · sampler no_duplicates" in out
+    assert "tiny: 15 negatives per anchor (other rows' positives and hard negatives)" in out
     assert out.rstrip().endswith("OK: a run would start.")
 
 
@@ -133,3 +134,13 @@ def test_the_installed_console_script_runs_end_to_end(tiny_config, write_config,
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_periodic_evaluation_logs_every_dim_during_training(tiny_config, write_config, tmp_path):
+    tiny_config["training"].update(eval_strategy="steps", eval_steps=2)
+    assert main(["run", str(write_config(tiny_config))]) == 0
+    events = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    periodic = [e for e in events if e["event"] == "eval"]
+    assert [e["step"] for e in periodic] == [2, 4]
+    for dim in (32, 16, 8):
+        assert 0.0 <= periodic[-1][f"eval_tiny_dim{dim}_cosine_accuracy"] <= 1.0
