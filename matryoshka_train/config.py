@@ -198,7 +198,7 @@ class AnchorConfig(Section):
 # --------------------------------------------------------------------------------------------
 # training
 
-BATCH_SAMPLERS = ("auto", "batch_sampler", "no_duplicates", "no_duplicates_hashed", "group_by_label")
+BATCH_SAMPLERS = ("auto", "batch_sampler", "no_duplicates_fast", "no_duplicates", "no_duplicates_hashed", "group_by_label")
 
 
 class TrainingConfig(Section):
@@ -218,7 +218,9 @@ class TrainingConfig(Section):
         "auto", description="'auto': bf16 where the GPU supports it, else fp32. On CPU always fp32."
     )
     batch_sampler: Literal[BATCH_SAMPLERS] = Field(  # type: ignore[valid-type]
-        "auto", description="'auto': no_duplicates for in-batch-negative losses, else batch_sampler."
+        "auto",
+        description="'auto': no_duplicates_fast (ours, vectorised) for in-batch-negative losses, else batch_sampler. "
+        "no_duplicates / no_duplicates_hashed are sentence-transformers' own.",
     )
     multi_dataset_batch_sampler: Literal["proportional", "round_robin"] = "proportional"
     dataloader_drop_last: bool = False

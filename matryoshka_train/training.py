@@ -244,7 +244,7 @@ def resolve_batch_sampler(config: RunConfig) -> str:
     if asked != "auto":
         return asked
     in_batch = any(LOSSES[config.loss_for(d).name].in_batch_negatives for d in config.datasets)
-    return "no_duplicates" if in_batch else "batch_sampler"
+    return "no_duplicates_fast" if in_batch else "batch_sampler"
 
 
 def training_arguments(plan: Plan) -> Any:
@@ -284,6 +284,10 @@ def training_arguments(plan: Plan) -> Any:
         "dataloader_pin_memory": torch.cuda.is_available(),
         **t.extra,
     }
+    if plan.batch_sampler == "no_duplicates_fast":
+        from .sampler import FastNoDuplicatesBatchSampler
+
+        kwargs["batch_sampler"] = FastNoDuplicatesBatchSampler
     if t.layerwise_lr_decay is not None:
         from .models import layerwise_learning_rates
 

@@ -1,0 +1,110 @@
+"""Benchmark: our no-duplicates batching vs sentence-transformers' NoDuplicatesBatchSampler.
+
+Generates triplet rows with realistic duplication (each anchor on ~3 rows, as in NLI-style data;
+hard negatives reused from other rows' positives), then times one epoch of batches from each
+sampler in this same process and prints rows/s and the ratio ours/theirs. Raw figures go to
+scripts/bench/results/sampler-<date>.json.
+
+    python scripts/bench/sampler.py                      # 1M rows, batch 64, both ST variants
+    python scripts/bench/sampler.py --rows 10000000 --skip-plain
+
+"cold" includes building our text ids (or ST's hashes); "warm" is a later epoch, where both reuse
+what they built. Arrow's kernels are warmed up once per process before timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_triplets(n: int, seed: int = 0):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from datasets import Dataset
+
+    rng = np.random.default_rng(seed)
+
+    def texts(prefix: str, ints: np.ndarray) -> pa.Array:
+        return pc.binary_join_element_wise(prefix, pc.cast(pa.array(ints), pa.string()), "")
+
+    anchors = texts("the anchor sentence number ", rng.integers(0, max(1, n // 3), n))
+    positives = texts("a positive passage about item ", rng.integers(0, int(n * 0.95), n))
+    negatives = texts("a positive passage about item ", rng.integers(0, int(n * 0.95), n))
+    return Dataset(pa.table({"anchor": anchors, "positive": positives, "negative": negatives}))
+
+
+def one_epoch(sampler, epoch: int) -> tuple[float, int]:
+    sampler.set_epoch(epoch)
+    start = time.perf_counter()
+    batches = list(iter(sampler))
+    return time.perf_counter() - start, sum(len(b) for b in batches)
+
+
+def check_sample(batches: list[list[int]], ds, k: int = 500) -> None:
+    rows = ds.select_columns(["anchor", "positive", "negative"])
+    for batch in batches[:: max(1, len(batches) // k)]:
+        texts = [t for i in batch for t in set(rows[int(i)].values())]
+        assert len(texts) == len(set(texts)), "duplicate text in a batch"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--skip-plain", action="store_true", help="skip ST's unhashed sampler (slow at 10M)")
+    args = parser.parse_args()
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import sentence_transformers
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    from matryoshka_train.sampler import FastNoDuplicatesBatchSampler
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    pc.dictionary_encode(pa.array(["warm", "up"]))
+    report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": platform.machine(),
+              "cpus": os.cpu_count(), "sentence_transformers": sentence_transformers.__version__,
+              "batch_size": args.batch_size, "runs": []}
+    for n in args.rows:
+        print(f"\n{n:,} triplet rows, batch {args.batch_size}")
+        ds = make_triplets(n)
+        ours = FastNoDuplicatesBatchSampler(ds, args.batch_size, drop_last=False, seed=0)
+        cold, rows = one_epoch(ours, 0)
+        warm, _ = one_epoch(ours, 1)
+        check_sample(list(iter(ours)), ds)
+        run = {"rows": n, "ours": {"cold_s": cold, "warm_s": warm, "rows_yielded": rows}}
+        variants = [("hashed", True)] + ([] if args.skip_plain else [("plain", False)])
+        for name, hashed in variants:
+            theirs = NoDuplicatesBatchSampler(ds, args.batch_size, drop_last=False, seed=0, precompute_hashes=hashed)
+            t_cold, _ = one_epoch(theirs, 0)
+            t_warm, _ = one_epoch(theirs, 1) if hashed else (t_cold, 0)
+            run[f"st_{name}"] = {"cold_s": t_cold, "warm_s": t_warm}
+        report["runs"].append(run)
+        print(f"  {'sampler':<26}{'cold rows/s':>14}{'warm rows/s':>14}")
+        print(f"  {'ours (no_duplicates_fast)':<26}{n / cold:>14,.0f}{n / warm:>14,.0f}")
+        for name, _ in variants:
+            t = run[f"st_{name}"]
+            print(f"  {'sentence-transformers ' + name:<26}{n / t['cold_s']:>14,.0f}{n / t['warm_s']:>14,.0f}")
+        for name, _ in variants:
+            t = run[f"st_{name}"]
+            print(f"  ratio ours/{name}: cold {t['cold_s'] / cold:.1f}x, warm {t['warm_s'] / warm:.1f}x")
+
+    out = Path(__file__).parent / "results" / f"sampler-{dt.date.today().isoformat()}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nraw figures: {out}")
+
+
+if __name__ == "__main__":
+    main()
