@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from .errors import UserError
+from .redact import install_log_filter, redact
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,13 +41,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries(args.debug)
+    install_log_filter()
     try:
         if args.verb == "check":
             return _check(args)
         return _run(args)
     except UserError as exc:
         for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            print(redact(f"error: {problem}"), file=sys.stderr)
         if args.debug:
             traceback.print_exc()
         return exc.exit_code
@@ -63,14 +65,14 @@ def _check(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     report = check(config)
     for line in report.lines:
-        print(line)
+        print(redact(line))
     if not online:
         print("Hub: unreachable, so hub models and datasets were not verified (offline check)")
     for warning in report.warnings:
-        print(f"warning: {warning}")
+        print(redact(f"warning: {warning}"))
     if report.problems:
         for problem in report.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            print(redact(f"error: {problem}"), file=sys.stderr)
         print(f"{len(report.problems)} problem(s): a run would not start.", file=sys.stderr)
         return 2
     print("OK: a run would start.")
