@@ -103,8 +103,11 @@ def _quiet_libraries(debug: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    for name in ("codecarbon", "sentence_transformers", "transformers", "datasets", "accelerate"):
+    for name in ("codecarbon", "sentence_transformers", "transformers", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # datasets logs an ERROR (with the parser's traceback) for a file it cannot read, then raises;
+    # we turn the raise into one line naming the file and line, so its log would only repeat it
+    logging.getLogger("datasets").setLevel(logging.CRITICAL)
     # library progress bars for file reading and weight loading; the training bar stays
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -62,6 +62,13 @@ def read_source(src: SourceConfig, where: str) -> Dataset:
         raise DataError(
             f"cannot tell the format of {files[0].name}; set format: json, csv, tsv or parquet", where=where
         )
+    if fmt in ("json", "csv", "tsv"):
+        from .filecheck import first_bad_utf8_line
+
+        for f in files:  # the readers either fail without naming the line, or load the bad bytes
+            bad = first_bad_utf8_line(f)
+            if bad:
+                raise DataError(bad, where=where)
     builder, kwargs = ("csv", {"delimiter": "\t"}) if fmt == "tsv" else (fmt, {})
     try:
         ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)

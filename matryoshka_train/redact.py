@@ -80,7 +80,10 @@ class RedactingFilter(logging.Filter):
     """A logging filter that redacts secrets from each record's final message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a record that cannot be formatted is the handler's business, not ours
+            return True
         clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, None
