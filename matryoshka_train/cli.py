@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from .errors import UserError
-from .redact import install_log_filter, redact
+from .redact import install_log_filter, redact, redacted_output
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries(args.debug)
     install_log_filter()
+    with redacted_output():
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.verb == "check":
             return _check(args)

@@ -16,11 +16,14 @@ SECRET, PASSWORD, PASSWD or CREDENTIALS (``HF_TOKEN``, ``WANDB_API_KEY``, ``AWS_
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any, TextIO
 
 MIN_SECRET_LENGTH = 8
 SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS")
@@ -91,7 +94,39 @@ class RedactingFilter(logging.Filter):
 
 
 def install_log_filter() -> None:
-    """Redact secrets in everything logged through the root logger's handlers."""
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
+    """Redact secrets in everything logged through the root logger's handlers and those the
+    libraries attach to their own loggers."""
+    for name in ("", "matryoshka_train", "transformers", "datasets", "sentence_transformers", "accelerate"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
+
+
+class _RedactingStream:
+    """A text stream that redacts what is written to it (other attributes pass through)."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def redacted_output() -> Iterator[None]:
+    """Redact everything printed to stdout/stderr inside the block, libraries' output included
+    (the trainer prints its metrics, progress bars print their descriptions). A secret is caught
+    when it is written in one piece, as print, logging and tqdm do."""
+    if not secrets():
+        yield
+        return
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _RedactingStream(sys.stdout), _RedactingStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
