@@ -148,6 +148,19 @@ def drop_empty_rows(ds: Dataset) -> tuple[Dataset, list[int]]:
     return ds.select([i for i in range(len(ds)) if i not in gone]), empty
 
 
+def non_number_problems(ds: Dataset, loss_name: str, where: str, source: str) -> list[Problem]:
+    """A score/label column that should hold numbers but has text or lists in some rows."""
+    label = label_column(ds)
+    if label is None or LOSSES[loss_name].inputs not in ("pair_score", "margin") or _is_number(ds, label):
+        return []
+    bad = [i for i, v in enumerate(ds[label]) if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if not bad:
+        return []
+    example = repr(ds[label][bad[0]])[:40]
+    return [Problem(where, f"column '{label}' must hold a number in every row, but {source} has {len(bad)} that do not "
+                           f"({rows_named(bad)}; e.g. {example}); fix or remove those rows")]
+
+
 def rows_named(rows: list[int], limit: int = 3) -> str:
     """'row 4', 'rows 4, 9, 12 …' (1-based, as a person counts rows in the file; a CSV header is not a row)."""
     shown = ", ".join(str(r + 1) for r in rows[:limit])
@@ -196,7 +209,7 @@ def prepare_dataset(cfg: DatasetConfig, index: int, seed: int, loss_name: str) -
     source = cfg.source.describe()
     ds = read_source(cfg.source, f"{where}.source")
     ds = select_columns(ds, cfg.columns, where)
-    problems = non_text_problems(ds, where, source)
+    problems = non_text_problems(ds, where, source) + non_number_problems(ds, loss_name, where, source)
     if problems:
         raise DataError(problems)
     total = len(ds)
