@@ -27,7 +27,7 @@ from .errors import TrainingAborted
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
 
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG}
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # disk full, over quota, read-only, too big
 
 
 def weights_finite(model: Any) -> bool:

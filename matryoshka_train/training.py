@@ -371,4 +371,4 @@ def _redacting(echo: Callable[[str], None]) -> Callable[[str], None]:
     return lambda text: echo(redact.redact(text))
 
 
-__all__ = ["NanGuard", "Plan", "build_plan", "run"]  # NanGuard lives in faults; re-exported for callers
+# NanGuard now lives in matryoshka_train.faults; it stays importable from here for existing callers.
