@@ -67,6 +67,7 @@ def check(config: RunConfig) -> CheckReport:
 
     # model and dims
     embedding_dim = None
+    model = None
     if is_local(config.model.name_or_path) or hub_reachable():
         try:
             model = load_model(config.model)
@@ -107,11 +108,17 @@ def check(config: RunConfig) -> CheckReport:
             + "".join(f" · {n}" for n in prepared.notes)
         )
         report.problems += label_width_problems(prepared, i, embedding_dim, LOSSES[lcfg.name].inputs)
-        if len(prepared.train) < config.training.per_device_train_batch_size:
+        too_small, warnings = batch_size_problems(config, i, len(prepared.train))
+        report.problems += too_small
+        report.warnings += warnings
+        if dcfg.columns is None and LOSSES[lcfg.name].in_batch_negatives and len(prepared.columns) > 2:
             report.warnings.append(
-                f"datasets.{i} ({dcfg.name}): {len(prepared.train)} rows is less than one batch "
-                f"({config.training.per_device_train_batch_size})"
+                f"datasets.{i} ({dcfg.name}): no columns listed, so all {len(prepared.columns)} are used in file order "
+                f"({', '.join(prepared.columns)}): the first is the anchor, the second the positive, the rest hard "
+                "negatives; list the ones to use in datasets[].columns"
             )
+        if model is not None:
+            report.lines += long_text_lines(prepared, i, model)
 
     # evaluators with their own files
     for i, ecfg in enumerate(config.evaluation.evaluators):
@@ -144,7 +151,9 @@ def config_problems(config: RunConfig) -> list[Problem]:
                 f"{spec.class_name} uses in-batch negatives and needs a batch of at least 2",
             ))
         mini = lcfg.kwargs.get("mini_batch_size")
-        if isinstance(mini, int) and mini > t.per_device_train_batch_size:
+        if "mini_batch_size" in lcfg.kwargs and (not isinstance(mini, int) or isinstance(mini, bool) or mini < 1):
+            problems.append(Problem(f"{where}.kwargs.mini_batch_size", f"must be a whole number of rows >= 1, got {mini!r}"))
+        elif isinstance(mini, int) and mini > t.per_device_train_batch_size:
             problems.append(Problem(
                 f"{where}.kwargs.mini_batch_size",
                 f"mini_batch_size {mini} is larger than the batch ({t.per_device_train_batch_size}); make it smaller",
@@ -153,14 +162,61 @@ def config_problems(config: RunConfig) -> list[Problem]:
 
 
 def label_width_problems(prepared: Any, index: int, embedding_dim: int | None, inputs: str) -> list[Problem]:
-    from .data import label_width
+    """MSE distillation: every label embedding must be as wide as the model's embeddings."""
+    from .data import label_widths, rows_named
 
     if inputs != "embedding" or embedding_dim is None:
         return []
-    width = label_width(prepared.train)
-    if width is not None and width != embedding_dim:
-        return [Problem(f"datasets.{index}", f"label embeddings have width {width} but the model's is {embedding_dim}")]
-    return []
+    wrong = {w: rows for w, rows in label_widths(prepared.train).items() if w != embedding_dim}
+    if not wrong:
+        return []
+    width, rows = next(iter(wrong.items()))
+    return [Problem(
+        f"datasets.{index}",
+        f"label embeddings in {prepared.source} have width {width} ({rows_named(rows)}"
+        + (f"; {sum(map(len, wrong.values())) - len(rows)} more rows have other wrong widths" if len(wrong) > 1 else "")
+        + f") but the model's is {embedding_dim}; compute the labels with a teacher of width {embedding_dim}, "
+        "or train a model of that width",
+    )]
+
+
+def batch_size_problems(config: RunConfig, index: int, rows: int) -> tuple[list[Problem], list[str]]:
+    """A dataset smaller than one batch: an error when dataloader_drop_last leaves it no batch at
+    all, a warning otherwise (its only batch is smaller, so in-batch losses see fewer negatives)."""
+    t = config.training
+    batch = t.per_device_train_batch_size * int(os.environ.get("WORLD_SIZE", "1"))
+    if rows >= batch:
+        return [], []
+    name = config.datasets[index].name
+    if t.dataloader_drop_last:
+        return [Problem(
+            f"datasets.{index}",
+            f"{name} has {rows} training rows, fewer than one batch ({batch}), and training.dataloader_drop_last "
+            "drops that partial batch, leaving nothing to train on; add rows, lower "
+            "training.per_device_train_batch_size, or set dataloader_drop_last: false",
+        )], []
+    return [], [f"datasets.{index} ({name}): {rows} rows is less than one batch ({batch}); every step sees a smaller batch"]
+
+
+def long_text_lines(prepared: Any, index: int, model: Any) -> list[str]:
+    """How many rows are longer than the model reads (they are truncated, not dropped)."""
+    from .data import long_text_counts
+
+    limit = getattr(model, "max_seq_length", None)
+    tokenizer = getattr(model, "tokenizer", None)
+    if not limit or tokenizer is None or not callable(tokenizer):
+        return []
+    try:
+        over, counted, longest = long_text_counts(prepared.train, tokenizer, int(limit))
+    except Exception as exc:  # a tokenizer we cannot call this way: say so, do not fail the check
+        return [f"  {prepared.name}: text lengths not counted ({type(exc).__name__})"]
+    sampled = "" if counted == len(prepared.train) else f" (a sample of {counted})"
+    if not over:
+        return [f"  {prepared.name}: every text fits in max_seq_length {limit} tokens{sampled}; longest {longest}"]
+    return [
+        f"  {prepared.name}: {over} of {counted} rows{sampled} have a text longer than max_seq_length {limit} tokens "
+        f"(longest {longest}); they will be truncated. Raise model.max_seq_length to keep more of them"
+    ]
 
 
 def _evaluator_source_problems(ecfg: Any, index: int) -> list[Problem]:

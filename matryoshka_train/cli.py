@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from .errors import UserError
+from .redact import install_log_filter, redact, redacted_output
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,13 +41,19 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries(args.debug)
+    install_log_filter()
+    with redacted_output():
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.verb == "check":
             return _check(args)
         return _run(args)
     except UserError as exc:
         for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            print(redact(f"error: {problem}"), file=sys.stderr)
         if args.debug:
             traceback.print_exc()
         return exc.exit_code
@@ -63,14 +70,14 @@ def _check(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     report = check(config)
     for line in report.lines:
-        print(line)
+        print(redact(line))
     if not online:
         print("Hub: unreachable, so hub models and datasets were not verified (offline check)")
     for warning in report.warnings:
-        print(f"warning: {warning}")
+        print(redact(f"warning: {warning}"))
     if report.problems:
         for problem in report.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            print(redact(f"error: {problem}"), file=sys.stderr)
         print(f"{len(report.problems)} problem(s): a run would not start.", file=sys.stderr)
         return 2
     print("OK: a run would start.")
@@ -101,8 +108,11 @@ def _quiet_libraries(debug: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    for name in ("codecarbon", "sentence_transformers", "transformers", "datasets", "accelerate"):
+    for name in ("codecarbon", "sentence_transformers", "transformers", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # datasets logs an ERROR (with the parser's traceback) for a file it cannot read, then raises;
+    # we turn the raise into one line naming the file and line, so its log would only repeat it
+    logging.getLogger("datasets").setLevel(logging.CRITICAL)
     # library progress bars for file reading and weight loading; the training bar stays
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -25,7 +25,7 @@ from .losses import LOSSES, canonical_loss_name
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 def _columns_mapping(value: Any) -> Any:
@@ -136,6 +136,17 @@ class DatasetConfig(Section):
         "'label' (or 'score').",
     )
     limit: int | None = Field(None, gt=0, description="Use at most this many training rows.")
+    max_empty_ratio: float = Field(
+        0.1, ge=0, le=1,
+        description="Rows with a null or blank text are dropped and counted; above this share of the "
+        "rows the dataset is refused as probably broken (0: no empty text allowed, 1: never refuse).",
+    )
+    score_range: tuple[float, float] | None = Field(
+        None,
+        description="The scale of the score/label column, e.g. [0, 5]; scores are rescaled to [0, 1] "
+        "and a score outside the range is an error. Needed for CosineSimilarityLoss when scores are "
+        "not already in [-1, 1].",
+    )
     eval: EvalSplitConfig | None = Field(None, description="Hold out rows for evaluation (see datasets[].eval).")
     loss: LossConfig | None = Field(None, description="This dataset's loss; defaults to the top-level loss.")
 
@@ -143,6 +154,13 @@ class DatasetConfig(Section):
     @classmethod
     def _columns(cls, value: Any) -> Any:
         return _columns_mapping(value)
+
+    @field_validator("score_range")
+    @classmethod
+    def _low_below_high(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"score_range must be [low, high] with low < high, got {list(value)}")
+        return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,6 +194,13 @@ class MatryoshkaConfig(Section):
             raise ValueError(f"dims must be unique, got {value}")
         if value != sorted(value, reverse=True):
             raise ValueError(f"dims must be sorted in descending order, e.g. {sorted(set(value), reverse=True)}")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (any(w < 0 for w in value) or not any(w > 0 for w in value)):
+            raise ValueError(f"weights must be >= 0 with at least one above 0, got {value}")
         return value
 
     @model_validator(mode="after")
@@ -251,11 +276,36 @@ class TrainingConfig(Section):
     def _str_to_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("extra")
+    @classmethod
+    def _extra_does_not_repeat_us(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """``extra`` reaches trainer fields we do not model; it must not quietly override one we do
+        (``extra: {fp16: true}`` next to ``precision: bf16`` would be two answers to one question),
+        and it must not carry a secret (the arguments are saved in every checkpoint)."""
+        problems = []
+        for key in value:
+            if key in ("fp16", "bf16", "half_precision_backend"):
+                problems.append(f"training.extra.{key}: precision is chosen by training.precision "
+                                "(auto, bf16, fp16 or fp32); remove extra." + key)
+            elif key in ("warmup_steps", "warmup_ratio"):
+                problems.append(f"training.extra.{key}: set training.warmup_ratio instead (a share of the steps)")
+            elif key in TRAINING_FIELDS:
+                problems.append(f"training.extra.{key}: {key} is a training key; set training.{key} instead")
+            elif key in ("hub_token", "push_to_hub_token"):
+                problems.append(f"training.extra.{key}: never put tokens in a config (it is saved with every "
+                                "checkpoint); set HF_TOKEN in the environment instead")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
+
     @model_validator(mode="after")
     def _eval_steps_needed(self) -> TrainingConfig:
         if self.load_best_model_at_end and self.eval_strategy == "no":
             raise ValueError("load_best_model_at_end needs eval_strategy 'steps' or 'epoch'")
         return self
+
+
+TRAINING_FIELDS = frozenset(TrainingConfig.model_fields) - {"extra"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,23 +378,27 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> RunConfig:
+        """Checks across sections; every problem found is reported, one line each."""
+        problems = []
         names = [d.name for d in self.datasets]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dupes)}")
+            problems.append(f"datasets: dataset names must be unique; repeated: {', '.join(dupes)}")
         for i, ev in enumerate(self.evaluation.evaluators):
             if ev.dataset is not None:
                 match = next((d for d in self.datasets if d.name == ev.dataset), None)
                 if match is None:
-                    raise ValueError(
+                    problems.append(
                         f"evaluation.evaluators.{i}.dataset: no dataset named '{ev.dataset}'"
                         f"{_suggest(ev.dataset, names)}"
                     )
-                if match.eval is None:
-                    raise ValueError(
+                elif match.eval is None:
+                    problems.append(
                         f"evaluation.evaluators.{i}.dataset: dataset '{ev.dataset}' has no eval split; "
                         "add datasets[].eval (first, count, ratio or source)"
                     )
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def loss_for(self, dataset: DatasetConfig) -> LossConfig:
@@ -483,16 +537,26 @@ def _problems(exc: ValidationError) -> list[Problem]:
         elif kind == "missing":
             msg = "required key is missing"
         elif kind in ("value_error", "assertion_error"):
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            # cross-section validators put their own path at the front of the message
-            if msg.split(":", 1)[0].count(".") and " " not in msg.split(":", 1)[0]:
-                where, msg = msg.split(": ", 1)
+            # a validator may report several problems, one per line, each may lead with its own path
+            for line in str(err["msg"]).removeprefix("Value error, ").splitlines():
+                problems.append(_located(where, line))
+            continue
         else:
             got = err.get("input")
             shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
             msg = f"{err['msg'][0].lower()}{err['msg'][1:]} (got {shown})"
         problems.append(Problem(where or "config", msg))
     return problems
+
+
+def _located(where: str, msg: str) -> Problem:
+    """A validator's message, with the path it names at its front (``a.b.c: ...``) taken as *where*."""
+    head = msg.split(": ", 1)[0]
+    if ": " in msg and "." in head and " " not in head:
+        return Problem(head, msg.split(": ", 1)[1])
+    if ": " in msg and head in ("datasets", "training", "model", "loss", "evaluation", "matryoshka"):
+        return Problem(head, msg.split(": ", 1)[1])
+    return Problem(where or "config", msg)
 
 
 def _section_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:

@@ -41,8 +41,14 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(model_dir)
 
 
+def looks_like_path(name: str) -> bool:
+    """'./models/x', '/data/m', '~/m', 'a/b/c' are paths; 'org/name' and 'name' may be hub ids."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or "\\" in name or name.count("/") >= 2
+
+
 def is_local(name_or_path: str) -> bool:
-    return name_or_path.startswith(PACKAGE_PREFIX) or Path(name_or_path).exists()
+    """Local models are checked offline; a missing local path is reported, not taken for a hub id."""
+    return name_or_path.startswith(PACKAGE_PREFIX) or looks_like_path(name_or_path) or Path(name_or_path).exists()
 
 
 def load_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransformer:
@@ -51,6 +57,12 @@ def load_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransform
     from sentence_transformers.sentence_transformer import modules
 
     path = resolve_model_path(cfg.name_or_path)
+    if looks_like_path(path) and not Path(path).expanduser().exists():
+        raise ConfigError(
+            f"no model directory at {path} (relative paths start at {Path.cwd()}); fix the path, "
+            "or give a hub id such as sentence-transformers/all-MiniLM-L6-v2",
+            where="model.name_or_path",
+        )
     if cfg.trust_remote_code:
         import logging
 
@@ -148,7 +160,11 @@ def resolve_dims(mcfg: MatryoshkaConfig, embedding_dim: int | None) -> list[int]
     if mcfg.dims is None:
         if embedding_dim is None:
             raise ConfigError("the model's embedding size is unknown: list the dims", where="matryoshka.dims")
-        return default_dims(embedding_dim)
+        dims = default_dims(embedding_dim)
+        problem = weights_problem(mcfg, dims)
+        if problem:
+            raise ConfigError(problem, where="matryoshka.weights")
+        return dims
     if embedding_dim is not None and mcfg.dims[0] > embedding_dim:
         too_big = [d for d in mcfg.dims if d > embedding_dim]
         raise ConfigError(
@@ -200,3 +216,11 @@ def layerwise_learning_rates(model: SentenceTransformer, base_lr: float, decay: 
     if any(is_embedding(n) for n in names):
         mapping[r"\.embeddings\.|\.embed_tokens\.|wte"] = base_lr * decay ** (top + 1)
     return mapping
+
+
+def weights_problem(mcfg: MatryoshkaConfig, dims: list[int]) -> str | None:
+    """Weights given without dims are matched against the default dims, known only now."""
+    if mcfg.weights is not None and len(mcfg.weights) != len(dims):
+        return (f"weights has {len(mcfg.weights)} entries but the dims are {dims} ({len(dims)}); "
+                "give one weight per dim, or list matryoshka.dims too")
+    return None

@@ -2,24 +2,29 @@
 
 :func:`run` reads top to bottom as the whole training path. The sentence-transformers trainer
 (which runs on Accelerate) does the training loop; we add the per-dim evaluation before and
-after, the metrics log, the NaN guard, the carbon meter, and the outputs.
+after, the metrics log, the NaN guard, the carbon meter, and the outputs. What happens when
+training fails (NaN, out of memory, full disk, Ctrl-C) is in :mod:`matryoshka_train.faults`;
+checkpoints are written whole or not at all (:mod:`matryoshka_train.checkpoints`); secrets are
+kept out of every output (:mod:`matryoshka_train.redact`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import redact
 from .carbon import CarbonMeter
+from .checkpoints import make_checkpoints_atomic
 from .config import RunConfig, dump_resolved
 from .data import HubUnavailable, PreparedDataset, prepare_dataset
-from .errors import ConfigError, DataError, TrainingAborted
+from .errors import ConfigError, DataError, Problem, TrainingAborted, UserError
+from .faults import NanGuard, training_faults, weights_finite
 from .losses import LOSSES, build_loss
 
 log = logging.getLogger("matryoshka_train")
@@ -45,11 +50,12 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
 
     out = Path(config.training.output_dir)
     guard_output_dir(out, overwrite)
+    echo = _redacting(echo)
     started = time.time()
     plan = build_plan(config, echo)
     echo(batch_summary(plan))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.resolved.yaml").write_text(dump_resolved(config), encoding="utf-8")
+    redact.write_text(out / "config.resolved.yaml", dump_resolved(config))
     metrics_log = MetricsLog(out / "metrics.jsonl")
 
     meter = CarbonMeter(config.carbon, out)
@@ -62,6 +68,7 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         before = plan.evaluator.last_results
         metrics_log.write({"event": "eval_before", "step": 0, "results": before})
 
+    nan_guard = NanGuard()
     trainer = SentenceTransformerTrainer(
         model=plan.model,
         args=training_arguments(plan),
@@ -69,25 +76,22 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         eval_dataset=_eval_datasets(plan),
         loss=_one_or_dict(plan.losses),
         evaluator=plan.evaluator if config.training.eval_strategy != "no" else None,
-        callbacks=[metrics_log, NanGuard()],
+        callbacks=[metrics_log, nan_guard],
     )
-    try:
+    nan_guard.attach(trainer)
+    make_checkpoints_atomic(trainer)
+
+    def on_abort() -> None:
+        meter.stop()
+        redact.scrub_tree(out)
+
+    with training_faults(config, trainer, plan.model, out, on_abort=on_abort):
         train_output = trainer.train()
-    except KeyboardInterrupt:
-        saved = out / "interrupted"
-        plan.model.save(str(saved))
-        meter.stop()
-        raise TrainingAborted(
-            f"interrupted at step {trainer.state.global_step}; the model so far is saved in {saved}. "
-            f"To continue from it: mtrain run CONFIG --set model.name_or_path={saved} --set training.output_dir=NEW_DIR"
-        ) from None
-    if NanGuard.bad_step(trainer) is not None:
-        meter.stop()
-        raise TrainingAborted(
-            f"the loss became NaN/inf at step {NanGuard.bad_step(trainer)}; training stopped and the final model "
-            "was NOT written. Lower training.learning_rate, use fp32/bf16 instead of fp16, or check the data"
-            + (f"; checkpoints so far are in {out}" if config.training.save_strategy != "no" else "")
-        )
+    if nan_guard.step is None and not weights_finite(plan.model):
+        nan_guard.step, nan_guard.what = trainer.state.global_step, "the weights became NaN/inf"
+    if nan_guard.step is not None:
+        on_abort()
+        raise TrainingAborted(nan_guard.message(out))
 
     after = None
     if plan.evaluator is not None and config.evaluation.after:
@@ -97,7 +101,8 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         metrics_log.write({"event": "eval_after", "step": trainer.state.global_step, "results": after})
     carbon = meter.stop()
 
-    plan.model.save(str(out))
+    with training_faults(config, trainer, plan.model, out, stage="writing the final model", on_abort=on_abort):
+        plan.model.save(str(out))
     results = {
         "dims": plan.dims,
         "before": before or {},
@@ -110,10 +115,11 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         "batch_sampler": plan.batch_sampler,
         "wall_time_s": round(time.time() - started, 2),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    redact.write_text(out / "results.json", json.dumps(results, indent=2))
     from .report import add_model_card_section, results_table
 
     add_model_card_section(out / "README.md", config, results)
+    redact.scrub_tree(out)  # the model card and checkpoint files other libraries wrote
     echo(results_table(results))
     echo(f"\nModel, results.json, metrics.jsonl and model card written to {out}")
     return results
@@ -128,7 +134,7 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     import torch
     from transformers import set_seed
 
-    from .check import config_problems, label_width_problems
+    from .check import batch_size_problems, config_problems, label_width_problems
     from .models import freeze, load_model, resolve_dims
 
     problems = config_problems(config)
@@ -140,15 +146,23 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
         try:
             datasets.append(prepare_dataset(dcfg, i, config.training.seed, config.loss_for(dcfg).name))
         except HubUnavailable as exc:
-            raise DataError(
+            problems.append(Problem(
+                f"datasets.{i}.source",
                 f"cannot reach the hub for {dcfg.source.describe()} ({exc}); use local files or go online",
-                where=f"datasets.{i}.source",
-            ) from None
+            ))
+        except UserError as exc:  # every dataset is read, so all their problems are reported at once
+            problems += exc.problems
+    if problems:
+        raise DataError(problems)
     model = load_model(config.model)
     dims = resolve_dims(config.matryoshka, model.get_embedding_dimension())
     for i, (dcfg, prepared) in enumerate(zip(config.datasets, datasets)):
         inputs = LOSSES[config.loss_for(dcfg).name].inputs
         problems += label_width_problems(prepared, i, model.get_embedding_dimension(), inputs)
+        too_small, warnings = batch_size_problems(config, i, len(prepared.train))
+        problems += too_small
+        for warning in warnings:
+            echo(f"Warning: {warning}")
     if problems:
         raise DataError(problems)
     if config.training.freeze_embeddings or config.training.freeze_layers:
@@ -401,7 +415,7 @@ class MetricsLog(_callback_base()):
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(redact.redact(json.dumps(record)) + "\n")
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not logs:
@@ -410,16 +424,9 @@ class MetricsLog(_callback_base()):
         self.write({"event": event, "step": state.global_step, "epoch": state.epoch, **logs})
 
 
-class NanGuard(_callback_base()):
-    """Stops training at the first logged NaN/inf loss and remembers the step."""
+def _redacting(echo: Callable[[str], None]) -> Callable[[str], None]:
+    """Everything a run prints goes through :func:`matryoshka_train.redact.redact`."""
+    return lambda text: echo(redact.redact(text))
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            state.nan_step = state.global_step
-            control.should_training_stop = True
-            control.should_save = False
 
-    @staticmethod
-    def bad_step(trainer: Any) -> int | None:
-        return getattr(trainer.state, "nan_step", None)
+# NanGuard now lives in matryoshka_train.faults; it stays importable from here for existing callers.

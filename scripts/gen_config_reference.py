@@ -14,10 +14,12 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from matryoshka_train import config as C
-from matryoshka_train.losses import LOSSES
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # document the checkout this script is in, not whichever copy is installed
+
+from matryoshka_train import config as C  # noqa: E402
+from matryoshka_train.losses import LOSSES  # noqa: E402
+
 TARGET = ROOT / "docs" / "config.md"
 
 INTRO = """# Config reference

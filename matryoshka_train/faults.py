@@ -1,0 +1,164 @@
+"""What happens when training goes wrong: NaN/inf losses, running out of GPU memory, a full disk,
+Ctrl-C. Each ends the run with one message that says what happened, what was kept, and what to do.
+
+- :class:`NanGuard` looks at the loss of *every* step (the trainer's own log replaces a NaN by the
+  running mean, so a guard on logged losses never sees one). On a NaN/inf loss it throws that
+  step's gradients away, so the weights stay those of the last good step, cancels any save, and
+  stops. Before each checkpoint it also checks the weights are finite.
+- :func:`training_faults` wraps ``trainer.train()`` (and the final save) and turns
+  ``KeyboardInterrupt``, ``torch.OutOfMemoryError`` and disk-full ``OSError`` into
+  :class:`~matryoshka_train.errors.TrainingAborted` with the advice for that fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from transformers import TrainerCallback
+
+from .checkpoints import last_checkpoint, save_model_atomically
+from .errors import TrainingAborted
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import RunConfig
+
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # disk full, over quota, read-only, too big
+
+
+def weights_finite(model: Any) -> bool:
+    """True when no parameter holds a NaN or an infinity."""
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
+
+
+class NanGuard(TrainerCallback):
+    """Stops training at the first step whose loss is NaN/inf, before that step changes the weights.
+
+    :meth:`attach` wraps the trainer's ``training_step`` (this trainer instance only): when the
+    loss of a micro-batch is not finite, the gradients are dropped (set to None, so the optimizer
+    step that follows leaves every weight as it was) and training stops at the end of the step.
+    :attr:`step` is the (1-based) optimizer step that failed, or None.
+    """
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.what = ""
+
+    def attach(self, trainer: Any) -> NanGuard:
+        import torch
+
+        original = trainer.training_step
+
+        def training_step(model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+            loss = original(model, inputs, *args, **kwargs)
+            if self.step is None and not bool(torch.isfinite(loss).all()):
+                self.step = trainer.state.global_step + 1
+                self.what = f"the loss became {float(loss)}"
+                model.zero_grad(set_to_none=True)
+                trainer.control.should_training_stop = True
+            return loss
+
+        trainer.training_step = training_step
+        return self
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if self.step is None and control.should_save and model is not None and not weights_finite(model):
+            self.step, self.what = state.global_step, "the weights became NaN/inf"
+        self._stop_if_bad(control)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._stop_if_bad(control)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        loss = (logs or {}).get("loss")  # a second line of defence when logging_nan_inf_filter is off
+        if self.step is None and loss is not None and not math.isfinite(loss):
+            self.step, self.what = state.global_step, f"the logged loss became {loss}"
+        self._stop_if_bad(control)
+
+    def _stop_if_bad(self, control: Any) -> None:
+        if self.step is not None:
+            control.should_training_stop = True
+            control.should_save = False
+            control.should_evaluate = False
+
+    def message(self, output_dir: Path) -> str:
+        kept = last_checkpoint(output_dir)
+        kept_text = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been saved"
+        return (
+            f"{self.what} at step {self.step}; training stopped, the final model was NOT written and {kept_text}. "
+            "Lower training.learning_rate, raise warmup_ratio, use precision fp32 or bf16 instead of fp16, "
+            "or check the data for broken rows"
+        )
+
+
+@contextlib.contextmanager
+def training_faults(
+    config: RunConfig,
+    trainer: Any,
+    model: Any,
+    output_dir: Path,
+    stage: str = "training",
+    on_abort: Callable[[], Any] = lambda: None,
+) -> Iterator[None]:
+    """Turn the faults of a training run into :class:`TrainingAborted` with advice (see module doc)."""
+    import torch
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        on_abort()
+        step = trainer.state.global_step
+        if not weights_finite(model):
+            raise TrainingAborted(f"interrupted at step {step}; the weights were not finite, so nothing was saved") from None
+        saved = save_model_atomically(model, output_dir / "interrupted")
+        raise TrainingAborted(
+            f"interrupted at step {step}; the model so far is saved in {saved}. To continue from it: "
+            f"mtrain run CONFIG --set model.name_or_path={saved} --set training.output_dir=NEW_DIR"
+        ) from None
+    except torch.OutOfMemoryError:
+        on_abort()
+        raise TrainingAborted(out_of_memory_advice(config, trainer.state.global_step)) from None
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        on_abort()
+        kept = last_checkpoint(output_dir)
+        target = f" ({exc.filename})" if exc.filename else ""
+        raise TrainingAborted(
+            f"could not write to disk during {stage} at step {trainer.state.global_step}: {exc.strerror or exc}{target}. "
+            + (f"The last complete checkpoint, {kept}, is intact. " if kept else "")
+            + "Free some space (or point training.output_dir at a larger disk), then run again"
+            + (" from that checkpoint: --set model.name_or_path=" + str(kept) if kept else "")
+        ) from None
+
+
+def out_of_memory_advice(config: RunConfig, step: int) -> str:
+    """What to change when a batch does not fit in GPU memory, for the losses this run uses."""
+    from .losses import LOSSES
+
+    t = config.training
+    names = {config.loss_for(d).name for d in config.datasets}
+    tips = []
+    cached = sorted(n for n in names if n.startswith("Cached"))
+    in_batch = sorted(n for n in names if LOSSES[n].in_batch_negatives and not n.startswith("Cached"))
+    if cached:
+        tips.append("lower loss.kwargs.mini_batch_size (the batch and its in-batch negatives stay the same)")
+    if in_batch:
+        tips.append(
+            f"switch loss.name from {in_batch[0]} to Cached{in_batch[0]} with kwargs {{mini_batch_size: 16}}"
+            if f"Cached{in_batch[0]}" in LOSSES
+            else "use a Cached loss variant with a small mini_batch_size"
+        )
+        tips[-1] += f": it keeps the batch of {t.per_device_train_batch_size} at the memory of 16 rows"
+    tips.append(
+        f"lower training.per_device_train_batch_size (now {t.per_device_train_batch_size}) and raise "
+        "gradient_accumulation_steps to keep the step size"
+    )
+    tips.append("or lower model.max_seq_length")
+    return f"out of GPU memory at step {step}; " + "; ".join(tips)
