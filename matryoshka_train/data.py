@@ -143,8 +143,13 @@ def split_eval(ds: Dataset, split: EvalSplitConfig | None, seed: int, where: str
     return parts["train"], parts["test"]
 
 
-def prepare_dataset(cfg: DatasetConfig, index: int, seed: int, loss_name: str) -> PreparedDataset:
-    """Read, select columns, drop empties, split, limit, and check the columns fit the loss."""
+def prepare_dataset(
+    cfg: DatasetConfig, index: int, seed: int, loss_name: str, labels_from_teacher: bool = False
+) -> PreparedDataset:
+    """Read, select columns, drop empties, split, limit, and check the columns fit the loss.
+
+    ``labels_from_teacher``: a teacher will add the label embeddings later (distillation), so
+    sentences without a label column fit an embedding loss."""
     where = f"datasets.{index}"
     ds = read_source(cfg.source, f"{where}.source")
     ds = select_columns(ds, cfg.columns, where)
@@ -158,15 +163,16 @@ def prepare_dataset(cfg: DatasetConfig, index: int, seed: int, loss_name: str) -
         evalset, _ = drop_empty_texts(evalset)
     if cfg.limit is not None and cfg.limit < len(train):
         train = train.select(range(cfg.limit))
-    problems = loss_fit_problems(train, loss_name, where)
+    problems = loss_fit_problems(train, loss_name, where, label_optional=labels_from_teacher)
     if problems:
         raise DataError(problems)
     notes = [f"dropped {dropped} row(s) with an empty text"] if dropped else []
     return PreparedDataset(cfg.name, train, evalset, cfg.source.describe(), dropped, notes)
 
 
-def loss_fit_problems(ds: Dataset, loss_name: str, where: str) -> list[Problem]:
-    """Do this dataset's columns give the loss what it reads? One problem per mismatch."""
+def loss_fit_problems(ds: Dataset, loss_name: str, where: str, label_optional: bool = False) -> list[Problem]:
+    """Do this dataset's columns give the loss what it reads? One problem per mismatch.
+    ``label_optional``: a missing label embedding column is fine (a teacher provides it)."""
     spec = LOSSES[loss_name]
     texts, label = text_columns(ds), label_column(ds)
     has = ", ".join(ds.column_names)
@@ -178,7 +184,8 @@ def loss_fit_problems(ds: Dataset, loss_name: str, where: str) -> list[Problem]:
     ok = {
         "in_batch": len(texts) >= 2 and label is None,
         "pair_score": len(texts) == 2 and label is not None and _is_number(ds, label),
-        "embedding": len(texts) >= 1 and label is not None and _is_vector(ds, label),
+        "embedding": len(texts) >= 1
+        and ((label is not None and _is_vector(ds, label)) or (label_optional and label is None)),
         "margin": len(texts) >= 3 and label is not None,
         "triplet": len(texts) == 3 and label is None,
     }[spec.inputs]
