@@ -58,6 +58,7 @@ class CheckReport:
 def check(config: RunConfig) -> CheckReport:
     """Verify a validated config against its model and data; never raises for user errors."""
     from .data import HubUnavailable, prepare_dataset
+    from .distill import takes_teacher_labels
     from .losses import LOSSES
     from .models import is_local, load_model, resolve_dims
     from .training import batch_lines
@@ -93,7 +94,8 @@ def check(config: RunConfig) -> CheckReport:
             report.warnings.append(f"datasets.{i} ({dcfg.name}): {dcfg.source.describe()} not verified offline")
             continue
         try:
-            prepared = prepare_dataset(dcfg, i, config.training.seed, lcfg.name)
+            prepared = prepare_dataset(dcfg, i, config.training.seed, lcfg.name,
+                                       labels_from_teacher=takes_teacher_labels(config, dcfg))
         except HubUnavailable:
             report.warnings.append(f"datasets.{i} ({dcfg.name}): {dcfg.source.describe()} not verified offline")
             continue
@@ -129,8 +131,45 @@ def check(config: RunConfig) -> CheckReport:
             continue
         report.problems += _evaluator_source_problems(ecfg, i)
 
+    # other models the run loads: distillation teacher, evaluator teachers, GIST guides
+    _check_other_models(config, report, embedding_dim)
     report.lines += batch_lines(config, columns)
     return report
+
+
+def _check_other_models(config: RunConfig, report: CheckReport, embedding_dim: int | None) -> None:
+    """Load each extra model that is local (hub ones are 'not verified offline'); the distillation
+    teacher's embedding width must equal the student's, since its embeddings are the labels."""
+    from .models import is_local, load_model
+
+    refs = []
+    if config.distill is not None:
+        refs.append(("distill.teacher", config.distill.teacher, True))
+    for i, ecfg in enumerate(config.evaluation.evaluators):
+        if ecfg.teacher:
+            refs.append((f"evaluation.evaluators.{i}.teacher", config.model.model_copy(
+                update={"name_or_path": ecfg.teacher, "type": "pretrained", "layers": None}), False))
+    for i, dcfg in enumerate(config.datasets):
+        guide = config.loss_for(dcfg).guide_model
+        if guide:
+            where = f"datasets.{i}.loss.guide_model" if dcfg.loss else "loss.guide_model"
+            refs.append((where, config.model.model_copy(
+                update={"name_or_path": guide, "type": "pretrained", "layers": None}), False))
+    for where, mcfg, is_teacher in refs:
+        if not (is_local(mcfg.name_or_path) or hub_reachable()):
+            report.warnings.append(f"{where}: {mcfg.name_or_path} is on the hub: not verified offline")
+            continue
+        try:
+            width = load_model(mcfg).get_embedding_dimension()
+        except UserError as exc:
+            report.problems += [Problem(where, p.message) for p in exc.problems]
+            continue
+        report.lines.append(f"{where}: {mcfg.name_or_path} · embedding size {width}")
+        if is_teacher and embedding_dim is not None and width != embedding_dim:
+            report.problems.append(Problem(
+                where, f"the teacher's embeddings have width {width} but the student's {embedding_dim}; "
+                "pick a teacher and student of the same width (MSELoss compares them directly)",
+            ))
 
 
 def config_problems(config: RunConfig) -> list[Problem]:

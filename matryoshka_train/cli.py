@@ -68,7 +68,12 @@ def _check(args: argparse.Namespace) -> int:
 
     online = go_offline_if_unreachable()
     config = load_config(args.config, args.overrides)
-    report = check(config)
+    if config.stages:
+        from .stages import check_stages
+
+        report = check_stages(config)
+    else:
+        report = check(config)
     for line in report.lines:
         print(redact(line))
     if not online:

@@ -61,6 +61,22 @@ class ModelConfig(Section):
     attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    layers: list[int] | None = Field(
+        None,
+        description="Layer reduction: keep only these transformer layers (0-based, ascending) of the loaded "
+        "model, e.g. [0, 2, 4] makes a 3-layer student from a 6-layer model. null keeps them all.",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("keep at least one layer, e.g. [0, 2, 4]")
+        if any(i < 0 for i in value) or value != sorted(set(value)):
+            raise ValueError(f"layers must be distinct, non-negative and ascending, e.g. {sorted({abs(i) for i in value})}")
+        return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,6 +380,59 @@ class CarbonConfig(Section):
     country_iso_code: str = Field("USA", min_length=3, max_length=3, description="ISO 3166 alpha-3 code for the grid's carbon intensity.")
 
 
+# --------------------------------------------------------------------------------------------
+# distillation and stages
+
+
+class DistillConfig(Section):
+    """MSE distillation (see matryoshka_train/distill.py). Every dataset whose loss reads label
+    embeddings (MSELoss) and has no label column gets them from the teacher: the teacher encodes
+    the dataset's first text column once, the embeddings are written to ``cache_dir`` chunk by
+    chunk and memory-mapped, and later runs (or an interrupted one) reuse what is there. The cache
+    is keyed on the teacher's identity and the exact sentences, so changing either recomputes it."""
+
+    teacher: ModelConfig = Field(description="The teacher model: a name_or_path string or a full model section.")
+    cache_dir: str = Field("outputs/label-cache", description="Where teacher embeddings are cached (one subfolder per teacher+data key).")
+    chunk_size: int = Field(10000, gt=0, description="Sentences encoded and written per chunk; an interrupted run resumes after the last complete chunk.")
+    batch_size: int = Field(64, gt=0, description="The teacher's encoding batch size.")
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_shorthand(cls, value: Any) -> Any:
+        return {"name_or_path": value} if isinstance(value, str) else value
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_pretrained(cls, value: ModelConfig) -> ModelConfig:
+        if value.type != "pretrained":
+            raise ValueError("the teacher must be a pretrained model (type: pretrained)")
+        return value
+
+
+STAGE_KEYS = ("datasets", "loss", "matryoshka", "training", "evaluation")
+
+
+class StageConfig(Section):
+    """One stage of a multi-stage run. Its sections are merged over the top-level config (mappings
+    merge key by key, lists replace, as with ``extends``); the stage starts from the model the
+    previous stage wrote (the first from ``model``) and writes to
+    ``<training.output_dir>/stage-<N>-<name>``. Each merged stage is validated as a whole config."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Short name (letters, digits, . _ -): used in the stage's output folder.")
+    datasets: list[dict[str, Any]] | None = Field(None, description="Replaces the top-level datasets for this stage.")
+    loss: dict[str, Any] | None = Field(None, description="Merged over the top-level loss.")
+    matryoshka: dict[str, Any] | None = Field(None, description="Merged over the top-level matryoshka section.")
+    training: dict[str, Any] | None = Field(None, description="Merged over the top-level training section (output_dir is set per stage).")
+    evaluation: dict[str, Any] | None = Field(None, description="Merged over the top-level evaluation section (its evaluators list replaces).")
+
+    @field_validator("training")
+    @classmethod
+    def _no_output_dir(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value and "output_dir" in value:
+            raise ValueError("a stage writes to <training.output_dir>/stage-<N>-<name>; set output_dir at the top level only")
+        return value
+
+
 class RunConfig(Section):
     """The whole config file."""
 
@@ -375,6 +444,10 @@ class RunConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     carbon: CarbonConfig = Field(default_factory=CarbonConfig)
+    distill: DistillConfig | None = Field(None, description="Compute MSELoss label embeddings with a teacher model (see distill).")
+    stages: list[StageConfig] | None = Field(
+        None, description="Train in stages, each starting from the previous stage's model (see stages[])."
+    )
 
     @model_validator(mode="after")
     def _cross_section(self) -> RunConfig:
@@ -397,6 +470,20 @@ class RunConfig(Section):
                         f"evaluation.evaluators.{i}.dataset: dataset '{ev.dataset}' has no eval split; "
                         "add datasets[].eval (first, count, ratio or source)"
                     )
+        if self.distill is not None and not any(
+            LOSSES[self.loss_for(d).name].inputs == "embedding" for d in self.datasets
+        ):
+            problems.append(
+                "distill: no dataset uses a loss that reads label embeddings; set loss.name: MSELoss "
+                "(or datasets[].loss) for the sentences the teacher should label"
+            )
+        if self.stages is not None:
+            stage_names = [s.name for s in self.stages]
+            repeated = sorted({n for n in stage_names if stage_names.count(n) > 1})
+            if not self.stages:
+                problems.append("stages: give at least one stage, or leave 'stages' out")
+            elif repeated:
+                problems.append(f"stages: stage names must be unique; repeated: {', '.join(repeated)}")
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -506,10 +593,42 @@ def _index(node: list, part: str, path: str) -> int:
 
 
 def validate(raw: dict[str, Any]) -> RunConfig:
+    """Validate a raw config; a config with ``stages`` also has each stage, merged over the top
+    level, validated as a whole config, its problems named ``stages.<i>.<path>``."""
+    problems: list[Problem] = []
+    config = None
     try:
-        return RunConfig.model_validate(raw)
+        config = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from None
+        problems = _problems(exc)
+    stages = raw.get("stages") if isinstance(raw, dict) else None
+    if isinstance(stages, list):
+        problems += _stage_problems(raw, stages, problems)
+    if problems:
+        raise ConfigError(problems)
+    assert config is not None
+    return config
+
+
+def merge_stage(base: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
+    """The whole config a stage runs with: its sections merged over the top level (minus 'stages')."""
+    top = {k: v for k, v in base.items() if k != "stages"}
+    return deep_merge(top, {k: v for k, v in stage.items() if k in STAGE_KEYS and v is not None})
+
+
+def _stage_problems(raw: dict[str, Any], stages: list, top_problems: list[Problem]) -> list[Problem]:
+    """Problems of each merged stage that are not already reported for the top level."""
+    seen = {(p.where, p.message) for p in top_problems}
+    out = []
+    for i, stage in enumerate(stages):
+        prefix = f"stages.{i}"
+        if not isinstance(stage, dict) or any(p.where == prefix or p.where.startswith(prefix + ".") for p in top_problems):
+            continue  # its own shape is wrong; that is reported already
+        try:
+            RunConfig.model_validate(merge_stage(raw, stage))
+        except ValidationError as exc:
+            out += [Problem(f"{prefix}.{p.where}", p.message) for p in _problems(exc) if (p.where, p.message) not in seen]
+    return out
 
 
 def dump_resolved(config: RunConfig) -> str:

@@ -199,11 +199,15 @@ def split_eval(ds: Dataset, split: EvalSplitConfig | None, seed: int, where: str
     return parts["train"], parts["test"]
 
 
-def prepare_dataset(cfg: DatasetConfig, index: int, seed: int, loss_name: str) -> PreparedDataset:
+def prepare_dataset(
+    cfg: DatasetConfig, index: int, seed: int, loss_name: str, labels_from_teacher: bool = False
+) -> PreparedDataset:
     """Read, select columns, drop empties, split, limit, and check the columns fit the loss.
 
     Problems with the rows (non-text values, too many empty texts, scores out of range) are named
-    with the file and row, and all of them are raised together.
+    with the file and row, and all of them are raised together. ``labels_from_teacher``: a teacher
+    will add the label embeddings later (distillation), so sentences without a label column fit an
+    embedding loss.
     """
     where = f"datasets.{index}"
     source = cfg.source.describe()
@@ -234,7 +238,7 @@ def prepare_dataset(cfg: DatasetConfig, index: int, seed: int, loss_name: str) -
         evalset, _ = apply_score_range(evalset, cfg.score_range, loss_name, f"{where}.eval", cfg.eval.source.describe())
     if cfg.limit is not None and cfg.limit < len(train):
         train = train.select(range(cfg.limit))
-    problems = loss_fit_problems(train, loss_name, where)
+    problems = loss_fit_problems(train, loss_name, where, label_optional=labels_from_teacher)
     if problems:
         raise DataError(problems)
     notes = [f"dropped {len(empty)} row(s) with an empty text ({rows_named(empty)})"] if empty else []
@@ -285,8 +289,9 @@ def apply_score_range(
     return ds, []
 
 
-def loss_fit_problems(ds: Dataset, loss_name: str, where: str) -> list[Problem]:
-    """Do this dataset's columns give the loss what it reads? One problem per mismatch."""
+def loss_fit_problems(ds: Dataset, loss_name: str, where: str, label_optional: bool = False) -> list[Problem]:
+    """Do this dataset's columns give the loss what it reads? One problem per mismatch.
+    ``label_optional``: a missing label embedding column is fine (a teacher provides it)."""
     spec = LOSSES[loss_name]
     texts, label = text_columns(ds), label_column(ds)
     has = ", ".join(ds.column_names)
@@ -298,7 +303,8 @@ def loss_fit_problems(ds: Dataset, loss_name: str, where: str) -> list[Problem]:
     ok = {
         "in_batch": len(texts) >= 2 and label is None,
         "pair_score": len(texts) == 2 and label is not None and _is_number(ds, label),
-        "embedding": len(texts) >= 1 and label is not None and _is_vector(ds, label),
+        "embedding": len(texts) >= 1
+        and ((label is not None and _is_vector(ds, label)) or (label_optional and label is None)),
         "margin": len(texts) >= 3 and label is not None,
         "triplet": len(texts) == 3 and label is None,
     }[spec.inputs]

@@ -100,7 +100,50 @@ def load_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransform
             raise ConfigError("the model has no Pooling module to override", where="model.pooling")
     if cfg.normalize is not None:
         _set_normalize(model, cfg.normalize)
+    if cfg.layers is not None:
+        keep_layers(model, cfg.layers)
     return model
+
+
+# Where common encoder architectures keep their stack of transformer layers.
+_LAYER_STACKS = ("encoder.layer", "encoder.layers", "layers", "transformer.layer", "layer")
+
+
+def keep_layers(model: SentenceTransformer, layers: list[int]) -> None:
+    """Layer reduction: keep only ``layers`` of the model's transformer stack, in place.
+
+    A student made this way starts from the teacher's own weights (embeddings, the kept layers,
+    pooling), which distils much faster than a random student. The model config's layer count is
+    updated, so the saved model reloads with the reduced depth.
+    """
+    from torch import nn
+
+    auto = getattr(model[0], "auto_model", None)
+    if auto is None:
+        raise ConfigError("layer reduction needs a transformer model; this one has none", where="model.layers")
+    for dotted in _LAYER_STACKS:
+        owner, name = auto, dotted
+        *parents, name = dotted.split(".")
+        for part in parents:
+            owner = getattr(owner, part, None)
+        stack = getattr(owner, name, None) if owner is not None else None
+        if isinstance(stack, nn.ModuleList) and len(stack) == getattr(auto.config, "num_hidden_layers", -1):
+            break
+    else:
+        raise ConfigError(f"cannot find the layer stack of {type(auto).__name__} to reduce", where="model.layers")
+    missing = [i for i in layers if i >= len(stack)]
+    if missing:
+        raise ConfigError(
+            f"layers {missing} do not exist: the model has {len(stack)} layers, numbered 0 to {len(stack) - 1}",
+            where="model.layers",
+        )
+    kept = nn.ModuleList([stack[i] for i in layers])
+    for new_index, layer in enumerate(kept):
+        for sub in layer.modules():  # attention caches are indexed by layer
+            if hasattr(sub, "layer_idx"):
+                sub.layer_idx = new_index
+    setattr(owner, name, kept)
+    auto.config.num_hidden_layers = len(layers)
 
 
 def _static_model(cfg: ModelConfig, path: str, device: str | None) -> SentenceTransformer:

@@ -48,6 +48,11 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
     """Train as the config says and write the outputs. Returns the content of results.json."""
     from sentence_transformers import SentenceTransformerTrainer
 
+    if config.stages:  # a multi-stage config runs this function once per stage
+        from .stages import run_stages
+
+        return run_stages(config, overwrite, echo)
+
     out = Path(config.training.output_dir)
     guard_output_dir(out, overwrite)
     echo = _redacting(echo)
@@ -135,6 +140,7 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     from transformers import set_seed
 
     from .check import batch_size_problems, config_problems, label_width_problems
+    from .distill import attach_teacher_labels, takes_teacher_labels
     from .models import freeze, load_model, resolve_dims
 
     problems = config_problems(config)
@@ -144,7 +150,8 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     datasets = []
     for i, dcfg in enumerate(config.datasets):
         try:
-            datasets.append(prepare_dataset(dcfg, i, config.training.seed, config.loss_for(dcfg).name))
+            datasets.append(prepare_dataset(dcfg, i, config.training.seed, config.loss_for(dcfg).name,
+                                            labels_from_teacher=takes_teacher_labels(config, dcfg)))
         except HubUnavailable as exc:
             problems.append(Problem(
                 f"datasets.{i}.source",
@@ -154,6 +161,7 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
             problems += exc.problems
     if problems:
         raise DataError(problems)
+    attach_teacher_labels(config, datasets, echo)  # distillation only: cached teacher embeddings
     model = load_model(config.model)
     dims = resolve_dims(config.matryoshka, model.get_embedding_dimension())
     for i, (dcfg, prepared) in enumerate(zip(config.datasets, datasets)):
@@ -182,7 +190,7 @@ def _loss_for(config: RunConfig, index: int, model: Any, dims: list[int]) -> Any
     where = f"datasets.{index}.loss" if config.datasets[index].loss else "loss"
     guide = None
     if lcfg.guide_model:
-        guide = load_model(config.model.model_copy(update={"name_or_path": lcfg.guide_model, "type": "pretrained"}))
+        guide = load_model(config.model.model_copy(update={"name_or_path": lcfg.guide_model, "type": "pretrained", "layers": None}))
     try:
         return build_loss(model, lcfg, config.matryoshka, dims, guide=guide)
     except (TypeError, ValueError) as exc:
@@ -230,7 +238,7 @@ def build_evaluator(config: RunConfig, datasets: list[PreparedDataset], dims: li
             rows = rows.select(range(ecfg.limit))
         teacher = None
         if ecfg.teacher:
-            teacher = load_model(config.model.model_copy(update={"name_or_path": ecfg.teacher, "type": "pretrained"}))
+            teacher = load_model(config.model.model_copy(update={"name_or_path": ecfg.teacher, "type": "pretrained", "layers": None}))
         specs.append(build_spec(ecfg, rows, where, config.training.per_device_eval_batch_size, teacher))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import typing
 from pathlib import Path
@@ -74,7 +75,7 @@ HELP = trainer_help()
 def section(title: str, model: type[BaseModel]) -> list[str]:
     lines = [f"## `{title}`", ""]
     if model.__doc__ and model is not C.RunConfig:
-        lines += [model.__doc__.strip(), ""]
+        lines += [inspect.cleandoc(model.__doc__), ""]
     lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
         desc = field.description or (HELP.get(name, "") if model is C.TrainingConfig else "")
@@ -91,6 +92,7 @@ def render() -> str:
         ("datasets[].eval", C.EvalSplitConfig), ("loss (and datasets[].loss)", C.LossConfig),
         ("matryoshka", C.MatryoshkaConfig), ("anchor", C.AnchorConfig), ("training", C.TrainingConfig), ("evaluation", C.EvaluationConfig),
         ("evaluation.evaluators[]", C.EvaluatorConfig), ("carbon", C.CarbonConfig),
+        ("distill", C.DistillConfig), ("stages[]", C.StageConfig),
     ]:
         parts += section(title, model)
     parts += ["## Losses", "", "| name | aliases | the dataset must give |", "|---|---|---|"]
