@@ -14,10 +14,11 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from matryoshka_train import config as C
-from matryoshka_train.losses import LOSSES
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # document this checkout's schema, not whichever copy is installed
+
+from matryoshka_train import config as C  # noqa: E402
+from matryoshka_train.losses import LOSSES  # noqa: E402
 TARGET = ROOT / "docs" / "config.md"
 
 INTRO = """# Config reference
@@ -72,7 +73,7 @@ HELP = trainer_help()
 def section(title: str, model: type[BaseModel]) -> list[str]:
     lines = [f"## `{title}`", ""]
     if model.__doc__ and model is not C.RunConfig:
-        lines += [model.__doc__.strip(), ""]
+        lines += [" ".join(model.__doc__.split()), ""]
     lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
         desc = field.description or (HELP.get(name, "") if model is C.TrainingConfig else "")
@@ -89,6 +90,7 @@ def render() -> str:
         ("datasets[].eval", C.EvalSplitConfig), ("loss (and datasets[].loss)", C.LossConfig),
         ("matryoshka", C.MatryoshkaConfig), ("anchor", C.AnchorConfig), ("training", C.TrainingConfig), ("evaluation", C.EvaluationConfig),
         ("evaluation.evaluators[]", C.EvaluatorConfig), ("carbon", C.CarbonConfig),
+        ("eval-only config (mtrain eval MODEL --config EVAL.yaml)", C.EvalConfig),
     ]:
         parts += section(title, model)
     parts += ["## Losses", "", "| name | aliases | the dataset must give |", "|---|---|---|"]

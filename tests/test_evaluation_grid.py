@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from matryoshka_train.cli import main
 from matryoshka_train.config import EvalConfig, validate
@@ -71,3 +72,56 @@ def test_run_writes_the_grid_aggregates_and_bytes(tiny_config, write_config, tmp
     agg = results["aggregates"]["tiny"]
     assert agg["dimmin"]["cosine_accuracy"] == pytest.approx(min(values))
     assert agg["dimweighted"]["cosine_accuracy"] == pytest.approx((values[0] + values[1] + 2 * values[2]) / 4)
+
+
+# Scripted scores per dim at the evaluations of steps 2, 4 and 6: the full dim peaks at step 2,
+# the worst dim (and so min over dims) at step 4.
+SCRIPT = {32: [0.9, 0.6, 0.5], 16: [0.5, 0.6, 0.4], 8: [0.1, 0.55, 0.3]}
+
+
+class _Scripted:
+    """Stands in for a sentence-transformers evaluator at one dim, returning scripted scores."""
+
+    name = "tiny"
+    primary_metric = "tiny_cosine_accuracy"
+
+    def __init__(self, dim: int):
+        self.dim, self.calls = dim, 0
+
+    def __call__(self, model):
+        value = SCRIPT[self.dim][self.calls]
+        self.calls += 1
+        return {"tiny_cosine_accuracy": value}
+
+
+def test_best_checkpoint_follows_the_min_over_dims_not_the_full_dim(tiny_config, tmp_path, monkeypatch):
+    """Through the real trainer with load_best_model_at_end and metric_for_best_model =
+    min over dims: the full-dim score peaks at step 2, the min over dims at step 4, and the run
+    keeps (and ends with the weights of) checkpoint 4."""
+    from safetensors.torch import load_file
+
+    from matryoshka_train import training
+    from matryoshka_train.evaluation import EvalSpec, MatryoshkaEvaluator
+
+    def scripted(config, datasets, dims):
+        return MatryoshkaEvaluator([EvalSpec("tiny", "triplet", _Scripted)], dims)
+
+    monkeypatch.setattr(training, "build_evaluator", scripted)
+    tiny_config["training"].update(
+        max_steps=6, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, save_total_limit=3,
+        save_only_model=True, load_best_model_at_end=True, metric_for_best_model="tiny_dimmin_cosine_accuracy",
+    )
+    tiny_config["evaluation"].update(before=False, after=False)
+    results = training.run(validate(tiny_config), echo=lambda _: None)
+    out = tmp_path / "out"
+
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = {e["step"]: e for e in events if e["event"] == "eval"}
+    assert max(evals, key=lambda s: evals[s]["eval_tiny_dim32_cosine_accuracy"]) == 2  # full dim would keep step 2
+    assert max(evals, key=lambda s: evals[s]["eval_tiny_dimmin_cosine_accuracy"]) == 4
+    assert results["train"]["best_checkpoint"].endswith("checkpoint-4")
+    assert results["train"]["best_metric"] == pytest.approx(0.55)
+
+    final, kept, full_best = (load_file(out / p / "model.safetensors") for p in (".", "checkpoint-4", "checkpoint-2"))
+    key = next(k for k in final if "encoder.layer.1" in k and k.endswith("weight"))
+    assert torch.equal(final[key], kept[key]) and not torch.equal(final[key], full_best[key])
