@@ -54,26 +54,6 @@ def test_check_reports_a_bad_metric_for_best_model(tiny_config, write_config, ca
     assert "error: training.metric_for_best_model: 'tinyy_dimmin_cosine_accuracy' is not a metric" in capsys.readouterr().err
 
 
-def test_run_writes_the_grid_aggregates_and_bytes(tiny_config, write_config, tmp_path):
-    tiny_config["evaluation"].update(precisions=["float32", "int8", "binary"], dim_weights=[1, 1, 2], before=False)
-    assert main(["run", str(write_config(tiny_config))]) == 0
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    grid = results["grid"]["tiny"]
-    assert list(grid) == ["float32", "int8", "binary"]
-    for precision, per_byte in (("float32", 4), ("int8", 1), ("binary", 1 / 8)):
-        assert set(grid[precision]) == {"32", "16", "8"}
-        for dim, cell in grid[precision].items():
-            assert cell["bytes"] == int(np.ceil(int(dim) * per_byte))
-            assert 0.0 <= cell["cosine_accuracy"] <= 1.0
-    # the float32 row of the grid is the usual result, whose shape is unchanged
-    assert grid["float32"]["16"]["cosine_accuracy"] == results["after"]["tiny"]["16"]["cosine_accuracy"]
-    assert "bytes" not in results["after"]["tiny"]["16"]
-    values = [results["after"]["tiny"][d]["cosine_accuracy"] for d in ("32", "16", "8")]
-    agg = results["aggregates"]["tiny"]
-    assert agg["dimmin"]["cosine_accuracy"] == pytest.approx(min(values))
-    assert agg["dimweighted"]["cosine_accuracy"] == pytest.approx((values[0] + values[1] + 2 * values[2]) / 4)
-
-
 # Scripted scores per dim at the evaluations of steps 2, 4 and 6: the full dim peaks at step 2,
 # the worst dim (and so min over dims) at step 4.
 SCRIPT = {32: [0.9, 0.6, 0.5], 16: [0.5, 0.6, 0.4], 8: [0.1, 0.55, 0.3]}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-import yaml
 
 from matryoshka_train.beir import read_beir
 from matryoshka_train.cli import main
@@ -69,9 +69,10 @@ def _png_ok(path: Path) -> None:
 def test_eval_and_report_end_to_end(tiny_config, tiny_model_dir, write_config, beir_dir, data_dir, tmp_path, capsys):
     # a short training run with a precision grid and evaluation during training
     tiny_config["training"].update(eval_strategy="steps", eval_steps=2)
-    tiny_config["evaluation"]["precisions"] = ["float32", "int8", "binary"]
+    tiny_config["evaluation"].update(precisions=["float32", "int8", "binary"], dim_weights=[1, 1, 2])
     run_dir = tmp_path / "out"
     assert main(["run", str(write_config(tiny_config))]) == 0
+    _grid_and_aggregates_are_right(json.loads((run_dir / "results.json").read_text()))
 
     # the base model evaluated on its own, on a BEIR directory and a triplet file
     eval_cfg = write_config({
@@ -113,6 +114,33 @@ def test_eval_and_report_end_to_end(tiny_config, tiny_model_dir, write_config, b
         _png_ok(compared / name)
     md = (compared / "report.md").read_text()
     assert "`out`" in md and "`base-eval`" in md and "tinybeir" in md
+
+
+def _grid_and_aggregates_are_right(results: dict) -> None:
+    grid = results["grid"]["tiny"]
+    assert list(grid) == ["float32", "int8", "binary"]
+    for precision, per_byte in (("float32", 4), ("int8", 1), ("binary", 1 / 8)):
+        assert set(grid[precision]) == {"32", "16", "8"}
+        for dim, cell in grid[precision].items():
+            assert cell["bytes"] == int(np.ceil(int(dim) * per_byte))
+            assert 0.0 <= cell["cosine_accuracy"] <= 1.0
+    assert set(results["grid_before"]["tiny"]) == {"float32", "int8", "binary"}
+    # the float32 row of the grid is the usual result, whose shape is unchanged
+    assert grid["float32"]["16"]["cosine_accuracy"] == results["after"]["tiny"]["16"]["cosine_accuracy"]
+    assert "bytes" not in results["after"]["tiny"]["16"]
+    values = [results["after"]["tiny"][d]["cosine_accuracy"] for d in ("32", "16", "8")]
+    agg = results["aggregates"]["tiny"]
+    assert agg["dimmin"]["cosine_accuracy"] == pytest.approx(min(values))
+    assert agg["dimweighted"]["cosine_accuracy"] == pytest.approx((values[0] + values[1] + 2 * values[2]) / 4)
+
+
+def test_nanobeir_names_are_checked_and_the_sets_not_verified_offline(tiny_config, write_config, capsys):
+    tiny_config["evaluation"]["evaluators"].append({"type": "nanobeir", "datasets": ["scifact", "nfcorpus"]})
+    assert main(["check", str(write_config(tiny_config))]) == 0
+    assert "evaluation.evaluators.1: NanoBEIR (scifact, nfcorpus) not verified offline" in capsys.readouterr().out
+    tiny_config["evaluation"]["evaluators"][1]["datasets"] = ["scifactt"]
+    assert main(["check", str(write_config(tiny_config))]) == 2
+    assert "evaluation.evaluators.1.datasets: unknown NanoBEIR set(s) scifactt" in capsys.readouterr().err
 
 
 def test_report_on_a_directory_without_results(tmp_path, capsys):
