@@ -65,6 +65,19 @@ def _grid_axes(plt: Any, count: int, title: str) -> tuple[Any, list[Any]]:
     return fig, flat[:count]
 
 
+def _plain_numbers() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _pos: f"{value:g}")
+
+
+def _dim_color(dim: int, dims: list[int]) -> Any:
+    """One colour per dim, the same in every panel (largest dim first in the palette)."""
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    order = sorted(dims, reverse=True)
+    return palette[order.index(dim) % len(palette)] if dim in order else "grey"
+
+
 def _dim_axis(ax: Any, dims: list[int]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(dims)
@@ -149,7 +162,8 @@ def metric_vs_bytes(runs: list[RunData], path: Path) -> Path | None:
             ax.scatter([p[0] for p in front], [p[1] for p in front], s=140, facecolors="none", edgecolors="black",
                        linewidths=1.2, label="Pareto front (best for its size)", zorder=3)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("bytes per vector (log scale; labels: dimensions)")
+        ax.xaxis.set_major_formatter(_plain_numbers())
+        ax.set_xlabel("bytes per vector (log scale; point labels: dimensions)")
         ax.set_ylabel(f"{metric} (higher is better)")
         ax.set_title(name)
         ax.grid(alpha=0.3)
@@ -172,14 +186,17 @@ def training_curves(runs: list[RunData], path: Path) -> Path | None:
     for run in runs:
         train = [e for e in run.events if e.get("event") == "train" and "loss" in e]
         prefix = f"{run.label}: " if len(runs) > 1 else ""
+        all_dims = [int(d) for d in run.results.get("dims", [])]
         if train:
-            loss_ax.plot([e["step"] for e in train], [e["loss"] for e in train], linewidth=2, label=f"{prefix}total loss")
+            loss_ax.plot([e["step"] for e in train], [e["loss"] for e in train], linewidth=2,
+                         color="black" if len(runs) == 1 else None, label=f"{prefix}total loss")
             components = sorted({k for e in train for k in e if k.startswith("dim") and k[3:].isdigit()},
                                 key=lambda k: -int(k[3:]))
             if len(runs) == 1:
                 for key in components + [k for k in ("anchor",) if any(k in e for e in train)]:
                     xs = [e for e in train if key in e]
-                    loss_ax.plot([e["step"] for e in xs], [e[key] for e in xs], linewidth=1, alpha=0.8,
+                    color = _dim_color(int(key[3:]), all_dims) if key != "anchor" else "grey"
+                    loss_ax.plot([e["step"] for e in xs], [e[key] for e in xs], linewidth=1.2, alpha=0.9, color=color,
                                  label=f"{key[3:]} dims" if key != "anchor" else "anchor term")
         if evaluators:
             name, metric = evaluators[0]
@@ -188,7 +205,12 @@ def training_curves(runs: list[RunData], path: Path) -> Path | None:
             shown = dims if len(runs) == 1 else dims[:1] + dims[-1:]
             for dim in shown:
                 pts = sorted(series[dim].items())
-                eval_ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{prefix}{dim} dims")
+                color = _dim_color(dim, all_dims or dims) if len(runs) == 1 else None
+                eval_ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=color, label=f"{prefix}{dim} dims")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (loss_ax, eval_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.set_xlabel("training step")
     loss_ax.set_ylabel("loss (per logging window; lower is better)")
     loss_ax.set_title("Training loss: total and each Matryoshka dim's share")
