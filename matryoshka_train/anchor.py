@@ -18,7 +18,8 @@ averaged over every text in the batch, where the reference is a frozen copy of t
   under ``torch.no_grad`` in eval mode, on the trained model's device, inside the trainer's
   autocast (so in the training precision).
 * **Logged as its own term.** The loss returns ``{"base": …, "anchor": …}``; the trainer logs each
-  key, so metrics.jsonl shows the anchor term beside the total.
+  key, so metrics.jsonl shows the anchor term beside the total. When the wrapped loss already
+  returns components (the per-dim Matryoshka loss), they are kept and ``anchor`` joins them.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ class AnchoredLoss(nn.Module):
             # the cached loss embeds column by column; the anchor joins its gradient cache
             self._column_references = [self._embed_reference(f) for f in features]
             base = self.loss(features, labels)
-            anchor = self._last_anchor if self._last_anchor is not None else base.new_zeros(())
-            return {"base": base, "anchor": anchor.detach()}
+            zero = next(iter(base.values())) if isinstance(base, dict) else base
+            anchor = self._last_anchor if self._last_anchor is not None else zero.new_zeros(())
+            return _with_anchor(base, anchor.detach())
 
         trained: list[Tensor] = []
         references: list[Tensor] = []
@@ -94,7 +96,7 @@ class AnchoredLoss(nn.Module):
         finally:
             vars(self.model).pop("forward", None)
         self.calls += 1
-        return {"base": base, "anchor": self.term(trained, references)}
+        return _with_anchor(base, self.term(trained, references))
 
     def term(self, trained: list[Tensor], references: list[Tensor]) -> Tensor:
         """weight × mean distance over every text embedded for the batch."""
@@ -111,6 +113,14 @@ class AnchoredLoss(nn.Module):
         out = self.reference(dict(features))["sentence_embedding"].detach()
         self.reference_seconds += time.perf_counter() - start
         return out
+
+
+def _with_anchor(base: Tensor | dict[str, Tensor], anchor: Tensor) -> dict[str, Tensor]:
+    """``{"base", "anchor"}`` for a plain loss; a loss that already reports components (e.g. the
+    per-dim Matryoshka loss's ``{"dim384": …}``) keeps them, with ``anchor`` added beside."""
+    if isinstance(base, dict):
+        return {**base, "anchor": anchor}
+    return {"base": base, "anchor": anchor}
 
 
 class _AnchorInCachedLoss:

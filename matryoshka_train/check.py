@@ -124,6 +124,11 @@ def check(config: RunConfig) -> CheckReport:
 
     # evaluators with their own files
     for i, ecfg in enumerate(config.evaluation.evaluators):
+        if ecfg.type == "nanobeir" or ecfg.beir is not None:
+            kind, problems = retrieval_check(ecfg, i)
+            report.warnings += [kind] if kind else []
+            report.problems += problems
+            continue
         if ecfg.source is None:
             continue
         if ecfg.source.hub and not hub_reachable():
@@ -197,7 +202,20 @@ def config_problems(config: RunConfig) -> list[Problem]:
                 f"{where}.kwargs.mini_batch_size",
                 f"mini_batch_size {mini} is larger than the batch ({t.per_device_train_batch_size}); make it smaller",
             ))
-    return problems + _training_argument_problems(config)
+    return problems + _training_argument_problems(config) + _best_metric_problems(config)
+
+
+def _best_metric_problems(config: RunConfig) -> list[Problem]:
+    """training.metric_for_best_model must name a key the evaluator will produce."""
+    from .evaluation import metric_name_problem
+
+    metric = config.training.metric_for_best_model
+    if metric is None:
+        return []
+    ev = config.evaluation
+    names = [e.display_name() for e in ev.evaluators]
+    problem = metric_name_problem(metric, names, ev.dims or config.matryoshka.dims, ev.dim_weights is not None)
+    return [Problem("training.metric_for_best_model", problem)] if problem else []
 
 
 def label_width_problems(prepared: Any, index: int, embedding_dim: int | None, inputs: str) -> list[Problem]:
@@ -256,6 +274,26 @@ def long_text_lines(prepared: Any, index: int, model: Any) -> list[str]:
         f"  {prepared.name}: {over} of {counted} rows{sampled} have a text longer than max_seq_length {limit} tokens "
         f"(longest {longest}); they will be truncated. Raise model.max_seq_length to keep more of them"
     ]
+
+
+def retrieval_check(ecfg: Any, index: int) -> tuple[str | None, list[Problem]]:
+    """(warning, problems) for a BEIR directory or NanoBEIR evaluator: the directory is read;
+    NanoBEIR names are checked, and the sets themselves are reported as not verified offline."""
+    from .beir import nanobeir_name_problem, read_beir
+
+    where = f"evaluation.evaluators.{index}"
+    if ecfg.type == "nanobeir":
+        problem = nanobeir_name_problem(ecfg)
+        if problem:
+            return None, [Problem(f"{where}.datasets", problem)]
+        if not hub_reachable():
+            return f"{where}: NanoBEIR ({', '.join(ecfg.datasets or ['all sets'])}) not verified offline", []
+        return None, []
+    try:
+        read_beir(ecfg.beir, ecfg.split, f"{where}.beir", ecfg.limit)
+    except UserError as exc:
+        return None, exc.problems
+    return None, []
 
 
 def _evaluator_source_problems(ecfg: Any, index: int) -> list[Problem]:

@@ -35,6 +35,19 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config, its data and model, without training")
     with_config(check)
+
+    ev = sub.add_parser("eval", help="evaluate any sentence-transformers model at every dim (and precision)")
+    ev.add_argument("model", help="local directory, hub id, or package:<module>")
+    ev.add_argument("--config", required=True, help="an eval-only YAML (evaluation + matryoshka.dims) or a run config")
+    ev.add_argument("--output", help="where results.json goes (default outputs/eval/<model>)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value (repeatable)")
+    ev.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+
+    rep = sub.add_parser("report", help="Markdown report and PNG plots from run or eval directories")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories holding results.json (several: compared)")
+    rep.add_argument("--output", help="where report.md and the plots go (default FIRST_RUN_DIR/report)")
+    rep.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -50,6 +63,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.verb == "check":
             return _check(args)
+        if args.verb == "eval":
+            return _eval(args)
+        if args.verb == "report":
+            return _report(args)
         return _run(args)
     except UserError as exc:
         for problem in exc.problems:
@@ -98,6 +115,27 @@ def _run(args: argparse.Namespace) -> int:
     from .training import run
 
     run(config, overwrite=args.overwrite)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .check import go_offline_if_unreachable
+    from .config import load_eval_config
+
+    go_offline_if_unreachable()
+    config = load_eval_config(args.config, args.overrides)
+    from .eval_cli import evaluate
+
+    evaluate(args.model, config, args.output)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    md = write_report(args.runs, args.output)
+    pngs = sorted(p.name for p in md.parent.glob("*.png"))
+    print(f"Report written to {md}" + (f" with {', '.join(pngs)}" if pngs else ""))
     return 0
 
 

@@ -335,19 +335,35 @@ EVALUATOR_COLUMNS = {
 }
 
 
+PRECISIONS = ("float32", "int8", "binary")
+BYTES_PER_DIM = {"float32": 4.0, "int8": 1.0, "binary": 0.125}  # storage cost of one vector component
+
+
 class EvaluatorConfig(Section):
-    type: Literal["triplet", "sts", "retrieval", "mse"] = Field(
-        description="triplet: accuracy; sts: Spearman/Pearson; retrieval: nDCG/MRR/recall; mse: distance to targets."
+    """One evaluator; it runs at every dim. Rows come from exactly one of ``dataset`` (a training
+    dataset's eval split), ``source`` (files or a hub dataset) or, for retrieval, ``beir`` (a local
+    BEIR-layout directory). ``nanobeir`` needs none: it downloads NanoBEIR by name (online only)."""
+
+    type: Literal["triplet", "sts", "retrieval", "mse", "nanobeir"] = Field(
+        description="triplet: accuracy; sts: Spearman/Pearson; retrieval: nDCG/MRR/recall; mse: distance to "
+        "targets; nanobeir: sentence-transformers' NanoBEIR retrieval sets (needs the hub)."
     )
-    name: str | None = Field(None, description="Defaults to the dataset name or the type.")
+    name: str | None = Field(None, description="Defaults to the dataset name, the BEIR directory's name, or the type.")
     dataset: str | None = Field(None, description="Use the eval split of this dataset (by name).")
     source: SourceConfig | None = Field(None, description="Or read the rows from this source.")
+    beir: str | None = Field(
+        None, description="retrieval: a directory in the BEIR layout (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."
+    )
+    split: str = Field("test", description="retrieval with beir: which qrels/<split>.tsv holds the judgements.")
+    datasets: list[str] | None = Field(
+        None, description="nanobeir: which sets, e.g. [msmarco, nfcorpus, scifact]; null: all of them."
+    )
     columns: dict[str, str] | None = Field(
         None,
         description="Map source columns to what the evaluator reads: triplet: anchor/positive/negative; "
         "sts: sentence1/sentence2/score; retrieval: query/document; mse: sentence (+ label).",
     )
-    limit: int | None = Field(None, gt=0, description="Evaluate on at most this many rows.")
+    limit: int | None = Field(None, gt=0, description="Evaluate on at most this many rows (beir: queries).")
     score_range: tuple[float, float] | None = Field(
         None, description="sts: the scale of the scores, e.g. [0, 5]; they are rescaled to [0, 1]."
     )
@@ -361,17 +377,67 @@ class EvaluatorConfig(Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> EvaluatorConfig:
-        if (self.dataset is None) == (self.source is None):
-            raise ValueError("give exactly one of 'dataset' (a dataset's eval split) or 'source' (files)")
+        given = [k for k in ("dataset", "source", "beir") if getattr(self, k) is not None]
+        if self.type == "nanobeir":
+            if given:
+                raise ValueError(f"a nanobeir evaluator reads NanoBEIR by name: remove '{given[0]}' (use 'datasets')")
+            return self
+        if self.datasets is not None:
+            raise ValueError("'datasets' names NanoBEIR sets: it needs type 'nanobeir'")
+        if self.beir is not None and self.type != "retrieval":
+            raise ValueError("'beir' needs type 'retrieval'")
+        if len(given) != 1:
+            options = "'dataset', 'source' or 'beir'" if self.type == "retrieval" else "'dataset' (a dataset's eval split) or 'source' (files)"
+            raise ValueError(f"give exactly one of {options}")
         return self
+
+    def display_name(self) -> str:
+        """The name results and metric keys use for this evaluator."""
+        if self.name:
+            return self.name
+        if self.beir:
+            return Path(self.beir.rstrip("/\\")).name or "beir"
+        return self.dataset or self.type
 
 
 class EvaluationConfig(Section):
     evaluators: list[EvaluatorConfig] = Field(default_factory=list, description="Each runs at every dim.")
     dims: list[int] | None = Field(None, description="Dims to evaluate; defaults to matryoshka.dims.")
+    precisions: list[Literal[PRECISIONS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["float32"],
+        description="Embedding precisions for the dim × precision grid (float32, int8, binary); float32 is always "
+        "evaluated. Each cell records bytes per vector: 4·dim, dim, dim/8.",
+    )
+    dim_weights: list[float] | None = Field(
+        None,
+        description="One weight per evaluated dim: adds '<evaluator>_dimweighted_<metric>' beside the "
+        "'_dimmean_' and '_dimmin_' aggregates (usable as training.metric_for_best_model).",
+    )
     before: bool = Field(True, description="Evaluate the base model before training (the baseline).")
     after: bool = Field(True, description="Evaluate the trained model.")
     primary: str | None = Field(None, description="'<evaluator>' whose primary metric leads the summary.")
+
+    @field_validator("precisions")
+    @classmethod
+    def _precisions(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"precisions must be unique, got {value}")
+        return ["float32"] + [p for p in value if p != "float32"]
+
+    @field_validator("dim_weights")
+    @classmethod
+    def _weights(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (not value or any(w < 0 for w in value) or sum(value) <= 0):
+            raise ValueError("dim_weights must be non-negative with a positive sum")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> EvaluationConfig:
+        if self.dims is not None and self.dim_weights is not None and len(self.dims) != len(self.dim_weights):
+            raise ValueError(
+                f"evaluation.dim_weights: {len(self.dim_weights)} weights for {len(self.dims)} dims: give one per dim"
+            )
+        return self
 
 
 class CarbonConfig(Section):
@@ -490,6 +556,33 @@ class RunConfig(Section):
 
     def loss_for(self, dataset: DatasetConfig) -> LossConfig:
         return dataset.loss or self.loss
+
+
+class EvalConfig(Section):
+    """An eval-only file for ``mtrain eval MODEL --config EVAL.yaml``: which evaluators, at which
+    dims. Rows come from ``source``, ``beir`` or ``nanobeir`` (there are no training datasets; to
+    use a dataset's eval split, pass a run config instead)."""
+
+    matryoshka: MatryoshkaConfig = Field(
+        default_factory=MatryoshkaConfig, description="Only 'dims' is read: null means the model's size halved down to 32."
+    )
+    evaluation: EvaluationConfig = Field(description="The evaluators, precisions and dim weights (see evaluation).")
+    batch_size: int = Field(32, gt=0, description="Encoding batch size for evaluators that do not set their own.")
+    carbon: CarbonConfig = Field(
+        default_factory=lambda: CarbonConfig(enabled=False), description="Measure the evaluation's energy (off by default)."
+    )
+
+    @model_validator(mode="after")
+    def _evaluators(self) -> EvalConfig:
+        if not self.evaluation.evaluators:
+            raise ValueError("evaluation.evaluators: list at least one evaluator")
+        for i, ev in enumerate(self.evaluation.evaluators):
+            if ev.dataset is not None:
+                raise ValueError(
+                    f"evaluation.evaluators.{i}.dataset: an eval-only config has no datasets; use 'source' or "
+                    "'beir', or pass a run config to --config"
+                )
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,6 +724,20 @@ def _stage_problems(raw: dict[str, Any], stages: list, top_problems: list[Proble
     return out
 
 
+def load_eval_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig | EvalConfig:
+    """Read the config of ``mtrain eval``: a run config (it has ``datasets``; its evaluation section
+    is used) or an eval-only :class:`EvalConfig`."""
+    raw = load_raw(path)
+    for item in overrides or []:
+        apply_override(raw, item)
+    if "datasets" in raw:
+        return validate(raw)
+    try:
+        return EvalConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, EvalConfig)) from None
+
+
 def dump_resolved(config: RunConfig) -> str:
     """The config with every default filled in, as YAML (written next to the trained model)."""
     data = config.model_dump(mode="json")
@@ -641,14 +748,14 @@ def dump_resolved(config: RunConfig) -> str:
 # turning pydantic's errors into one line per problem
 
 
-def _problems(exc: ValidationError) -> list[Problem]:
+def _problems(exc: ValidationError, root: type[BaseModel] | None = None) -> list[Problem]:
     problems: list[Problem] = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         where = ".".join(str(p) for p in loc)
         kind = err["type"]
         if kind == "extra_forbidden":
-            parent = _section_at(RunConfig, loc[:-1])
+            parent = _section_at(root or RunConfig, loc[:-1])
             allowed = list(parent.model_fields) if parent else []
             msg = f"unknown key '{loc[-1]}'{_suggest(str(loc[-1]), allowed)}"
             if not _suggest(str(loc[-1]), allowed) and allowed:

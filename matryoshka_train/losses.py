@@ -123,7 +123,9 @@ def build_loss(model: Any, cfg: LossConfig, mcfg: MatryoshkaConfig, dims: list[i
         return inner
     weights = matryoshka_weights(mcfg, dims)
     if mcfg.wrapper == "matryoshka":
-        return st_losses.MatryoshkaLoss(
+        from .per_dim_loss import PerDimMatryoshkaLoss
+
+        return PerDimMatryoshkaLoss(
             model, inner, matryoshka_dims=dims, matryoshka_weights=weights,
             n_dims_per_step=mcfg.n_dims_per_step, **mcfg.wrapper_kwargs,
         )

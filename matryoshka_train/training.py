@@ -66,11 +66,12 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
     meter = CarbonMeter(config.carbon, out)
     meter.start()
 
-    before = None
+    before = grid_before = None
     if plan.evaluator is not None and config.evaluation.before:
         echo("Evaluating the base model at every dim …")
         plan.evaluator(plan.model)
         before = plan.evaluator.last_results
+        grid_before = plan.evaluator.last_grid
         metrics_log.write({"event": "eval_before", "step": 0, "results": before})
 
     nan_guard = NanGuard()
@@ -113,7 +114,9 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         "before": before or {},
         "after": after or {},
         "primary_metric": dict(plan.evaluator.primary) if plan.evaluator is not None else {},
+        **evaluation_extras(plan.evaluator, after is not None, grid_before),
         "carbon": carbon,
+        "quality_per_kwh": quality_per_kwh(before, after, dict(plan.evaluator.primary) if plan.evaluator else {}, carbon),
         "train": _train_summary(train_output, trainer),
         "anchor": _anchor_cost(plan),
         "precision": plan.precision,
@@ -216,34 +219,16 @@ def anchor_losses(config: RunConfig, model: Any, losses: dict[str, Any]) -> dict
 
 
 def build_evaluator(config: RunConfig, datasets: list[PreparedDataset], dims: list[int]) -> Any:
-    from .data import read_source, select_columns
-    from .evaluation import MatryoshkaEvaluator, build_spec
+    from .evaluation import build_matryoshka_evaluator
     from .models import load_model
 
-    if not config.evaluation.evaluators:
-        return None
-    eval_dims = config.evaluation.dims or dims
-    by_name = {d.name: d for d in datasets}
-    specs = []
-    for i, ecfg in enumerate(config.evaluation.evaluators):
-        where = f"evaluation.evaluators.{i}"
-        if ecfg.dataset is not None:
-            rows = by_name[ecfg.dataset].eval
-        else:
-            try:
-                rows = select_columns(read_source(ecfg.source, f"{where}.source"), ecfg.columns, where)
-            except HubUnavailable as exc:
-                raise DataError(f"cannot reach the hub ({exc})", where=f"{where}.source") from None
-        if ecfg.limit is not None and ecfg.limit < len(rows):
-            rows = rows.select(range(ecfg.limit))
-        teacher = None
-        if ecfg.teacher:
-            teacher = load_model(config.model.model_copy(update={"name_or_path": ecfg.teacher, "type": "pretrained", "layers": None}))
-        specs.append(build_spec(ecfg, rows, where, config.training.per_device_eval_batch_size, teacher))
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ConfigError("two evaluators share a name; give each a distinct 'name'", where="evaluation.evaluators")
-    return MatryoshkaEvaluator(specs, eval_dims)
+    def teacher(name: str) -> Any:
+        return load_model(config.model.model_copy(update={"name_or_path": name, "type": "pretrained", "layers": None}))
+
+    eval_rows = {d.name: d.eval for d in datasets}
+    return build_matryoshka_evaluator(
+        config.evaluation, eval_rows, dims, config.training.per_device_eval_batch_size, teacher
+    )
 
 
 def resolve_precision(asked: str, cuda: bool, echo: Callable[[str], None] = print) -> str:
@@ -387,6 +372,39 @@ def _anchor_cost(plan: Plan) -> dict[str, Any] | None:
     }
 
 
+def evaluation_extras(evaluator: Any, evaluated_after: bool, grid_before: Any) -> dict[str, Any]:
+    """The dim × precision grid and the over-dims aggregates for results.json (after training;
+    the grid before training too, when precisions beyond float32 are configured)."""
+    if evaluator is None or not evaluated_after:
+        return {}
+    extras: dict[str, Any] = {"grid": evaluator.last_grid, "aggregates": evaluator.last_aggregates}
+    if len(evaluator.precisions) > 1 and grid_before:
+        extras["grid_before"] = grid_before
+    return extras
+
+
+def quality_per_kwh(before: Any, after: Any, primary: dict[str, str], carbon: dict[str, Any]) -> dict[str, Any] | None:
+    """Each evaluator's primary metric at the full dim per kWh of the whole run, and the gain over
+    the base model per kWh (only when codecarbon measured energy)."""
+    energy = carbon.get("energy_kwh") if carbon.get("tracked") else None
+    if not energy or not after:
+        return None
+    out: dict[str, Any] = {"energy_kwh": energy}
+    for name, metric in primary.items():
+        per_dim = after.get(name, {})
+        if not per_dim:
+            continue
+        dim = max(per_dim, key=int)
+        value = per_dim[dim].get(metric)
+        base = (before or {}).get(name, {}).get(dim, {}).get(metric)
+        out[name] = {
+            "metric": metric, "dim": int(dim), "value": value,
+            "per_kwh": value / energy if value is not None else None,
+            "gain_per_kwh": (value - base) / energy if value is not None and base is not None else None,
+        }
+    return out
+
+
 def _train_summary(train_output: Any, trainer: Any) -> dict[str, Any]:
     metrics = train_output.metrics
     runtime = float(metrics.get("train_runtime", 0.0))
@@ -397,6 +415,8 @@ def _train_summary(train_output: Any, trainer: Any) -> dict[str, Any]:
         "runtime_s": round(runtime, 3),
         "samples_per_second": round(per_second, 3),
         "final_loss": _last_loss(trainer),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_metric": trainer.state.best_metric,
     }
 
 

@@ -93,6 +93,7 @@ def render() -> str:
         ("matryoshka", C.MatryoshkaConfig), ("anchor", C.AnchorConfig), ("training", C.TrainingConfig), ("evaluation", C.EvaluationConfig),
         ("evaluation.evaluators[]", C.EvaluatorConfig), ("carbon", C.CarbonConfig),
         ("distill", C.DistillConfig), ("stages[]", C.StageConfig),
+        ("eval-only config (mtrain eval MODEL --config EVAL.yaml)", C.EvalConfig),
     ]:
         parts += section(title, model)
     parts += ["## Losses", "", "| name | aliases | the dataset must give |", "|---|---|---|"]

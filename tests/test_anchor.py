@@ -34,7 +34,8 @@ def test_anchor_term_is_exactly_zero_for_an_untrained_copy(tiny_model_dir, data_
     loss = _anchored(model)
     out = loss(_batch(model, data_dir), None)
     assert out["anchor"].item() == 0.0
-    assert out["base"].item() > 0
+    assert set(out) == {"dim32", "dim16", "dim8", "anchor"}  # per-dim components compose with the anchor
+    assert all(out[f"dim{d}"].item() > 0 for d in DIMS)
 
 
 def test_distance_values():
@@ -48,7 +49,7 @@ def test_reference_gets_no_gradient_and_is_not_a_submodule(tiny_model_dir, data_
     model = SentenceTransformer(str(tiny_model_dir))
     loss = _anchored(model)
     out = loss(_batch(model, data_dir), None)
-    (out["base"] + out["anchor"]).backward()
+    sum(out.values()).backward()
     assert all(p.grad is None and not p.requires_grad for p in loss.reference.parameters())
     assert any(p.grad is not None for p in model.parameters())
     assert not any(m is loss.reference for m in loss.modules())
@@ -71,9 +72,9 @@ def test_cached_loss_gets_the_same_gradient_as_the_plain_loss(tiny_model_dir, da
         loss = AnchoredLoss(model, inner, copy.deepcopy(reference), 10.0, "cosine")
         out = loss(_batch(model, data_dir), None)
         assert out["anchor"].item() > 0
-        (out["base"] + out["anchor"]).backward()
+        sum(out.values()).backward()
         grads[name] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-        grads[name + "_value"] = (out["base"] + out["anchor"]).item()
+        grads[name + "_value"] = sum(out.values()).item()
     assert grads["mnrl_value"] == pytest.approx(grads["cached_mnrl_value"], rel=1e-5)
     torch.testing.assert_close(grads["mnrl"], grads["cached_mnrl"], rtol=1e-4, atol=1e-6)
 
@@ -149,3 +150,25 @@ def test_layerwise_decay_trains(tiny_config):
     tiny_config["evaluation"] = {"evaluators": []}
     results = run(validate(tiny_config), echo=lambda _: None)
     assert results["train"]["steps"] == 4
+
+
+@pytest.mark.parametrize("name,kwargs", [("mnrl", {}), ("cached_mnrl", {"mini_batch_size": 3})])
+def test_per_dim_components_add_up_to_the_plain_matryoshka_loss(name, kwargs, tiny_model_dir, data_dir):
+    """The per-dim loss reports one term per dim; their sum is sentence-transformers' MatryoshkaLoss,
+    with and without the anchor beside them, for plain and gradient-cache losses."""
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    from matryoshka_train.losses import loss_class
+
+    model = SentenceTransformer(str(tiny_model_dir))
+    model.eval()
+    batch = _batch(model, data_dir)
+    reference = MatryoshkaLoss(model, loss_class(LossConfig(name=name).name)(model, **kwargs), DIMS)(batch, None)
+    ours = build_loss(model, LossConfig(name=name, kwargs=kwargs), MatryoshkaConfig(dims=DIMS), DIMS)(batch, None)
+    assert list(ours) == ["dim32", "dim16", "dim8"]
+    assert sum(ours.values()).item() == pytest.approx(reference.item(), rel=1e-5)
+    assert ours["dim8"].item() != pytest.approx(ours["dim32"].item())
+    anchored = _anchored(model, name, **kwargs)(batch, None)
+    assert set(anchored) == {"dim32", "dim16", "dim8", "anchor"}
+    sum(anchored.values()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
