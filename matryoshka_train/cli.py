@@ -148,8 +148,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    import signal
+
     from .sweep import load, run_sweep
 
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops a sweep as Ctrl+C does: trials ended and queued again
+
+    signal.signal(signal.SIGTERM, stop)
     sweep = load(args.sweep, storage=args.storage)
     summary = run_sweep(sweep, workers=args.workers)
     return 0 if summary["best"] else 1

@@ -83,6 +83,7 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> dict[str, Any]:
     if workers < 1:
         raise UserError("--workers must be 1 or more", where="--workers")
     sweep.out.mkdir(parents=True, exist_ok=True)
+    _STOP.clear()
     study = open_study(sweep)
     requeued = requeue_interrupted(study)
     if requeued:
@@ -292,6 +293,8 @@ def run_trial(sweep: Sweep, study: Any, trial: Any, params: dict[str, Any]) -> N
     try:
         while proc.poll() is None and not pruned:
             time.sleep(POLL_S)
+            if _STOP.is_set():
+                raise KeyboardInterrupt  # the driver is stopping: end this trial, queue it again
             for event in reader.new_events():
                 reported = _report(trial, c, event, objective_from_event) or reported
                 if reported is not None and trial.should_prune():
