@@ -176,3 +176,44 @@ def test_sweep_errors_are_caught_before_any_trial(sweep_file, tmp_path, capsys):
         "and training.eval_steps (in fixed: or the base config), or pruner: none",
     ]
     assert not (tmp_path / "sweep").exists()
+
+
+def test_grid_sampler_tries_every_combination_once_and_stops(sweep_file):
+    """No trial processes: the grid is walked through the study as the workers would."""
+    from matryoshka_train.sweep import _grid_done
+
+    path = sweep_file(
+        n_trials=10, sampler={"type": "grid"},
+        search_space={"matryoshka.reduction": {"grid": ["sum", "mean"]},
+                      "matryoshka.dims": {"grid": [[32, 16, 8], [32, 8]]}},
+    )
+    sweep = load(path)
+    sweep.out.mkdir(parents=True)
+    study = open_study(sweep)
+    seen = []
+    while not _grid_done(study, sweep.config):
+        trial = study.ask()
+        seen.append(tuple(sorted(suggest(trial, sweep.config).items())))
+        study.tell(trial, 0.5)
+    assert len(seen) == 4 and len(set(seen)) == 4
+    assert ("matryoshka.dims", 'json:[32, 8]') in {kv for s in seen for kv in s}
+
+
+def test_objective_aggregates_and_launcher_command(sweep_file):
+    from matryoshka_train.sweep import trial_command
+    from matryoshka_train.sweep_report import objective_from_event, objective_from_results
+
+    per_dim = {"32": {"cosine_accuracy": 0.9}, "16": {"cosine_accuracy": 0.7}, "8": {"cosine_accuracy": 0.5}}
+    results = {"after": {"tiny": per_dim}}
+    event = {"event": "eval", "step": 3, **{f"eval_tiny_dim{d}_cosine_accuracy": m["cosine_accuracy"] for d, m in per_dim.items()},
+             "eval_tiny_int8_dim32_cosine_accuracy": 0.0, "eval_tiny_dimmean_cosine_accuracy": 0.0}
+    for objective, expected in [({"aggregate": "mean"}, 0.7), ({"aggregate": "min"}, 0.5), ({"dim": 16}, 0.7),
+                                ({"aggregate": "weighted", "weights": [1.0, 0.5, 0.0]}, 1.25)]:
+        sweep = load(sweep_file(objective={"evaluator": "tiny", "metric": "cosine_accuracy", **objective}))
+        assert objective_from_results(results, sweep.config) == pytest.approx(expected)
+        assert objective_from_event(event, sweep.config) == pytest.approx(expected)
+
+    sweep = load(sweep_file(launcher="accelerate launch --num_processes 2"))
+    cmd = trial_command(sweep, {"training.learning_rate": 1e-3, "matryoshka.reduction": "mean"}, sweep.out / "t")
+    assert cmd[:6] == ["accelerate", "launch", "--num_processes", "2", "-m", "matryoshka_train"]
+    assert "training.learning_rate=0.001" in cmd and "matryoshka.reduction=mean" in cmd and "training.max_steps=2" in cmd
