@@ -135,11 +135,15 @@ def open_study(sweep: Sweep, worker: int = 0) -> Any:
             if attempt == 4 or "already exists" not in str(exc):
                 raise UserError(f"cannot open the study storage: {str(exc).splitlines()[0]}", where="--storage") from None
             time.sleep(0.5 + attempt)
-    seed = None if c.sampler.seed is None else c.sampler.seed + worker
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=storage, study_name=c.study_name, direction=c.objective.direction, load_if_exists=True,
-        sampler=_sampler(optuna, c, seed), pruner=sweep.pruner_override or _pruner(optuna, c),
+        sampler=optuna.samplers.RandomSampler(), pruner=sweep.pruner_override or _pruner(optuna, c),
     )
+    # the seed moves on with the trials already in the study, so a resumed sweep does not draw its
+    # first values again, and with the worker's index, so workers of one driver draw different ones
+    seed = None if c.sampler.seed is None else c.sampler.seed + worker + len(study.get_trials(deepcopy=False))
+    study.sampler = _sampler(optuna, c, seed)
+    return study
 
 
 def _sampler(optuna: Any, c: SweepConfig, seed: int | None) -> Any:

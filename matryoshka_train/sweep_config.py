@@ -81,7 +81,8 @@ class ParamConfig(Section):
 
 class SamplerConfig(Section):
     type: Literal["tpe", "random", "grid"] = Field("tpe", description="tpe (Bayesian), random, or grid (every combination of the grid values).")
-    seed: int | None = Field(42, description="Seed of the sampler (worker k of a process uses seed + k).")
+    seed: int | None = Field(42, description="Seed of the sampler; a driver uses seed + its worker index + the trials already in the study. "
+                                "null: seeded by the OS (use it with drivers on several machines).")
     n_startup_trials: int = Field(5, ge=0, description="tpe: random trials before the model takes over.")
 
     @model_validator(mode="before")
