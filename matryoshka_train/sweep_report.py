@@ -177,6 +177,7 @@ def _plots(rows: list[dict[str, Any]], c: SweepConfig, out: Path) -> list[str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return []
     scored = [r for r in rows if isinstance(r["objective"], (int, float)) and math.isfinite(r["objective"])]
@@ -186,6 +187,8 @@ def _plots(rows: list[dict[str, Any]], c: SweepConfig, out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for state, marker, colour in (("complete", "o", "tab:blue"), ("pruned", "x", "tab:orange")):
         pts = [r for r in scored if r["state"] == state]
+        if not pts:
+            continue
         ax.scatter([r["trial"] for r in pts], [r["objective"] for r in pts], marker=marker, color=colour,
                    label=state if state == "complete" else "pruned (last evaluation)")
     best, running = [], None
@@ -197,6 +200,7 @@ def _plots(rows: list[dict[str, Any]], c: SweepConfig, out: Path) -> list[str]:
         ax.step([b[0] for b in best], [b[1] for b in best], where="post", color="tab:green", label="best so far")
     ax.set_title(f"Sweep {c.study_name}: objective by trial")
     ax.set_xlabel("trial number")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(c.objective.label())
     ax.legend()
     fig.tight_layout()
@@ -212,18 +216,25 @@ def _plots(rows: list[dict[str, Any]], c: SweepConfig, out: Path) -> list[str]:
             xs = [r["params"].get(key) for r in done]
             if p.kind == "range":
                 ax.scatter(xs, [r["objective"] for r in done], color="tab:blue")
+                lo, hi = float(p.low), float(p.high)
                 if p.log:
                     ax.set_xscale("log")
+                    ticks = [lo, (lo * hi) ** 0.5, hi]
+                else:
+                    ticks = [lo, (lo + hi) / 2, hi]
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                ax.set_xticks(ticks, [format(t, ".2g") for t in ticks])
             else:
                 labels = [json.dumps(v) if not isinstance(v, str) else v for v in (p.choices if p.choices is not None else p.grid)]
                 pos = {label: i for i, label in enumerate(labels)}
                 ax.scatter([pos.get(json.dumps(x) if not isinstance(x, str) else x, -1) for x in xs],
                            [r["objective"] for r in done], color="tab:blue")
                 ax.set_xticks(range(len(labels)), labels)
+                ax.set_xlim(-0.5, len(labels) - 0.5)
             ax.set_title(key)
-            ax.set_xlabel(key.rsplit(".", 1)[-1])
-            ax.set_ylabel(c.objective.label())
-        fig.suptitle("Per-parameter effect (completed trials)")
+            ax.set_xlabel(key.rsplit(".", 1)[-1] + (" (log scale)" if p.log else ""))
+            ax.set_ylabel("objective")
+        fig.suptitle(f"Per-parameter effect on {c.objective.label()} (completed trials)")
         fig.tight_layout()
         fig.savefig(out / "param_effects.png", dpi=100)
         plt.close(fig)
