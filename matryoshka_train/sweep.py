@@ -127,18 +127,19 @@ def open_study(sweep: Sweep, worker: int = 0) -> Any:
     optuna = _optuna()
     c = sweep.config
     kwargs = {"connect_args": {"timeout": 60}} if sweep.storage_url.startswith("sqlite") else {}
-    for attempt in range(5):  # drivers starting together race to create the tables; the loser retries
+    for attempt in range(6):  # drivers starting together race to create the tables; the losers retry
         try:
             storage = optuna.storages.RDBStorage(sweep.storage_url, engine_kwargs=kwargs)
+            study = optuna.create_study(
+                storage=storage, study_name=c.study_name, direction=c.objective.direction, load_if_exists=True,
+                sampler=optuna.samplers.RandomSampler(), pruner=sweep.pruner_override or _pruner(optuna, c),
+            )
             break
-        except Exception as exc:  # noqa: BLE001 - a bad URL or an unreachable database
-            if attempt == 4 or "already exists" not in str(exc):
+        except Exception as exc:  # noqa: BLE001 - a bad URL, a missing driver or an unreachable database
+            racing = any(s in str(exc) for s in ("already exists", "UNIQUE constraint", "database is locked", "duplicate key"))
+            if attempt == 5 or not racing:
                 raise UserError(f"cannot open the study storage: {str(exc).splitlines()[0]}", where="--storage") from None
-            time.sleep(0.5 + attempt)
-    study = optuna.create_study(
-        storage=storage, study_name=c.study_name, direction=c.objective.direction, load_if_exists=True,
-        sampler=optuna.samplers.RandomSampler(), pruner=sweep.pruner_override or _pruner(optuna, c),
-    )
+            time.sleep(0.3 * (attempt + 1))
     # the seed moves on with the trials already in the study, so a resumed sweep does not draw its
     # first values again, and with the worker's index, so workers of one driver draw different ones
     seed = None if c.sampler.seed is None else c.sampler.seed + worker + len(study.get_trials(deepcopy=False))
