@@ -89,24 +89,27 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> dict[str, Any]:
     if requeued:
         sweep.echo(f"Resuming: trial(s) {', '.join(map(str, requeued))} were interrupted and will run again.")
     errors: list[BaseException] = []
+    finished = [threading.Event() for _ in range(workers)]
 
     def work(index: int) -> None:
         try:
             _worker(sweep, open_study(sweep, worker=index))
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
+        finally:
+            finished[index].set()
 
-    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(workers)]
-    for t in threads:
-        t.start()
+    for i in range(workers):
+        threading.Thread(target=work, args=(i,), daemon=True, name=f"worker-{i}").start()
+    # waiting with sleep, not Thread.join: a Ctrl-C inside join can leave a live thread marked as
+    # finished, and the driver would exit before its workers ended and re-queued their trials
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
+        while not all(e.is_set() for e in finished):
+            time.sleep(0.2)
     except KeyboardInterrupt:
         _STOP.set()
-        for t in threads:
-            t.join()
+        while not all(e.is_set() for e in finished):
+            time.sleep(0.2)
         raise UserError("sweep interrupted; the running trial(s) will run again: repeat the same command to resume") from None
     if errors:
         raise errors[0]

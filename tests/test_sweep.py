@@ -217,3 +217,28 @@ def test_objective_aggregates_and_launcher_command(sweep_file):
     cmd = trial_command(sweep, {"training.learning_rate": 1e-3, "matryoshka.reduction": "mean"}, sweep.out / "t")
     assert cmd[:6] == ["accelerate", "launch", "--num_processes", "2", "-m", "matryoshka_train"]
     assert "training.learning_rate=0.001" in cmd and "matryoshka.reduction=mean" in cmd and "training.max_steps=2" in cmd
+
+
+def test_sigterm_ends_the_running_trial_and_queues_it_again(sweep_file):
+    import os
+    import signal
+    import time
+
+    from conftest import REPO
+
+    path = sweep_file(n_trials=1)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    driver = subprocess.Popen([sys.executable, "-m", "matryoshka_train", "sweep", str(path)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = path.parent / "sweep" / "trials" / "trial-0000" / "trial.log"
+    deadline = time.time() + 60
+    while not log.is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    driver.send_signal(signal.SIGTERM)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == 2
+    assert "sweep interrupted; the running trial(s) will run again" in err
+    trials = open_study(load(path)).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    assert trials[0].user_attrs["interrupted"] is True and trials[1].user_attrs["retry_of"] == 0
