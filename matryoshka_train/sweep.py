@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, UserError
-from .sweep_config import SweepConfig, check_against_base, decode_choice, encode_choice, load_sweep, overrides_for
+from .sweep_config import (
+    SweepConfig,
+    check_against_base,
+    decode_choice,
+    encode_choice,
+    load_sweep,
+    overrides_for,
+)
 
 HEARTBEAT_S = 30
 STALE_AFTER_S = 300
@@ -283,7 +290,11 @@ def run_trial(sweep: Sweep, study: Any, trial: Any, params: dict[str, Any]) -> N
     """Run one trial's process, report its evaluations as they appear, prune or tell the result."""
     from optuna.trial import TrialState
 
-    from .sweep_report import objective_from_event, objective_from_results, trial_summary
+    from .sweep_report import (
+        objective_from_event,
+        objective_from_results,
+        trial_summary,
+    )
 
     c = sweep.config
     out = (sweep.out / "trials" / f"trial-{trial.number:04d}").resolve()
@@ -294,7 +305,7 @@ def run_trial(sweep: Sweep, study: Any, trial: Any, params: dict[str, Any]) -> N
     shown = ", ".join(f"{k}={decode_choice(v)}" for k, v in params.items())
     sweep.echo(f"trial {trial.number}: {shown}")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])))
-    log = open(out / "trial.log", "w", encoding="utf-8")
+    log = open(out / "trial.log", "w", encoding="utf-8")  # noqa: SIM115 - open while the trial runs
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     reader = _LineReader(out / "metrics.jsonl")
     last_beat, pruned, reported = time.time(), False, None

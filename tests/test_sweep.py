@@ -17,8 +17,8 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
-from matryoshka_train.cli import main  # noqa: E402
-from matryoshka_train.sweep import load, open_study, run_sweep, suggest  # noqa: E402
+from matryoshka_train.cli import main
+from matryoshka_train.sweep import load, open_study, run_sweep, suggest
 
 
 @pytest.fixture()
@@ -172,8 +172,8 @@ def test_sweep_errors_are_caught_before_any_trial(sweep_file, tmp_path, capsys):
         "error: search_space.training.per_device_train_batch_size: input should be greater than 0 (got '0') (with value 0)",
         "error: objective.evaluator: no evaluator named 'tiyn'; did you mean 'tiny'?; evaluators: tiny",
         "error: objective.dim: dim 64 is not evaluated; evaluated dims: 32, 16, 8",
-        "error: pruner: pruning reads the evaluations made during training: set training.eval_strategy: steps "
-        "and training.eval_steps (in fixed: or the base config), or pruner: none",
+        ("error: pruner: pruning reads the evaluations made during training: set training.eval_strategy: steps "
+         "and training.eval_steps (in fixed: or the base config), or pruner: none"),
     ]
     assert not (tmp_path / "sweep").exists()
 
@@ -201,7 +201,10 @@ def test_grid_sampler_tries_every_combination_once_and_stops(sweep_file):
 
 def test_objective_aggregates_and_launcher_command(sweep_file):
     from matryoshka_train.sweep import trial_command
-    from matryoshka_train.sweep_report import objective_from_event, objective_from_results
+    from matryoshka_train.sweep_report import (
+        objective_from_event,
+        objective_from_results,
+    )
 
     per_dim = {"32": {"cosine_accuracy": 0.9}, "16": {"cosine_accuracy": 0.7}, "8": {"cosine_accuracy": 0.5}}
     results = {"after": {"tiny": per_dim}}
