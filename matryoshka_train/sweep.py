@@ -103,6 +103,7 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> dict[str, Any]:
             _worker(sweep, open_study(sweep, worker=index))
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
+            _STOP.set()  # e.g. the objective's metric does not exist: the other workers stop too
         finally:
             finished[index].set()
 

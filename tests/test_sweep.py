@@ -245,3 +245,11 @@ def test_sigterm_ends_the_running_trial_and_queues_it_again(sweep_file):
     trials = open_study(load(path)).get_trials()
     assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
     assert trials[0].user_attrs["interrupted"] is True and trials[1].user_attrs["retry_of"] == 0
+
+
+def test_a_metric_the_evaluator_does_not_report_stops_the_sweep_after_one_trial(sweep_file, capsys):
+    path = sweep_file(n_trials=3, objective={"evaluator": "tiny", "metric": "accuracy", "aggregate": "mean"})
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: objective.metric: evaluator 'tiny' has no metric 'accuracy'; it reports: cosine_accuracy"]
+    assert [t.state.name for t in open_study(load(path)).trials] == ["FAIL"]
