@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="override a config value (repeatable)")
     ev.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
 
+    sw = sub.add_parser("sweep", help="hyperparameter search on Optuna: one mtrain run process per trial")
+    sw.add_argument("sweep", help="path to the sweep YAML (base config, search space, objective)")
+    sw.add_argument("--storage", help="Optuna RDB URL (default sqlite:///OUTPUT_DIR/study.db); postgresql://... for many machines")
+    sw.add_argument("--workers", type=int, default=1, help="trials run in parallel by this process (default 1)")
+    sw.add_argument("--debug", action="store_true", help="show tracebacks")
+
     rep = sub.add_parser("report", help="Markdown report and PNG plots from run or eval directories")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories holding results.json (several: compared)")
     rep.add_argument("--output", help="where report.md and the plots go (default FIRST_RUN_DIR/report)")
@@ -67,6 +73,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _eval(args)
         if args.verb == "report":
             return _report(args)
+        if args.verb == "sweep":
+            return _sweep(args)
         return _run(args)
     except UserError as exc:
         for problem in exc.problems:
@@ -137,6 +145,20 @@ def _report(args: argparse.Namespace) -> int:
     pngs = sorted(p.name for p in md.parent.glob("*.png"))
     print(f"Report written to {md}" + (f" with {', '.join(pngs)}" if pngs else ""))
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import signal
+
+    from .sweep import load, run_sweep
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops a sweep as Ctrl+C does: trials ended and queued again
+
+    signal.signal(signal.SIGTERM, stop)
+    sweep = load(args.sweep, storage=args.storage)
+    summary = run_sweep(sweep, workers=args.workers)
+    return 0 if summary["best"] else 1
 
 
 def _quiet_libraries(debug: bool) -> None:

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # document the checkout this script is in, not whichever copy is installed
 
 from matryoshka_train import config as C  # noqa: E402
+from matryoshka_train import sweep_config as S  # noqa: E402
 from matryoshka_train.losses import LOSSES  # noqa: E402
 
 TARGET = ROOT / "docs" / "config.md"
@@ -74,7 +75,7 @@ HELP = trainer_help()
 
 def section(title: str, model: type[BaseModel]) -> list[str]:
     lines = [f"## `{title}`", ""]
-    if model.__doc__ and model is not C.RunConfig:
+    if model.__doc__ and model not in (C.RunConfig, S.SweepConfig):
         lines += [inspect.cleandoc(model.__doc__), ""]
     lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
@@ -94,6 +95,8 @@ def render() -> str:
         ("evaluation.evaluators[]", C.EvaluatorConfig), ("carbon", C.CarbonConfig),
         ("distill", C.DistillConfig), ("stages[]", C.StageConfig),
         ("eval-only config (mtrain eval MODEL --config EVAL.yaml)", C.EvalConfig),
+        ("sweep file (mtrain sweep SWEEP.yaml, see docs/sweeps.md)", S.SweepConfig), ("sweep: search_space.<key>", S.ParamConfig),
+        ("sweep: objective", S.ObjectiveConfig), ("sweep: sampler", S.SamplerConfig), ("sweep: pruner", S.PrunerConfig),
     ]:
         parts += section(title, model)
     parts += ["## Losses", "", "| name | aliases | the dataset must give |", "|---|---|---|"]
