@@ -282,6 +282,14 @@ class TrainingConfig(Section):
         None, gt=0, le=1,
         description="Layer i of L gets learning_rate × decay^(L−i); embeddings decay^(L+1). null: one rate.",
     )
+    sorted_forward: bool = Field(
+        True,
+        description="Run each forward pass over length-sorted chunks, each trimmed to its own longest text: "
+        "far less compute on padding, the same loss up to float rounding. Transformer models only.",
+    )
+    forward_chunk_tokens: int = Field(
+        8192, ge=64, description="Most padded tokens (rows × width) in one chunk of the sorted forward pass."
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other SentenceTransformerTrainingArguments field, passed through as is.",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import redact
+from . import redact, sorted_forward
 from .carbon import CarbonMeter
 from .checkpoints import make_checkpoints_atomic
 from .config import RunConfig, dump_resolved
@@ -44,8 +44,12 @@ class Plan:
     batch_sampler: str
 
 
-def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train as the config says and write the outputs. Returns the content of results.json."""
+def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] = print,
+        callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Train as the config says and write the outputs. Returns the content of results.json.
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (for programmatic use, e.g.
+    the training benchmark's step timer)."""
     from sentence_transformers import SentenceTransformerTrainer
 
     if config.stages:  # a multi-stage config runs this function once per stage
@@ -82,7 +86,7 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         eval_dataset=_eval_datasets(plan),
         loss=_one_or_dict(plan.losses),
         evaluator=plan.evaluator if config.training.eval_strategy != "no" else None,
-        callbacks=[metrics_log, nan_guard],
+        callbacks=[metrics_log, nan_guard, *(callbacks or [])],
     )
     nan_guard.attach(trainer)
     make_checkpoints_atomic(trainer)
@@ -91,8 +95,13 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         meter.stop()
         redact.scrub_tree(out)
 
-    with training_faults(config, trainer, plan.model, out, on_abort=on_abort):
-        train_output = trainer.train()
+    chunked = sorted_forward.install(plan.model, config.training.forward_chunk_tokens) \
+        if config.training.sorted_forward else None
+    try:
+        with training_faults(config, trainer, plan.model, out, on_abort=on_abort):
+            train_output = trainer.train()
+    finally:
+        sorted_forward.uninstall(plan.model, chunked)
     if nan_guard.step is None and not weights_finite(plan.model):
         nan_guard.step, nan_guard.what = trainer.state.global_step, "the weights became NaN/inf"
     if nan_guard.step is not None:
@@ -121,6 +130,7 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         "anchor": _anchor_cost(plan),
         "precision": plan.precision,
         "batch_sampler": plan.batch_sampler,
+        "padding": padding_summary(chunked),
         "wall_time_s": round(time.time() - started, 2),
     }
     redact.write_text(out / "results.json", json.dumps(results, indent=2))
@@ -403,6 +413,19 @@ def quality_per_kwh(before: Any, after: Any, primary: dict[str, str], carbon: di
             "gain_per_kwh": (value - base) / energy if value is not None and base is not None else None,
         }
     return out
+
+
+def padding_summary(forward: Any) -> dict[str, Any] | None:
+    """How much of the training forward compute was padding, with and without the sorted forward."""
+    if forward is None or not forward.padded_tokens:
+        return None
+    return {
+        "real_tokens": forward.real_tokens,
+        "padded_tokens_plain": forward.padded_tokens,
+        "padded_tokens_run": forward.run_tokens,
+        "pad_share_plain": round(1 - forward.real_tokens / forward.padded_tokens, 4),
+        "pad_share_run": round(1 - forward.real_tokens / forward.run_tokens, 4),
+    }
 
 
 def _train_summary(train_output: Any, trainer: Any) -> dict[str, Any]:
