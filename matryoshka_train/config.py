@@ -287,6 +287,11 @@ class TrainingConfig(Section):
         description="Run each forward pass over length-sorted chunks, each trimmed to its own longest text: "
         "far less compute on padding, the same loss up to float rounding. Transformer models only.",
     )
+    pretokenize: bool = Field(
+        True,
+        description="Tokenize the training texts once before training (datasets.map, cached with the data) "
+        "instead of in every batch; checked against the model's own preprocessing, else skipped.",
+    )
     forward_chunk_tokens: int = Field(
         8192, ge=64, description="Most padded tokens (rows × width) in one chunk of the sorted forward pass."
     )

@@ -6,7 +6,8 @@ negative losses). The difference is how it is computed:
 
 1. **Texts become integer ids once.** All text columns are dictionary-encoded together by Arrow
    (the dataset's own storage), so equal strings get equal ids, in C++ and without Python objects
-   per row. The ids are cached on the sampler and reused every epoch.
+   per row. The ids are kept on the sampler for every epoch, and on disk under the dataset's
+   fingerprint for the next run over the same data (:func:`cached_text_ids`).
 2. **Batches are cut, then checked, on integer arrays.** Each epoch shuffles the rows (seeded by
    ``seed + epoch``), cuts the permutation into consecutive batches, and finds every row whose ids
    collide with an earlier row of the same batch with one stable sort of ``(batch, id)`` keys.
@@ -21,7 +22,11 @@ k batches of the same list: :meth:`batches` returns it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from sentence_transformers.base.sampler import DefaultBatchSampler
@@ -34,7 +39,7 @@ def text_ids(dataset: object, exclude: tuple[str, ...] = _LABEL_COLUMNS) -> np.n
     import pyarrow as pa
 
     arrow = dataset.with_format("arrow")  # public view over the dataset's own Arrow storage
-    columns = [c for c in dataset.column_names if c not in exclude]
+    columns = [c for c in dataset.column_names if c not in exclude and not c.startswith("__tok__")]
     n = len(dataset)
     if not columns:
         return np.arange(n, dtype=np.int32)[:, None]
@@ -46,6 +51,42 @@ def text_ids(dataset: object, exclude: tuple[str, ...] = _LABEL_COLUMNS) -> np.n
     encoded = pa.chunked_array(chunks, type=pa.large_string()).dictionary_encode().combine_chunks()
     ids = encoded.indices.to_numpy(zero_copy_only=False)  # int32: half the memory traffic of int64
     return np.ascontiguousarray(ids.reshape(len(columns), n).T)
+
+
+def cache_dir() -> Path:
+    """Where text ids are kept between runs: $MTRAIN_CACHE/text_ids, else ~/.cache/matryoshka_train."""
+    root = os.environ.get("MTRAIN_CACHE") or Path.home() / ".cache" / "matryoshka_train"
+    return Path(root) / "text_ids"
+
+
+def cached_text_ids(dataset: object, exclude: tuple[str, ...] = _LABEL_COLUMNS) -> np.ndarray:
+    """:func:`text_ids`, kept on disk under the dataset's fingerprint.
+
+    A dataset read from files (what ``mtrain run`` trains on) has a fingerprint that is the same in
+    every process for the same data and transforms, so a second run, a resumed run or a sweep trial
+    loads its ids (megabytes, milliseconds) instead of encoding every text again. Datasets built in
+    memory have no files and a random fingerprint; they are encoded and not cached."""
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if not fingerprint or not getattr(dataset, "cache_files", None):
+        return text_ids(dataset, exclude)
+    key = hashlib.sha256(json.dumps([fingerprint, list(dataset.column_names), sorted(exclude)]).encode()).hexdigest()[:24]
+    path = cache_dir() / f"{key}.npy"
+    try:
+        ids = np.load(path, mmap_mode=None, allow_pickle=False)
+        if ids.ndim == 2 and len(ids) == len(dataset):
+            return ids
+    except (OSError, ValueError):
+        pass
+    ids = text_ids(dataset, exclude)
+    try:  # write then rename: a crash never leaves a half-written cache file behind
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        with open(partial, "wb") as f:
+            np.save(f, ids, allow_pickle=False)
+        os.replace(partial, path)
+    except OSError:  # a read-only or full cache directory only costs the speed-up
+        pass
+    return ids
 
 
 def no_duplicate_batches(ids: np.ndarray, batch_size: int, rng: np.random.Generator, drop_last: bool) -> list[np.ndarray]:
@@ -159,7 +200,7 @@ class FastNoDuplicatesBatchSampler(DefaultBatchSampler):
     @property
     def ids(self) -> np.ndarray:
         if self._ids is None:
-            self._ids = text_ids(self.dataset, self._exclude)
+            self._ids = cached_text_ids(self.dataset, self._exclude)
         return self._ids
 
     def batches(self, epoch: int | None = None) -> list[np.ndarray]:

@@ -19,7 +19,8 @@ so downstream modules and losses see the shapes they always saw. Inputs it does 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -26,6 +26,7 @@ from .data import HubUnavailable, PreparedDataset, prepare_dataset
 from .errors import ConfigError, DataError, Problem, TrainingAborted, UserError
 from .faults import NanGuard, training_faults, weights_finite
 from .losses import LOSSES, build_loss
+from .pretokenize import PretokenizedCollator, pretokenize, token_columns
 
 log = logging.getLogger("matryoshka_train")
 
@@ -78,17 +79,21 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         grid_before = plan.evaluator.last_grid
         metrics_log.write({"event": "eval_before", "step": 0, "results": before})
 
+    train_sets, tokenized = training_datasets(plan, echo)
     nan_guard = NanGuard()
     trainer = SentenceTransformerTrainer(
         model=plan.model,
         args=training_arguments(plan),
-        train_dataset=_one_or_dict({d.name: d.train for d in plan.datasets}),
+        train_dataset=_one_or_dict(train_sets),
         eval_dataset=_eval_datasets(plan),
         loss=_one_or_dict(plan.losses),
         evaluator=plan.evaluator if config.training.eval_strategy != "no" else None,
         callbacks=[metrics_log, nan_guard, *(callbacks or [])],
     )
     nan_guard.attach(trainer)
+    if tokenized:
+        trainer.data_collator = PretokenizedCollator(trainer.data_collator, plan.model[0].tokenizer,
+                                                     sorted({c for t in tokenized.values() for c in token_columns(t.dataset)}))
     make_checkpoints_atomic(trainer)
 
     def on_abort() -> None:
@@ -131,6 +136,7 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         "precision": plan.precision,
         "batch_sampler": plan.batch_sampler,
         "padding": padding_summary(chunked),
+        "pretokenize": {name: {"seconds": round(t.seconds, 3), "from_cache": t.cached} for name, t in tokenized.items()} or None,
         "wall_time_s": round(time.time() - started, 2),
     }
     redact.write_text(out / "results.json", json.dumps(results, indent=2))
@@ -313,6 +319,23 @@ def training_arguments(plan: Plan) -> Any:
         return SentenceTransformerTrainingArguments(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"the trainer rejected these arguments: {exc}", where="training") from None
+
+
+def training_datasets(plan: Plan, echo: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training split of each dataset, with token ids added when ``training.pretokenize`` is on
+    (see :mod:`matryoshka_train.pretokenize`). Returns ``({name: dataset}, {name: Pretokenized})``."""
+    datasets = {d.name: d.train for d in plan.datasets}
+    tokenized = {}
+    if plan.config.training.pretokenize:
+        for name, dataset in datasets.items():
+            done = pretokenize(dataset, plan.model, echo)
+            if done is None:
+                continue
+            tokenized[name] = done
+            datasets[name] = done.dataset
+            how = "from the cache" if done.cached else f"in {done.seconds:.1f}s"
+            echo(f"Tokenized {name} once ({len(dataset)} rows, {', '.join(done.text_columns)}) {how}")
+    return datasets, tokenized
 
 
 def _one_or_dict(by_name: dict[str, Any]) -> Any:

@@ -75,3 +75,33 @@ def test_multi_column_label_is_ignored_and_trainer_uses_it(tiny_config):
     results = run(validate(tiny_config), echo=lambda _: None)
     assert results["batch_sampler"] == "no_duplicates_fast"
     assert results["train"]["steps"] == 4
+
+
+def test_text_ids_are_cached_on_disk_by_dataset_fingerprint(tmp_path, monkeypatch):
+    """A dataset read from files gets the same fingerprint in every run, so the next run over it
+    loads its ids instead of encoding every text again."""
+    from datasets import load_dataset
+
+    from matryoshka_train import sampler
+
+    monkeypatch.setenv("MTRAIN_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(f'{{"anchor": "a{i % 7}", "positive": "p{i}"}}\n' for i in range(50)))
+
+    def read():
+        return load_dataset("json", data_files=str(data), split="train", cache_dir=str(tmp_path / "hf"))
+
+    first = sampler.cached_text_ids(read())
+    assert len(list((tmp_path / "cache" / "text_ids").glob("*.npy"))) == 1
+
+    def must_not_encode(*args, **kwargs):
+        raise AssertionError("encoded again instead of loading the cached ids")
+
+    monkeypatch.setattr(sampler, "text_ids", must_not_encode)
+    again = sampler.cached_text_ids(read())  # a fresh Dataset object, as in a new process
+    np.testing.assert_array_equal(first, again)
+    with pytest.raises(AssertionError):  # other data: a new fingerprint, so no stale ids
+        sampler.cached_text_ids(read().select(range(10)))
+    in_memory = Dataset.from_dict({"anchor": ["x", "y"], "positive": ["y", "z"]})
+    with pytest.raises(AssertionError):  # in-memory datasets (random fingerprints) are never cached
+        sampler.cached_text_ids(in_memory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
@@ -9,10 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from matryoshka_train.sorted_forward import SortedChunkForward, install, loss_equality, plan_chunks, uninstall
-
 from conftest import WORDS
+
+from matryoshka_train.sorted_forward import (
+    SortedChunkForward,
+    install,
+    loss_equality,
+    plan_chunks,
+    uninstall,
+)
 
 
 def _texts(n: int, seed: int, low: int = 1, high: int = 40) -> list[str]:
@@ -44,7 +50,7 @@ def test_plan_chunks_covers_every_row_once_and_respects_the_budget():
     lengths = sorted([rng.randint(1, 200) for _ in range(300)], reverse=True)
     chunks = plan_chunks(lengths, max_tokens=2048)
     assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths)
-    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
     for start, end in chunks:
         assert end > start
         assert (end - start) * lengths[start] <= max(2048, lengths[start])
