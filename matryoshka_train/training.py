@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import distributed, redact
 from .carbon import CarbonMeter
@@ -24,7 +24,13 @@ from .checkpoints import make_checkpoints_atomic
 from .config import RunConfig, dump_resolved
 from .data import HubUnavailable, PreparedDataset, prepare_dataset
 from .errors import ConfigError, DataError, Problem, TrainingAborted, UserError
-from .faults import NanGuard, Preempted, PreemptionGuard, training_faults, weights_finite
+from .faults import (
+    NanGuard,
+    Preempted,
+    PreemptionGuard,
+    training_faults,
+    weights_finite,
+)
 from .losses import LOSSES, build_loss
 from .resume import check_same_run, fast_data_skip, find_checkpoint, resume_command
 
@@ -504,7 +510,7 @@ def _train_summary(train_output: Any, trainer: Any) -> dict[str, Any]:
     per_second = float(metrics.get("train_samples_per_second", 0.0))
     return {
         "steps": int(trainer.state.global_step),
-        "samples": int(round(per_second * runtime)),
+        "samples": round(per_second * runtime),
         "runtime_s": round(runtime, 3),
         "samples_per_second": round(per_second, 3),
         "final_loss": _last_loss(trainer),

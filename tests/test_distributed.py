@@ -229,24 +229,27 @@ def test_two_processes_gather_negatives_keep_ranks_identical_and_resume_exactly(
     digests = tmp_path / "digests"
     base = dict(os.environ, MTRAIN_TEST_WEIGHT_DIGEST_DIR=str(digests))
 
-    # 1. straight, through `mtrain run --nproc 2`: both ranks end with bitwise-equal weights
-    proc = _launch(["run", str(_write(_train_cfg(tiny_config, straight), tmp_path / "a.yaml"))], base, nproc_flag=True)
+    # 1. straight, through `mtrain run --nproc 2`: both ranks end with bitwise-equal weights;
+    #    carbon is measured once (one row in emissions.csv), by the main process
+    measured = dict(_train_cfg(tiny_config, straight), carbon={"enabled": True, "offline": True})
+    proc = _launch(["run", str(_write(measured, tmp_path / "a.yaml"))], base, nproc_flag=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Batch: 8 per device × 2 device(s) × 1 accumulation = 16 global · world size 2" in proc.stdout
     assert "tiny: 31 negatives per anchor, gathered across 2 devices" in proc.stdout
     ranks = [json.loads((digests / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2 and ranks[0]["step"] == ranks[1]["step"] == STEPS
     assert ranks[0]["sha256"] == ranks[1]["sha256"]
-    assert json.loads((straight / "results.json").read_text())["world_size"] == 2
+    results = json.loads((straight / "results.json").read_text())
+    assert results["world_size"] == 2
+    assert results["carbon"]["tracked"] and len((straight / "emissions.csv").read_text().splitlines()) == 2
 
     # 2. the same run, SIGTERM at half-way, through accelerate launch: a checkpoint and the command
     cfg = _write(_train_cfg(tiny_config, resumed), tmp_path / "b.yaml")
     proc = _launch(["run", str(cfg)], dict(base, MTRAIN_TEST_SIGTERM_AT_STEP=str(STEPS // 2)), nproc_flag=False)
     assert proc.returncode != 0
-    assert _errors(proc.stderr) == [  # printed once, by the main process
-        f"error: stopped by SIGTERM at step {STEPS // 2}; checkpoint saved in {resumed / 'checkpoint-2'}. "
-        f"To resume: mtrain run {cfg} --resume --nproc 2"
-    ]
+    expected = (f"error: stopped by SIGTERM at step {STEPS // 2}; checkpoint saved in {resumed / 'checkpoint-2'}. "
+                f"To resume: mtrain run {cfg} --resume --nproc 2")
+    assert _errors(proc.stderr) == [expected]  # printed once, by the main process
     assert sorted(p.name for p in (resumed / "checkpoint-2").glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
 
     # 3. resume as printed: same final weights and logged losses as the straight run

@@ -64,7 +64,7 @@ def test_run_refuses_a_non_empty_output_dir(tiny_config, write_config, capsys):
     open(os.path.join(out, "keep.txt"), "w").close()
     assert main(["run", str(write_config(tiny_config))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "already holds files; pass --overwrite" in err[0]
+    assert len(err) == 1 and "already holds files; pass --resume to continue the run in it, --overwrite" in err[0]
     assert os.listdir(out) == ["keep.txt"]
 
 
@@ -73,7 +73,7 @@ def test_check_passes_on_a_good_config(tiny_config, write_config, capsys):
     out = capsys.readouterr().out
     assert "Dataset tiny: 48 train / 16 eval rows" in out
     assert "Matryoshka dims: [32, 16, 8]" in out
-    assert "8 per device × 1 device(s) × 1 accumulation = 8 global · sampler no_duplicates" in out
+    assert "8 per device × 1 device(s) × 1 accumulation = 8 global · world size 1 · sampler no_duplicates" in out
     assert "tiny: 15 negatives per anchor (other rows' positives and hard negatives)" in out
     assert out.rstrip().endswith("OK: a run would start.")
 
