@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError, Problem
 from .losses import LOSSES, canonical_loss_name
@@ -818,7 +825,7 @@ def _unwrap(annotation: Any) -> Any:
     """list[X] -> X, X | None -> X."""
     for _ in range(3):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if typing.get_origin(annotation) in (list, typing.Union, getattr(__import__("types"), "UnionType")) and args:
+        if typing.get_origin(annotation) in (list, typing.Union, __import__("types").UnionType) and args:
             annotation = args[0]
     return annotation
 

@@ -97,6 +97,24 @@ def test_gather_across_devices_reaches_the_loss_and_is_refused_where_meaningless
     ]
 
 
+def test_nproc_becomes_an_accelerate_launch_of_the_same_command(monkeypatch):
+    import torch
+
+    from matryoshka_train.cli import _without_nproc
+    from matryoshka_train.distributed import launch_argv
+
+    argv = ["run", "c.yaml", "--nproc", "2", "--set", "training.seed=1", "--nproc=2", "--resume"]
+    assert _without_nproc(argv) == ["run", "c.yaml", "--set", "training.seed=1", "--resume"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("matryoshka_train.distributed._has_accelerate_config", lambda: False)
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    cmd, env = launch_argv(2, ["run", "c.yaml"])
+    assert cmd[:8] == [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
+                       "--main_process_port", "29999", "--num_machines"]
+    assert "--multi_gpu" in cmd and cmd[-4:] == ["-m", "matryoshka_train", "run", "c.yaml"]
+    assert env["ACCELERATE_USE_CPU"] == "true"
+
+
 # --------------------------------------------------------------------------------------------
 # resume: fast skipping, refusals
 

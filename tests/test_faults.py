@@ -58,7 +58,7 @@ class NanAtCall(torch.nn.Module):
 
 
 def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(tiny_config, monkeypatch):
-    import matryoshka_train.training as training
+    from matryoshka_train import training
 
     real = training.build_loss
     monkeypatch.setattr(training, "build_loss", lambda *a, **k: NanAtCall(real(*a, **k), 3))
@@ -205,7 +205,7 @@ def test_a_second_ctrl_c_saves_the_model_on_the_side(tiny_config, write_config, 
 
 def test_the_nan_guard_sees_every_step_not_only_logged_ones(tiny_config, monkeypatch):
     """logging_steps=10 with 4 steps logs nothing before the end; the guard must still fire at step 2."""
-    import matryoshka_train.training as training
+    from matryoshka_train import training
 
     real = training.build_loss
     monkeypatch.setattr(training, "build_loss", lambda *a, **k: NanAtCall(real(*a, **k), 2))
