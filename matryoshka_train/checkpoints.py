@@ -8,6 +8,10 @@ written into a hidden staging directory (``.partial-checkpoint-N``) and renamed 
 ``checkpoint-N`` directory is always a whole checkpoint. Old checkpoints are rotated out only
 after the new one is in place, so a failed save never costs the previous checkpoint.
 
+Under several processes every process writes its own files (its RNG state) into the same staging
+directory; barriers make sure all of them are written before the main process renames it, and that
+no process goes on (or starts the next checkpoint) before the rename is done.
+
 The same rule holds for whole models we write on the side (the ``interrupted`` model):
 :func:`save_model_atomically`.
 """
@@ -36,8 +40,12 @@ def make_checkpoints_atomic(trainer: Any) -> None:
         run_dir = Path(original_output_dir(trial=trial))
         name = f"checkpoint-{trainer.state.global_step}"
         staging_root = run_dir / f"{STAGING_PREFIX}{name}"
-        shutil.rmtree(staging_root, ignore_errors=True)
         staging = staging_root / name
+        renames = trainer.args.should_save  # the main process (of each node with save_on_each_node)
+        if renames:
+            shutil.rmtree(staging_root, ignore_errors=True)
+        wait = trainer.accelerator.wait_for_everyone
+        wait()
         # inside the original, "the output dir" is the staging root, so it writes staging_root/checkpoint-N
         # and its own rotation sees one checkpoint and deletes nothing
         trainer._get_output_dir = lambda trial=None: str(staging_root)
@@ -48,24 +56,28 @@ def make_checkpoints_atomic(trainer: Any) -> None:
             raise
         finally:
             trainer._get_output_dir = original_output_dir
-        final = run_dir / name
-        _point_best_at(trainer, staging, run_dir)
-        if final.exists():  # a checkpoint of the same step from an earlier attempt
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        shutil.rmtree(staging_root, ignore_errors=True)
-        if trainer.args.should_save:
+        wait()  # every process's files are in the staging directory
+        if renames:
+            final = run_dir / name
+            _point_best_at(trainer, staging, run_dir)
+            if final.exists():  # a checkpoint of the same step from an earlier attempt
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            shutil.rmtree(staging_root, ignore_errors=True)
             rotate_checkpoints(
                 output_dir=str(run_dir),
                 save_total_limit=trainer.args.save_total_limit,
                 best_model_checkpoint=trainer.state.best_model_checkpoint,
                 use_mtime=True,
             )
+        else:
+            _point_best_at(trainer, None, run_dir)
+        wait()  # the checkpoint is in place before anyone goes on
 
     trainer._save_checkpoint = save_checkpoint
 
 
-def _point_best_at(trainer: Any, staging: Path, run_dir: Path) -> None:
+def _point_best_at(trainer: Any, staging: Path | None, run_dir: Path) -> None:
     """The trainer records the best checkpoint by path; make it the final path, not the staging one,
     both in memory and in the trainer_state.json being renamed into place."""
     state = trainer.state
@@ -73,8 +85,8 @@ def _point_best_at(trainer: Any, staging: Path, run_dir: Path) -> None:
         best = run_dir / f"checkpoint-{state.best_global_step}"
         if best.exists() or state.best_global_step == state.global_step:
             state.best_model_checkpoint = str(best)
-    state_file = staging / "trainer_state.json"
-    if state_file.is_file():
+    state_file = staging / "trainer_state.json" if staging is not None else None
+    if state_file is not None and state_file.is_file():
         data = json.loads(state_file.read_text(encoding="utf-8"))
         data["best_model_checkpoint"] = state.best_model_checkpoint
         state_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

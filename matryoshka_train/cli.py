@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train the model a config describes")
     with_config(run)
     run.add_argument("--overwrite", action="store_true", help="replace what is in training.output_dir")
+    run.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                     help="continue from the newest complete checkpoint in training.output_dir (or from CHECKPOINT)")
+    run.add_argument("--resume-force", action="store_true",
+                     help="resume even though result-determining config keys changed (they are listed)")
+    run.add_argument("--nproc", type=int, default=None, metavar="N",
+                     help="train on N processes of this machine (N GPUs; CPU processes without a GPU) "
+                          "through accelerate's launcher; same as accelerate launch --num_processes N -m matryoshka_train run ...")
 
     check = sub.add_parser("check", help="validate a config, its data and model, without training")
     with_config(check)
@@ -58,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     _quiet_libraries(args.debug)
     install_log_filter()
     with redacted_output():
@@ -77,8 +86,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _sweep(args)
         return _run(args)
     except UserError as exc:
-        for problem in exc.problems:
-            print(redact(f"error: {problem}"), file=sys.stderr)
+        from . import distributed
+
+        if distributed.is_main() or not exc.same_on_every_process:
+            tag = "" if distributed.is_main() else f"[process {distributed.rank()}] "
+            for problem in exc.problems:
+                print(redact(f"error: {tag}{problem}"), file=sys.stderr)
         if args.debug:
             traceback.print_exc()
         return exc.exit_code
@@ -115,15 +128,46 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from . import distributed
     from .check import go_offline_if_unreachable
     from .config import load_config
+    from .errors import ConfigError
 
+    if args.resume is not None and args.overwrite:
+        raise ConfigError("--resume continues the run in training.output_dir and --overwrite replaces it; give one",
+                          where="--resume")
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise ConfigError(f"--nproc takes a number of processes of 1 or more, got {args.nproc}", where="--nproc")
+        if distributed.world_size() > 1:
+            raise ConfigError("--nproc inside an already launched process; use either accelerate launch or --nproc",
+                              where="--nproc")
+        load_config(args.config, args.overrides)  # a broken config fails here, once, not in N processes
+        cmd, env = distributed.launch_argv(args.nproc, _without_nproc(args.argv))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(cmd[0], cmd, env)  # the launcher takes this process's place (and its signals)
     go_offline_if_unreachable()
     config = load_config(args.config, args.overrides)
+    from .resume import resume_command
     from .training import run
 
-    run(config, overwrite=args.overwrite)
+    hint = resume_command(args.config, args.overrides, distributed.world_size(), distributed.local_world_size())
+    run(config, overwrite=args.overwrite, resume=args.resume, resume_force=args.resume_force, resume_hint=hint)
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus --nproc N / --nproc=N (what each launched process runs)."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            out.append(item)
+    return out
 
 
 def _eval(args: argparse.Namespace) -> int:

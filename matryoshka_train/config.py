@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError, Problem
 from .losses import LOSSES, canonical_loss_name
@@ -132,6 +139,12 @@ class LossConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Passed to the loss constructor.")
     matryoshka: bool = Field(True, description="Wrap in the Matryoshka modifier (see the matryoshka section).")
     guide_model: str | None = Field(None, description="Guide model for GISTEmbedLoss / CachedGISTEmbedLoss.")
+    gather_across_devices: bool = Field(
+        False,
+        description="With several processes (GPUs), score each anchor against the in-batch negatives of every "
+        "process, not only its own: per_device_train_batch_size × processes candidates. For "
+        "MultipleNegativesRankingLoss, its Cached and Symmetric variants, GISTEmbedLoss and CachedGISTEmbedLoss.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -140,6 +153,14 @@ class LossConfig(Section):
         if name is None:
             raise ValueError(f"unknown loss '{value}'{_suggest(value, list(LOSSES))}")
         return name
+
+    @model_validator(mode="after")
+    def _can_gather(self) -> LossConfig:
+        if self.gather_across_devices and not LOSSES[self.name].gathers:
+            able = ", ".join(n for n, spec in LOSSES.items() if spec.gathers)
+            raise ValueError(f"gather_across_devices: {self.name} has no cross-device negatives to gather; "
+                             f"losses that do: {able}")
+        return self
 
 
 class DatasetConfig(Section):
@@ -817,7 +838,7 @@ def _unwrap(annotation: Any) -> Any:
     """list[X] -> X, X | None -> X."""
     for _ in range(3):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if typing.get_origin(annotation) in (list, typing.Union, getattr(__import__("types"), "UnionType")) and args:
+        if typing.get_origin(annotation) in (list, typing.Union, __import__("types").UnionType) and args:
             annotation = args[0]
     return annotation
 

@@ -24,6 +24,8 @@ class UserError(Exception):
     """A problem with the user's input (config, data, command line) rather than with our code."""
 
     exit_code = 2
+    # with several processes, only the main one prints it (the others found the same problem)
+    same_on_every_process = True
 
     def __init__(self, problems: list[Problem] | str, where: str = ""):
         if isinstance(problems, str):
@@ -44,3 +46,4 @@ class TrainingAborted(UserError):
     """Training stopped on purpose (NaN loss, interruption); the message says what was kept."""
 
     exit_code = 1
+    same_on_every_process = False

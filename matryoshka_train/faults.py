@@ -1,13 +1,19 @@
 """What happens when training goes wrong: NaN/inf losses, running out of GPU memory, a full disk,
-Ctrl-C. Each ends the run with one message that says what happened, what was kept, and what to do.
+Ctrl-C, preemption. Each ends the run with one message that says what happened, what was kept, and
+what to do.
 
 - :class:`NanGuard` looks at the loss of *every* step (the trainer's own log replaces a NaN by the
   running mean, so a guard on logged losses never sees one). On a NaN/inf loss it throws that
   step's gradients away, so the weights stay those of the last good step, cancels any save, and
   stops. Before each checkpoint it also checks the weights are finite.
+- :class:`PreemptionGuard` catches SIGINT (Ctrl-C) and SIGTERM (what schedulers send before they
+  preempt) during training: the current step finishes, a resumable ``checkpoint-<step>`` is written
+  through the atomic path, and the run exits with 128 + the signal number and the exact command
+  that resumes it. Under several processes the decision to stop is shared (any process signalled
+  stops them all at the same step), so they all save the same checkpoint.
 - :func:`training_faults` wraps ``trainer.train()`` (and the final save) and turns
-  ``KeyboardInterrupt``, ``torch.OutOfMemoryError`` and disk-full ``OSError`` into
-  :class:`~matryoshka_train.errors.TrainingAborted` with the advice for that fault.
+  ``KeyboardInterrupt`` (a second Ctrl-C), ``torch.OutOfMemoryError`` and disk-full ``OSError``
+  into :class:`~matryoshka_train.errors.TrainingAborted` with the advice for that fault.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
+from . import distributed
 from .checkpoints import last_checkpoint, save_model_atomically
 from .errors import TrainingAborted
 
@@ -57,7 +66,10 @@ class NanGuard(TrainerCallback):
 
         def training_step(model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
             loss = original(model, inputs, *args, **kwargs)
-            if self.step is None and not bool(torch.isfinite(loss).all()):
+            bad = not bool(torch.isfinite(loss).all())
+            if distributed.world_size() > 1:  # a NaN on one process stops all of them at the same step
+                bad = distributed.any_process(bad)
+            if self.step is None and bad:
                 self.step = trainer.state.global_step + 1
                 self.what = f"the loss became {float(loss)}"
                 model.zero_grad(set_to_none=True)
@@ -97,6 +109,75 @@ class NanGuard(TrainerCallback):
         )
 
 
+class Preempted(TrainingAborted):
+    """Training stopped on SIGINT/SIGTERM after saving a resumable checkpoint."""
+
+    same_on_every_process = True  # every process stopped at the same step
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class PreemptionGuard(TrainerCallback):
+    """SIGINT/SIGTERM during training: finish the step, save ``checkpoint-<step>``, stop.
+
+    The handlers only record the signal; :meth:`on_step_end` acts on it, so the checkpoint holds a
+    whole optimizer step and the RNG states right after it, which is what makes a resume exact. A
+    second Ctrl-C raises ``KeyboardInterrupt`` at once (the model so far is then saved on the side,
+    see :func:`training_faults`). Test hook: ``MTRAIN_TEST_SIGTERM_AT_STEP=k`` makes every process
+    send itself SIGTERM at the end of step k.
+    """
+
+    TEST_ENV = "MTRAIN_TEST_SIGTERM_AT_STEP"
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.stopped_step: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[PreemptionGuard]:
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: signals stay as they are
+            self._previous.clear()
+        try:
+            yield self
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now
+        if self.signum is None:
+            self.signum = signum
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        at = os.environ.get(self.TEST_ENV)
+        if at and state.global_step == int(at) and self.signum is None:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if not distributed.any_process(self.signum is not None):
+            return
+        if self.signum is None:  # another process was signalled
+            self.signum = signal.SIGTERM
+        self.stopped_step = state.global_step
+        control.should_save = True
+        control.should_training_stop = True
+        # keep this checkpoint whatever the rotation and best-model settings say
+        args.save_total_limit = None
+        args.load_best_model_at_end = False
+
+    def message(self, checkpoint: Path | None, command: str) -> str:
+        name = signal.Signals(self.signum or signal.SIGTERM).name
+        if checkpoint is None:
+            return f"stopped by {name} at step {self.stopped_step}; no checkpoint could be written"
+        return f"stopped by {name} at step {self.stopped_step}; checkpoint saved in {checkpoint}. To resume: {command}"
+
+
 @contextlib.contextmanager
 def training_faults(
     config: RunConfig,
@@ -116,6 +197,8 @@ def training_faults(
         step = trainer.state.global_step
         if not weights_finite(model):
             raise TrainingAborted(f"interrupted at step {step}; the weights were not finite, so nothing was saved") from None
+        if not distributed.is_main():  # every process holds the same weights: the main one saves them
+            raise TrainingAborted(f"interrupted at step {step}; the main process saves the model so far") from None
         saved = save_model_atomically(model, output_dir / "interrupted")
         raise TrainingAborted(
             f"interrupted at step {step}; the model so far is saved in {saved}. To continue from it: "

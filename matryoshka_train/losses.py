@@ -30,6 +30,8 @@ class LossSpec:
     class_name: str
     inputs: str
     aliases: tuple[str, ...] = ()
+    gathers: bool = False  # takes gather_across_devices: in-batch negatives from every process
+
 
     @property
     def in_batch_negatives(self) -> bool:
@@ -46,15 +48,15 @@ class LossSpec:
 
 
 LOSSES: dict[str, LossSpec] = {
-    "MultipleNegativesRankingLoss": LossSpec("MultipleNegativesRankingLoss", "in_batch", ("mnrl",)),
+    "MultipleNegativesRankingLoss": LossSpec("MultipleNegativesRankingLoss", "in_batch", ("mnrl",), gathers=True),
     "CachedMultipleNegativesRankingLoss": LossSpec(
-        "CachedMultipleNegativesRankingLoss", "in_batch", ("cached_mnrl", "cmnrl")
+        "CachedMultipleNegativesRankingLoss", "in_batch", ("cached_mnrl", "cmnrl"), gathers=True
     ),
     "MultipleNegativesSymmetricRankingLoss": LossSpec(
-        "MultipleNegativesSymmetricRankingLoss", "in_batch", ("symmetric_mnrl",)
+        "MultipleNegativesSymmetricRankingLoss", "in_batch", ("symmetric_mnrl",), gathers=True
     ),
-    "GISTEmbedLoss": LossSpec("GISTEmbedLoss", "in_batch", ("gist",)),
-    "CachedGISTEmbedLoss": LossSpec("CachedGISTEmbedLoss", "in_batch", ("cached_gist",)),
+    "GISTEmbedLoss": LossSpec("GISTEmbedLoss", "in_batch", ("gist",), gathers=True),
+    "CachedGISTEmbedLoss": LossSpec("CachedGISTEmbedLoss", "in_batch", ("cached_gist",), gathers=True),
     "CosineSimilarityLoss": LossSpec("CosineSimilarityLoss", "pair_score", ("cosine", "cosine_similarity")),
     "CoSENTLoss": LossSpec("CoSENTLoss", "pair_score", ("cosent",)),
     "AnglELoss": LossSpec("AnglELoss", "pair_score", ("angle",)),
@@ -66,7 +68,7 @@ LOSSES: dict[str, LossSpec] = {
 _ALIASES = {alias: name for name, spec in LOSSES.items() for alias in (name.lower(), *spec.aliases)}
 
 # Constructor arguments the framework fills in itself; a config must not set them in kwargs.
-_FILLED_BY_US = {"model", "guide"}
+_FILLED_BY_US = {"model", "guide", "gather_across_devices"}
 
 
 def canonical_loss_name(name: str) -> str | None:
@@ -88,7 +90,9 @@ def kwargs_problems(cfg: LossConfig) -> list[str]:
     allowed = [p for p in params if p not in ("self", *_FILLED_BY_US)]
     problems = []
     for key in cfg.kwargs:
-        if key in _FILLED_BY_US:
+        if key == "gather_across_devices":
+            problems.append("set loss.gather_across_devices (a key of its own), not loss.kwargs.gather_across_devices")
+        elif key in _FILLED_BY_US:
             problems.append(f"'{key}' is set by the framework; use loss.guide_model for GIST's guide")
         elif key not in params:
             near = difflib.get_close_matches(key, allowed, n=1)
@@ -118,6 +122,8 @@ def build_loss(model: Any, cfg: LossConfig, mcfg: MatryoshkaConfig, dims: list[i
     kwargs = dict(cfg.kwargs)
     if cfg.name in ("GISTEmbedLoss", "CachedGISTEmbedLoss"):
         kwargs["guide"] = guide
+    if cfg.gather_across_devices:
+        kwargs["gather_across_devices"] = True
     inner = loss_class(cfg.name)(model, **kwargs)
     if not cfg.matryoshka:
         return inner

@@ -17,7 +17,9 @@ negative losses). The difference is how it is computed:
 
 All yielded batches are full except possibly the last (dropped with ``drop_last``). Batches for an
 epoch are a pure function of (data, seed, epoch, batch size), so resuming means skipping the first
-k batches of the same list: :meth:`batches` returns it.
+k batches of the same list: :meth:`batches` returns it, and :attr:`skip_batches` makes the next
+iteration start at batch k without producing the k before it (see
+:func:`matryoshka_train.resume.fast_skip_first_batches`, which the trainer's resume goes through).
 """
 
 from __future__ import annotations
@@ -195,7 +197,8 @@ class FastNoDuplicatesBatchSampler(DefaultBatchSampler):
         exclude = tuple(valid_label_columns or ()) + _LABEL_COLUMNS
         self._exclude = exclude
         self._ids: np.ndarray | None = None
-        self.skip_batches = 0  # set by a resume: the first k batches of this epoch are already done
+        # set by a resume: the next iteration starts at this batch (then it is back to 0)
+        self.skip_batches = 0
 
     @property
     def ids(self) -> np.ndarray:
@@ -209,7 +212,8 @@ class FastNoDuplicatesBatchSampler(DefaultBatchSampler):
         return no_duplicate_batches(self.ids, self.batch_size, rng, self.drop_last)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batches()[self.skip_batches :]:
+        start, self.skip_batches = self.skip_batches, 0
+        for batch in self.batches()[start:]:
             yield batch.tolist()
 
     def __len__(self) -> int:

@@ -12,21 +12,28 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from . import redact, sorted_forward
+from . import distributed, redact, sorted_forward
 from .carbon import CarbonMeter
 from .checkpoints import make_checkpoints_atomic
 from .config import RunConfig, dump_resolved
 from .data import HubUnavailable, PreparedDataset, prepare_dataset
 from .errors import ConfigError, DataError, Problem, TrainingAborted, UserError
-from .faults import NanGuard, training_faults, weights_finite
+from .faults import (
+    NanGuard,
+    Preempted,
+    PreemptionGuard,
+    training_faults,
+    weights_finite,
+)
 from .losses import LOSSES, build_loss
 from .pretokenize import PretokenizedCollator, pretokenize, token_columns
+from .resume import check_same_run, fast_data_skip, find_checkpoint, resume_command
 
 log = logging.getLogger("matryoshka_train")
 
@@ -45,50 +52,93 @@ class Plan:
     batch_sampler: str
 
 
-def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] = print,
-        callbacks: list[Any] | None = None) -> dict[str, Any]:
-    """Train as the config says and write the outputs. Returns the content of results.json.
+def run(
+    config: RunConfig,
+    overwrite: bool = False,
+    echo: Callable[[str], None] = print,
+    resume: str | bool | None = None,
+    resume_force: bool = False,
+    resume_hint: str | None = None,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Train as the config says and write the outputs. Returns the content of results.json (an
+    empty dict on the processes other than the main one).
 
+    ``resume``: None starts a new run; True (or "") continues from the newest complete checkpoint in
+    training.output_dir; a path continues from that checkpoint. ``resume_hint`` is the command an
+    interrupted run prints to be resumed (the CLI fills in the config path and overrides).
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (for programmatic use, e.g.
-    the training benchmark's step timer)."""
+    the training benchmark's step timer).
+    """
     from sentence_transformers import SentenceTransformerTrainer
 
     if config.stages:  # a multi-stage config runs this function once per stage
         from .stages import run_stages
 
+        if resume is not None:
+            raise ConfigError(
+                "--resume is not supported for multi-stage configs; resume a stage with a single-stage config "
+                "starting from the previous stage's model",
+                where="--resume",
+            )
         return run_stages(config, overwrite, echo)
 
+    distributed.init()
+    main = distributed.is_main()
+    world = distributed.world_size()
     out = Path(config.training.output_dir)
-    guard_output_dir(out, overwrite)
-    echo = _redacting(echo)
+    echo = _redacting(echo) if main else (lambda _: None)
+    resolved = dump_resolved(config)
+    checkpoint = None
+    if resume is None:
+        guard_output_dir(out, overwrite)
+    else:
+        checkpoint = find_checkpoint(out, resume if isinstance(resume, str) else None)
+        for change in check_same_run(out, checkpoint, resolved, world, resume_force):
+            echo(f"Warning: resuming with a changed key (--resume-force): {change}")
+    distributed.barrier()  # every process has checked before the main one writes anything
     started = time.time()
+    if not main:
+        distributed.barrier()  # the main process reads the data (and fills the caches) first
     plan = build_plan(config, echo)
+    train_sets, tokenized = training_datasets(plan, echo)  # token ids cached by the main process first
+    if main:
+        distributed.barrier()
     echo(batch_summary(plan))
-    out.mkdir(parents=True, exist_ok=True)
-    redact.write_text(out / "config.resolved.yaml", dump_resolved(config))
-    metrics_log = MetricsLog(out / "metrics.jsonl")
-
-    meter = CarbonMeter(config.carbon, out)
-    meter.start()
+    args = training_arguments(plan)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite and checkpoint is None:
+            clear_previous_run(out)
+        redact.write_text(out / "config.resolved.yaml", resolved)
+    metrics_log = MetricsLog(out / "metrics.jsonl", enabled=main)
 
     before = grid_before = None
-    if plan.evaluator is not None and config.evaluation.before:
+    if checkpoint is not None:
+        step = _checkpoint_step(checkpoint)
+        echo(f"Resuming from {checkpoint} (step {step}); the batches already trained on are skipped")
+        before = metrics_log.keep_until(step)  # a run killed after its last checkpoint logged steps beyond it
+
+    meter = CarbonMeter(config.carbon, out, enabled_here=main)
+    meter.start()
+
+    if main and checkpoint is None and plan.evaluator is not None and config.evaluation.before:
         echo("Evaluating the base model at every dim …")
         plan.evaluator(plan.model)
         before = plan.evaluator.last_results
         grid_before = plan.evaluator.last_grid
         metrics_log.write({"event": "eval_before", "step": 0, "results": before})
 
-    train_sets, tokenized = training_datasets(plan, echo)
     nan_guard = NanGuard()
+    preemption = PreemptionGuard()
     trainer = SentenceTransformerTrainer(
         model=plan.model,
-        args=training_arguments(plan),
+        args=args,
         train_dataset=_one_or_dict(train_sets),
         eval_dataset=_eval_datasets(plan),
         loss=_one_or_dict(plan.losses),
         evaluator=plan.evaluator if config.training.eval_strategy != "no" else None,
-        callbacks=[metrics_log, nan_guard, *(callbacks or [])],
+        callbacks=[metrics_log, preemption, nan_guard, *(callbacks or [])],  # the NaN guard before extras: it can veto a save
     )
     nan_guard.attach(trainer)
     if tokenized:
@@ -98,13 +148,14 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
 
     def on_abort() -> None:
         meter.stop()
-        redact.scrub_tree(out)
+        if main:
+            redact.scrub_tree(out)
 
     chunked = sorted_forward.install(plan.model, config.training.forward_chunk_tokens) \
         if config.training.sorted_forward else None
     try:
-        with training_faults(config, trainer, plan.model, out, on_abort=on_abort):
-            train_output = trainer.train()
+        with training_faults(config, trainer, plan.model, out, on_abort=on_abort), preemption.installed(), fast_data_skip():
+            train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     finally:
         sorted_forward.uninstall(plan.model, chunked)
     if nan_guard.step is None and not weights_finite(plan.model):
@@ -112,6 +163,15 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
     if nan_guard.step is not None:
         on_abort()
         raise TrainingAborted(nan_guard.message(out))
+    if preemption.stopped_step is not None:
+        on_abort()
+        saved = out / f"checkpoint-{preemption.stopped_step}"
+        hint = resume_hint or resume_command(None, [], world, distributed.local_world_size())
+        raise Preempted(preemption.message(saved if saved.is_dir() else None, hint), preemption.signum or 15)
+    distributed.write_weight_digest(plan.model, trainer.state.global_step)  # test hook (docs/distributed.md)
+    if not main:
+        meter.stop()
+        return {}
 
     after = None
     if plan.evaluator is not None and config.evaluation.after:
@@ -120,6 +180,8 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         after = plan.evaluator.last_results
         metrics_log.write({"event": "eval_after", "step": trainer.state.global_step, "results": after})
     carbon = meter.stop()
+    if world > distributed.local_world_size() and carbon.get("tracked"):
+        carbon["note"] = "measured on the main process's machine only"
 
     with training_faults(config, trainer, plan.model, out, stage="writing the final model", on_abort=on_abort):
         plan.model.save(str(out))
@@ -137,6 +199,8 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
         "batch_sampler": plan.batch_sampler,
         "padding": padding_summary(chunked),
         "pretokenize": {name: {"seconds": round(t.seconds, 3), "from_cache": t.cached} for name, t in tokenized.items()} or None,
+        "world_size": world,
+        "resumed_from": str(checkpoint) if checkpoint is not None else None,
         "wall_time_s": round(time.time() - started, 2),
     }
     redact.write_text(out / "results.json", json.dumps(results, indent=2))
@@ -147,6 +211,25 @@ def run(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] 
     echo(results_table(results))
     echo(f"\nModel, results.json, metrics.jsonl and model card written to {out}")
     return results
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("global_step", 0))
+
+
+def clear_previous_run(out: Path) -> None:
+    """--overwrite: the checkpoints and metrics of the run that was there go, so a later --resume
+    can never pick up a checkpoint of the old run."""
+    import shutil
+
+    from .checkpoints import STAGING_PREFIX, complete_checkpoints
+
+    for path in complete_checkpoints(out):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in out.glob(f"{STAGING_PREFIX}checkpoint-*"):
+        shutil.rmtree(path, ignore_errors=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,6 +390,11 @@ def training_arguments(plan: Plan) -> Any:
         "dataloader_pin_memory": torch.cuda.is_available(),
         **t.extra,
     }
+    if distributed.world_size() > 1:
+        # every process must take the same number of equal batches (DDP and gathering need it)
+        kwargs["dataloader_drop_last"] = True
+        if not torch.cuda.is_available():
+            kwargs["use_cpu"] = True  # several CPU processes: gloo
     if plan.batch_sampler == "no_duplicates_fast":
         from .sampler import FastNoDuplicatesBatchSampler
 
@@ -361,30 +449,40 @@ def batch_summary(plan: Plan) -> str:
 
 
 def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str | None = None) -> list[str]:
-    """Batch semantics, printed by `run` and `check`: per-device and global batch, the sampler, and
-    how many negatives each anchor is scored against (for in-batch-negative losses)."""
+    """Batch semantics, printed by `run` and `check`: per-device batch, world size, accumulation,
+    global batch, the sampler, and how many negatives each anchor is scored against (for
+    in-batch-negative losses; across all devices with gather_across_devices)."""
     t = config.training
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = distributed.world_size()
     global_batch = t.per_device_train_batch_size * world * t.gradient_accumulation_steps
     lines = [
         f"Batch: {t.per_device_train_batch_size} per device × {world} device(s) × {t.gradient_accumulation_steps} "
-        f"accumulation = {global_batch} global · sampler {resolve_batch_sampler(config)}"
+        f"accumulation = {global_batch} global · world size {world} · sampler {resolve_batch_sampler(config)}"
         + (f" · precision {precision}" if precision else "")
     ]
+    if world > 1 and not t.dataloader_drop_last:
+        lines.append("  every process takes equal full batches: the last partial batch of an epoch is dropped")
     for dcfg in config.datasets:
         cols = columns.get(dcfg.name)
-        if cols and LOSSES[config.loss_for(dcfg).name].in_batch_negatives:
-            per_anchor = t.per_device_train_batch_size * (len(cols) - 1) - 1
+        lcfg = config.loss_for(dcfg)
+        if cols and LOSSES[lcfg.name].in_batch_negatives:
             kinds = "other rows' positives" + (" and hard negatives" if len(cols) > 2 else "")
-            lines.append(f"  {dcfg.name}: {per_anchor} negatives per anchor ({kinds})")
+            local = t.per_device_train_batch_size * (len(cols) - 1) - 1
+            if lcfg.gather_across_devices and world > 1:
+                total = t.per_device_train_batch_size * world * (len(cols) - 1) - 1
+                lines.append(f"  {dcfg.name}: {total} negatives per anchor, gathered across {world} devices "
+                             f"({local} from its own device; {kinds})")
+            else:
+                lines.append(f"  {dcfg.name}: {local} negatives per anchor ({kinds})"
+                             + (" · gather_across_devices on: more with several devices" if lcfg.gather_across_devices else ""))
     return lines
 
 
 def guard_output_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(
-            f"output directory {out} already holds files; pass --overwrite to replace them, "
-            "or set training.output_dir to a new directory",
+            f"output directory {out} already holds files; pass --resume to continue the run in it, "
+            "--overwrite to replace them, or set training.output_dir to a new directory",
             where="training.output_dir",
         )
 
@@ -457,7 +555,7 @@ def _train_summary(train_output: Any, trainer: Any) -> dict[str, Any]:
     per_second = float(metrics.get("train_samples_per_second", 0.0))
     return {
         "steps": int(trainer.state.global_step),
-        "samples": int(round(per_second * runtime)),
+        "samples": round(per_second * runtime),
         "runtime_s": round(runtime, 3),
         "samples_per_second": round(per_second, 3),
         "final_loss": _last_loss(trainer),
@@ -484,12 +582,34 @@ def _callback_base() -> type:
 class MetricsLog(_callback_base()):
     """Appends one JSON object per log or evaluation event to metrics.jsonl (main process only)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = Path(path)
+        self.enabled = enabled
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a", encoding="utf-8") as f:
             f.write(redact.redact(json.dumps(record)) + "\n")
+
+    def keep_until(self, step: int) -> dict[str, Any] | None:
+        """On resume: drop the records of steps after the checkpoint (they will be logged again) and
+        return the baseline evaluation's results, if the run logged one."""
+        if not self.path.is_file():
+            return None
+        kept, before = [], None
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if record.get("event") == "eval_before":
+                before = record.get("results")
+            if record.get("event") == "eval_before" or int(record.get("step", 0)) <= step:
+                kept.append(line)
+        if self.enabled:
+            redact.write_text(self.path, "".join(line + "\n" for line in kept))
+        return before
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not logs:

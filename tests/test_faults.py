@@ -58,7 +58,7 @@ class NanAtCall(torch.nn.Module):
 
 
 def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(tiny_config, monkeypatch):
-    import matryoshka_train.training as training
+    from matryoshka_train import training
 
     real = training.build_loss
     monkeypatch.setattr(training, "build_loss", lambda *a, **k: NanAtCall(real(*a, **k), 3))
@@ -149,7 +149,36 @@ def test_out_of_memory_suggests_a_cached_loss_or_a_smaller_batch(tiny_config, wr
     assert "lower loss.kwargs.mini_batch_size" in capsys.readouterr().err
 
 
-def test_ctrl_c_saves_the_model_and_says_how_to_resume(tiny_config, write_config, monkeypatch, capsys):
+def test_ctrl_c_saves_a_resumable_checkpoint_and_prints_the_command(tiny_config, write_config, monkeypatch, capsys):
+    """A real SIGINT at the end of step 2: the step completes, checkpoint-2 is written, exit 130."""
+    import os
+    import signal
+
+    from transformers.trainer_callback import DefaultFlowCallback
+
+    real = DefaultFlowCallback.on_step_end
+
+    def ctrl_c_at_step_2(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(DefaultFlowCallback, "on_step_end", ctrl_c_at_step_2)
+    cfg = _quick(tiny_config, max_steps=6, save_strategy="no")
+    out = Path(cfg["training"]["output_dir"])
+    path = write_config(cfg)
+    assert main(["run", str(path)]) == 130
+    (line,) = _errors(capsys.readouterr().err)
+    assert line == (f"error: stopped by SIGINT at step 2; checkpoint saved in {out / 'checkpoint-2'}. "
+                    f"To resume: mtrain run {path} --resume")
+    assert (out / "checkpoint-2" / "optimizer.pt").is_file() and _finite(out / "checkpoint-2")
+    assert not (out / "model.safetensors").exists() and not _leftovers(out)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_a_second_ctrl_c_saves_the_model_on_the_side(tiny_config, write_config, monkeypatch, capsys):
+    """KeyboardInterrupt in the middle of a step (a second Ctrl-C) cannot make a checkpoint: the
+    model so far is saved as DIR/interrupted instead."""
     from sentence_transformers import SentenceTransformer
     from transformers.trainer_callback import DefaultFlowCallback
 
@@ -176,7 +205,7 @@ def test_ctrl_c_saves_the_model_and_says_how_to_resume(tiny_config, write_config
 
 def test_the_nan_guard_sees_every_step_not_only_logged_ones(tiny_config, monkeypatch):
     """logging_steps=10 with 4 steps logs nothing before the end; the guard must still fire at step 2."""
-    import matryoshka_train.training as training
+    from matryoshka_train import training
 
     real = training.build_loss
     monkeypatch.setattr(training, "build_loss", lambda *a, **k: NanAtCall(real(*a, **k), 2))

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from matryoshka_train.sampler import FastNoDuplicatesBatchSampler, no_duplicate_batches, text_ids
+from matryoshka_train.sampler import (
+    FastNoDuplicatesBatchSampler,
+    no_duplicate_batches,
+    text_ids,
+)
 
 
 def _dataset(n: int, anchor_pool: int, seed: int = 0) -> Dataset:
