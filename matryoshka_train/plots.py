@@ -46,7 +46,8 @@ def _pyplot() -> Any:
     return plt
 
 
-def _evaluators(runs: list[RunData]) -> list[tuple[str, str]]:
+def primary_evaluators(runs: list[Any]) -> list[tuple[str, str]]:
+    """(evaluator, primary metric) over all runs, in first-seen order."""
     seen: dict[str, str] = {}
     for run in runs:
         for name, metric in run.primary.items():
@@ -89,7 +90,7 @@ def _dim_axis(ax: Any, dims: list[int]) -> None:
 def metric_vs_dim(runs: list[RunData], path: Path) -> Path | None:
     """Primary metric against embedding size: after training per run, and the base model before."""
     plt = _pyplot()
-    evaluators = _evaluators(runs)
+    evaluators = primary_evaluators(runs)
     if not evaluators:
         return None
     fig, axes = _grid_axes(plt, len(evaluators), "Quality at each Matryoshka dimension")
@@ -134,7 +135,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 def metric_vs_bytes(runs: list[RunData], path: Path) -> Path | None:
     """Primary metric against storage per vector over every dim × precision cell; Pareto front marked."""
     plt = _pyplot()
-    evaluators = [(n, m) for n, m in _evaluators(runs) if any(n in r.results.get("grid", {}) for r in runs)]
+    evaluators = [(n, m) for n, m in primary_evaluators(runs) if any(n in r.results.get("grid", {}) for r in runs)]
     if not evaluators:
         return None
     fig, axes = _grid_axes(plt, len(evaluators), "Quality against memory per vector (dims × precisions)")
@@ -179,7 +180,7 @@ def training_curves(runs: list[RunData], path: Path) -> Path | None:
     plt = _pyplot()
     if not any(run.events for run in runs):
         return None
-    evaluators = _evaluators(runs)
+    evaluators = primary_evaluators(runs)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), squeeze=False)
     loss_ax, eval_ax = axes[0]
     fig.suptitle("Training over steps (metrics.jsonl)", fontsize=13)

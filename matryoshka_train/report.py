@@ -203,6 +203,8 @@ def write_report(directories: list[str | Path], output: str | Path | None = None
 
 
 def report_markdown(runs: list[Any], figures: set[str]) -> str:
+    from .plots import primary_evaluators
+
     names = ", ".join(f"`{r.label}`" for r in runs)
     out = [f"# Matryoshka report: {names}", "", "Written by `mtrain report` from each directory's results.json and metrics.jsonl.", ""]
     out += ["## Runs", "", "| run | model | dims | steps | train time | energy | CO2eq |", "|---|---|---|---:|---:|---:|---:|"]
@@ -226,7 +228,7 @@ def report_markdown(runs: list[Any], figures: set[str]) -> str:
 
     out += ["## Share of full-dimension quality kept", "",
             "Each dim's primary metric as a percentage of the same model's value at its largest dim.", ""]
-    for name, metric in _evaluators_of(runs):
+    for name, metric in primary_evaluators(runs):
         out += [f"**{name}** — `{metric}`", ""]
         columns = [(r, phase) for r in runs for phase in ("before", "after") if r.per_dim(phase, name, metric)]
         header = [f"{r.label} {phase}" if len(runs) > 1 else phase for r, phase in columns]
@@ -285,12 +287,6 @@ def _grid_tables(run: Any, titled: bool) -> list[str]:
     return out
 
 
-def _evaluators_of(runs: list[Any]) -> list[tuple[str, str]]:
-    seen: dict[str, str] = {}
-    for r in runs:
-        for name, metric in r.primary.items():
-            seen.setdefault(name, metric)
-    return list(seen.items())
 
 
 def _model_of(run: Any) -> str:

@@ -79,11 +79,8 @@ class ParamConfig(Section):
         return list(self.choices if self.choices is not None else self.grid)
 
 
-class SamplerConfig(Section):
-    type: Literal["tpe", "random", "grid"] = Field("tpe", description="tpe (Bayesian), random, or grid (every combination of the grid values).")
-    seed: int | None = Field(42, description="Seed of the sampler; a driver uses seed + its worker index + the trials already in the study. "
-                                "null: seeded by the OS (use it with drivers on several machines).")
-    n_startup_trials: int = Field(5, ge=0, description="tpe: random trials before the model takes over.")
+class _TypedSection(Section):
+    """A section whose ``type`` may be given alone: ``sampler: random`` means ``{type: random}``."""
 
     @model_validator(mode="before")
     @classmethod
@@ -91,7 +88,14 @@ class SamplerConfig(Section):
         return {"type": value} if isinstance(value, str) else value
 
 
-class PrunerConfig(Section):
+class SamplerConfig(_TypedSection):
+    type: Literal["tpe", "random", "grid"] = Field("tpe", description="tpe (Bayesian), random, or grid (every combination of the grid values).")
+    seed: int | None = Field(42, description="Seed of the sampler; a driver uses seed + its worker index + the trials already in the study. "
+                                "null: seeded by the OS (use it with drivers on several machines).")
+    n_startup_trials: int = Field(5, ge=0, description="tpe: random trials before the model takes over.")
+
+
+class PrunerConfig(_TypedSection):
     """Stop a trial early when its evaluations during training look worse than others'. Needs
     periodic evaluation in the trials (``training.eval_strategy: steps`` with ``eval_steps``)."""
 
@@ -101,11 +105,6 @@ class PrunerConfig(Section):
     min_resource: int = Field(1, gt=0, description="hyperband: fewest training steps a trial gets.")
     max_resource: int | Literal["auto"] = Field("auto", description="hyperband: most training steps (auto: from the first finished trial).")
     reduction_factor: int = Field(3, ge=2, description="hyperband: keep 1/reduction_factor of the trials at each rung.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return {"type": value} if isinstance(value, str) else value
 
 
 class ObjectiveConfig(Section):

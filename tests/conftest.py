@@ -124,3 +124,19 @@ def tiny_config(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> dict:
         "evaluation": {"evaluators": [{"type": "triplet", "dataset": "tiny"}]},
         "carbon": {"enabled": False},
     }
+
+
+# a config with only the required keys, and the problems a raw config is refused with
+MINIMAL = {
+    "model": {"name_or_path": "some/model"},
+    "datasets": [{"name": "d", "source": {"path": "x.jsonl"}}],
+}
+
+
+def problems_of(raw: dict) -> list[str]:
+    from matryoshka_train.config import validate
+    from matryoshka_train.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        validate(raw)
+    return [str(p) for p in info.value.problems]

@@ -5,20 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
+from conftest import MINIMAL, problems_of
 
 from matryoshka_train.config import apply_override, load_config, validate
 from matryoshka_train.errors import ConfigError
-
-MINIMAL = {
-    "model": {"name_or_path": "some/model"},
-    "datasets": [{"name": "d", "source": {"path": "x.jsonl"}}],
-}
-
-
-def problems_of(raw: dict) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        validate(raw)
-    return [str(p) for p in info.value.problems]
 
 
 def test_minimal_config_fills_defaults():

@@ -8,21 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import MINIMAL, problems_of
 
 from matryoshka_train.cli import main
 from matryoshka_train.config import validate
-from matryoshka_train.errors import ConfigError
-
-MINIMAL = {
-    "model": {"name_or_path": "some/model"},
-    "datasets": [{"name": "d", "source": {"path": "x.jsonl"}}],
-}
-
-
-def problems_of(raw: dict) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        validate(raw)
-    return [str(p) for p in info.value.problems]
 
 
 def check(config: dict, write_config, capsys) -> tuple[int, list[str], str]:
