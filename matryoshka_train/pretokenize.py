@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import torch
 
+from .sorted_forward import first_transformer
+
 PREFIX = "__tok__"
 _KEYS = ("input_ids", "token_type_ids")
 
@@ -39,9 +41,12 @@ class Pretokenized:
     cached: bool
 
 
-def text_columns(dataset: Any, label_columns: tuple[str, ...] = ("label", "labels", "score", "scores")) -> list[str]:
-    """The string columns the collator would tokenize."""
+def text_columns(dataset: Any) -> list[str]:
+    """The string columns the collator would tokenize (sentence-transformers' label columns aside)."""
     from datasets import Value
+    from sentence_transformers.base.data_collator import (
+        DEFAULT_LABEL_COLUMNS as label_columns,
+    )
 
     return [
         name for name, feature in dataset.features.items()
@@ -55,19 +60,16 @@ def token_columns(dataset: Any) -> list[str]:
 
 
 def qualifies(model: Any) -> bool:
-    """Only a plain transformer text encoder with a fast tokenizer is pre-tokenized."""
-    try:
-        from sentence_transformers.sentence_transformer.modules import Transformer
-    except ImportError:  # pragma: no cover
-        return False
-    children = list(model.children())
-    tokenizer = getattr(children[0], "tokenizer", None) if children else None
-    return bool(children) and type(children[0]) is Transformer and getattr(tokenizer, "is_fast", False)
+    """Only a plain transformer text encoder (not a subclass, which may preprocess its own way)
+    with a fast tokenizer is pre-tokenized."""
+    from sentence_transformers.sentence_transformer.modules import Transformer
+
+    transformer = first_transformer(model)
+    return type(transformer) is Transformer and getattr(transformer.tokenizer, "is_fast", False)
 
 
 def _tokenizer_key(model: Any) -> str:
-    transformer = next(iter(model.children()))
-    tokenizer = transformer.tokenizer
+    tokenizer = first_transformer(model).tokenizer
     h = hashlib.sha256()
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     for state in ("truncation", "padding"):  # set by each call, not part of what the ids are
@@ -87,7 +89,7 @@ def pretokenize(dataset: Any, model: Any, echo: Callable[[str], None] = print, n
     columns = text_columns(dataset)
     if not columns:
         return None
-    tokenizer = next(iter(model.children())).tokenizer
+    tokenizer = first_transformer(model).tokenizer
     max_length = model.max_seq_length
     keys = [k for k in _KEYS if k in tokenizer.model_input_names] or ["input_ids"]
 

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
+from .pretokenize import PREFIX as TOKEN_COLUMN_PREFIX  # token-id columns: not texts
+
 _LABEL_COLUMNS = ("label", "score", "dataset_name")
 
 
@@ -41,7 +43,7 @@ def text_ids(dataset: object, exclude: tuple[str, ...] = _LABEL_COLUMNS) -> np.n
     import pyarrow as pa
 
     arrow = dataset.with_format("arrow")  # public view over the dataset's own Arrow storage
-    columns = [c for c in dataset.column_names if c not in exclude and not c.startswith("__tok__")]
+    columns = [c for c in dataset.column_names if c not in exclude and not c.startswith(TOKEN_COLUMN_PREFIX)]
     n = len(dataset)
     if not columns:
         return np.arange(n, dtype=np.int32)[:, None]

@@ -157,7 +157,7 @@ def install(model: Any, max_tokens: int) -> SortedChunkForward | None:
     """Give ``model`` (this one instance) the sorted-chunk forward and return it (its counters say
     how much padding was saved); ``uninstall`` undoes it. Only models whose first module is a
     transformer encoder qualify; for anything else nothing changes and None is returned."""
-    if not _qualifies(model):
+    if first_transformer(model) is None:
         return None
     patched = SortedChunkForward(model.forward, max_tokens)
     model.forward = patched
@@ -171,13 +171,13 @@ def uninstall(model: Any, patched: SortedChunkForward | None) -> None:
         del model.forward
 
 
-def _qualifies(model: Any) -> bool:
-    try:
-        from sentence_transformers.sentence_transformer.modules import Transformer
-    except ImportError:  # pragma: no cover - older layouts
-        from sentence_transformers.models import Transformer
+def first_transformer(model: Any) -> Any:
+    """The model's first module if it is a sentence-transformers ``Transformer`` (a text encoder
+    with an attention mask), else None."""
+    from sentence_transformers.sentence_transformer.modules import Transformer
+
     children = list(model.children()) if hasattr(model, "children") else []
-    return bool(children) and isinstance(children[0], Transformer)
+    return children[0] if children and isinstance(children[0], Transformer) else None
 
 
 def loss_equality(model: Any, loss: Any, features: list[dict[str, Tensor]], labels: Tensor | None, max_tokens: int,

@@ -71,6 +71,9 @@ class StepTimer:
         self.steps = 0
         self.tokens_run = 0  # rows x width of every encoder call
         self.tokens_real = 0  # attention-mask ones
+        from sentence_transformers.sentence_transformer.modules import Transformer
+
+        self.encoder_type = Transformer
 
     def step_began(self, step: int) -> None:
         self.timing = step >= self.warmup
@@ -83,9 +86,7 @@ class StepTimer:
         self.timing = False
 
     def hook(self, module, args, kwargs):  # forward pre-hook on every module; counts encoder inputs
-        from sentence_transformers.sentence_transformer.modules import Transformer
-
-        if self.timing and isinstance(module, Transformer):
+        if self.timing and isinstance(module, self.encoder_type):
             features = args[0] if args else kwargs.get("features", kwargs.get("input"))
             mask = features.get("attention_mask") if isinstance(features, dict) else None
             if mask is not None and mask.ndim == 2:
