@@ -96,6 +96,7 @@ def test_text_ids_are_cached_on_disk_by_dataset_fingerprint(tmp_path, monkeypatc
         return load_dataset("json", data_files=str(data), split="train", cache_dir=str(tmp_path / "hf"))
 
     first = sampler.cached_text_ids(read())
+    sampler.wait_for_cache_writes()  # written in the background while the first epoch is built
     assert len(list((tmp_path / "cache" / "text_ids").glob("*.npy"))) == 1
 
     def must_not_encode(*args, **kwargs):

@@ -8,11 +8,14 @@ scripts/bench/results/sampler-<date>.json.
     python scripts/bench/sampler.py                      # 1M and 10M rows, batch 64 (ST's plain sampler at 1M only)
     python scripts/bench/sampler.py --rows 1000000 --skip-plain
 
-Three figures for ours: the first run over a dataset (encodes every text to an id and caches the
+Three figures for ours: the first run over a dataset (hashes every text to an id and caches the
 ids under the dataset's fingerprint), any later run over the same data (a new process, a resume,
-a sweep trial: the ids come from that cache), and a later epoch of one run. sentence-transformers
-hashes the texts at the start of every run and reuses the hashes for later epochs. Arrow's kernels
-are warmed up once per process before timing.
+a sweep trial: the ids come from that cache), and a later epoch of one run. sentence-transformers'
+hashed variant hashes the texts with datasets.map at the start of a run (the map result is cached
+next to the data files, so its later runs load it; the benchmark deletes that cache before each
+first run) and reuses the hashes for later epochs. Arrow's kernels
+are warmed up once per process before timing. Up to 2M rows each figure is the median of
+--repeats runs (3), each with a fresh sampler and an empty id cache; beyond that one run.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure up to 2M rows (medians are reported)")
     parser.add_argument("--skip-plain", action="store_true", help="skip ST's unhashed sampler (slow at 10M)")
     args = parser.parse_args()
 
@@ -75,7 +79,7 @@ def main() -> None:
     import sentence_transformers
     from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 
-    from matryoshka_train.sampler import FastNoDuplicatesBatchSampler
+    from matryoshka_train.sampler import FastNoDuplicatesBatchSampler, wait_for_cache_writes
 
     import datasets
 
@@ -85,38 +89,63 @@ def main() -> None:
               "cpus": os.cpu_count(), "sentence_transformers": sentence_transformers.__version__,
               "batch_size": args.batch_size, "runs": []}
     for n in args.rows:
-        print(f"\n{n:,} triplet rows, batch {args.batch_size}")
+        repeats = args.repeats if n <= 2_000_000 else 1  # at 10M one ST epoch alone takes a minute
+        print(f"\n{n:,} triplet rows, batch {args.batch_size}, median of {repeats} run(s)")
+        times: dict[str, list[float]] = {}
+
+        def timed(key: str, seconds: float) -> None:
+            times.setdefault(key, []).append(seconds)
+
         with tempfile.TemporaryDirectory() as tmp:
             # saved and read back like any file-backed dataset, so its fingerprint is stable
             make_triplets(n).save_to_disk(f"{tmp}/data")
-            os.environ["MTRAIN_CACHE"] = f"{tmp}/cache"  # empty: the first run really encodes
-            ds = datasets.load_from_disk(f"{tmp}/data")
-            ours = FastNoDuplicatesBatchSampler(ds, args.batch_size, drop_last=False, seed=0)
-            first, rows = one_epoch(ours, 0)  # encodes every text, writes the id cache
-            warm, _ = one_epoch(ours, 1)
-            check_sample(list(iter(ours)), ds)
-            later = FastNoDuplicatesBatchSampler(datasets.load_from_disk(f"{tmp}/data"), args.batch_size,
-                                                 drop_last=False, seed=0)
-            cached, _ = one_epoch(later, 0)  # a later run over the same data: ids from the cache
-            run = {"rows": n, "ours": {"first_run_s": first, "cached_run_s": cached, "epoch_s": warm,
-                                       "rows_yielded": rows}}
             plain = not args.skip_plain and n <= 2_000_000  # the unhashed sampler takes minutes beyond that
             variants = [("hashed", True)] + ([("plain", False)] if plain else [])
-            for name, hashed in variants:
-                theirs = NoDuplicatesBatchSampler(ds, args.batch_size, drop_last=False, seed=0, precompute_hashes=hashed)
-                t_cold, _ = one_epoch(theirs, 0)
-                t_warm, _ = one_epoch(theirs, 1) if hashed else (t_cold, 0)
-                run[f"st_{name}"] = {"first_epoch_s": t_cold, "later_epoch_s": t_warm}
+            for r in range(repeats):
+                os.environ["MTRAIN_CACHE"] = f"{tmp}/cache{r}"  # empty: the first run really encodes
+                ds = datasets.load_from_disk(f"{tmp}/data")
+                ours = FastNoDuplicatesBatchSampler(ds, args.batch_size, drop_last=False, seed=0)
+                first, rows = one_epoch(ours, 0)  # hashes every text, writes the id cache
+                timed("first", first)
+                timed("warm", one_epoch(ours, 1)[0])
+                if r == 0:
+                    check_sample(list(iter(ours)), ds)
+                wait_for_cache_writes()
+                later = FastNoDuplicatesBatchSampler(datasets.load_from_disk(f"{tmp}/data"), args.batch_size,
+                                                     drop_last=False, seed=0)
+                timed("cached", one_epoch(later, 0)[0])  # a later run over the same data: ids from the cache
+                for name, hashed in variants:
+                    if name == "plain" and r > 0:
+                        continue  # half a minute per epoch at 1M rows: once is enough
+                    # datasets.map caches ST's hashes next to the data: remove them so its first run hashes
+                    removed = datasets.load_from_disk(f"{tmp}/data").cleanup_cache_files()
+                    theirs = NoDuplicatesBatchSampler(datasets.load_from_disk(f"{tmp}/data"), args.batch_size,
+                                                      drop_last=False, seed=0, precompute_hashes=hashed)
+                    t_cold, _ = one_epoch(theirs, 0)
+                    timed(f"{name}_cold", t_cold)
+                    timed(f"{name}_warm", one_epoch(theirs, 1)[0] if hashed else t_cold)
+                    if hashed:  # a later run: datasets.map loads the hashes it cached
+                        again = NoDuplicatesBatchSampler(datasets.load_from_disk(f"{tmp}/data"), args.batch_size,
+                                                         drop_last=False, seed=0, precompute_hashes=True)
+                        timed(f"{name}_cached", one_epoch(again, 0)[0])
+                        timed(f"{name}_cache_files_removed_before", float(removed))
+            med = {k: float(np.median(v)) for k, v in times.items()}
+            first, cached, warm = med["first"], med["cached"], med["warm"]
+            run = {"rows": n, "repeats": repeats, "timings_s": times,
+                   "ours": {"first_run_s": first, "cached_run_s": cached, "epoch_s": warm, "rows_yielded": rows}}
+            for name, _ in variants:
+                run[f"st_{name}"] = {"first_epoch_s": med[f"{name}_cold"], "later_epoch_s": med[f"{name}_warm"],
+                                     "later_run_s": med.get(f"{name}_cached", med[f"{name}_cold"])}
         report["runs"].append(run)
-        print(f"  {'sampler':<30}{'run start':>12}{'later epoch':>13}   (rows/s)")
-        print(f"  {'ours, first run over the data':<30}{n / first:>12,.0f}{n / warm:>13,.0f}")
-        print(f"  {'ours, any later run':<30}{n / cached:>12,.0f}{n / warm:>13,.0f}")
+        print(f"  {'sampler (rows/s)':<30}{'first run':>12}{'later run':>12}{'later epoch':>13}")
+        print(f"  {'ours':<30}{n / first:>12,.0f}{n / cached:>12,.0f}{n / warm:>13,.0f}")
         for name, _ in variants:
             t = run[f"st_{name}"]
-            print(f"  {'sentence-transformers ' + name:<30}{n / t['first_epoch_s']:>12,.0f}{n / t['later_epoch_s']:>13,.0f}")
+            print(f"  {'sentence-transformers ' + name:<30}{n / t['first_epoch_s']:>12,.0f}{n / t['later_run_s']:>12,.0f}"
+                  f"{n / t['later_epoch_s']:>13,.0f}")
         for name, _ in variants:
             t = run[f"st_{name}"]
-            run[f"ratio_vs_{name}"] = {"first_run": t["first_epoch_s"] / first, "later_run": t["first_epoch_s"] / cached,
+            run[f"ratio_vs_{name}"] = {"first_run": t["first_epoch_s"] / first, "later_run": t["later_run_s"] / cached,
                                        "later_epoch": t["later_epoch_s"] / warm}
             r = run[f"ratio_vs_{name}"]
             print(f"  ratio ours/{name}: first run {r['first_run']:.1f}x, later runs {r['later_run']:.1f}x, "
