@@ -76,7 +76,8 @@ def cached_text_ids(dataset: object, exclude: tuple[str, ...] = _LABEL_COLUMNS) 
     key = hashlib.sha256(json.dumps(["hash63", fingerprint, list(dataset.column_names), sorted(exclude)]).encode()).hexdigest()[:24]
     path = cache_dir() / f"{key}.npy"
     try:
-        ids = np.load(path, mmap_mode=None, allow_pickle=False)
+        # mapped, not read: no copy, and the page cache is shared by every process of a run
+        ids = np.load(path, mmap_mode="r", allow_pickle=False)
         if ids.ndim == 2 and len(ids) == len(dataset):
             return ids
     except (OSError, ValueError):
