@@ -138,7 +138,7 @@ def retrieval_spec(cfg: EvaluatorConfig, where: str, batch_size: int) -> EvalSpe
         def build(dim: int) -> Any:
             try:
                 return ste.NanoBEIREvaluator(dataset_names=names, truncate_dim=dim, **common)
-            except Exception as exc:  # the datasets/hub libraries raise many types when offline
+            except Exception as exc:  # noqa: BLE001 - the datasets/hub libraries raise many types when offline
                 raise DataError(f"cannot load NanoBEIR from the hub ({str(exc).splitlines()[0]}); it needs network access", where=where) from None
 
         return EvalSpec(name, "nanobeir", build)

@@ -47,7 +47,7 @@ class CarbonMeter:
             else:
                 self.tracker = codecarbon.EmissionsTracker(**common)
             self.tracker.start()
-        except Exception as exc:  # codecarbon must never stop training
+        except Exception as exc:  # noqa: BLE001 - codecarbon must never stop training
             self.tracker = None
             self.reason = f"codecarbon unavailable: {type(exc).__name__}: {exc}"
             log.warning("Carbon tracking is off for this run (%s).", self.reason)
@@ -67,6 +67,6 @@ class CarbonMeter:
                 "tracked": True,
                 "emissions_file": str(self.output_dir / "emissions.csv"),
             }
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - nor stop the run from finishing
             log.warning("Carbon figures could not be read (%s: %s).", type(exc).__name__, exc)
             return dict(figures, note=f"codecarbon failed at stop: {exc}")

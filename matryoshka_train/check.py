@@ -265,14 +265,14 @@ def long_text_lines(prepared: Any, index: int, model: Any) -> list[str]:
         return []
     try:
         over, counted, longest = long_text_counts(prepared.train, tokenizer, int(limit))
-    except Exception as exc:  # a tokenizer we cannot call this way: say so, do not fail the check
+    except Exception as exc:  # noqa: BLE001 - a tokenizer we cannot call this way: say so, do not fail the check
         return [f"  {prepared.name}: text lengths not counted ({type(exc).__name__})"]
     sampled = "" if counted == len(prepared.train) else f" (a sample of {counted})"
     if not over:
         return [f"  {prepared.name}: every text fits in max_seq_length {limit} tokens{sampled}; longest {longest}"]
     return [
-        f"  {prepared.name}: {over} of {counted} rows{sampled} have a text longer than max_seq_length {limit} tokens "
-        f"(longest {longest}); they will be truncated. Raise model.max_seq_length to keep more of them"
+        (f"  {prepared.name}: {over} of {counted} rows{sampled} have a text longer than max_seq_length {limit} tokens "
+         f"(longest {longest}); they will be truncated. Raise model.max_seq_length to keep more of them")
     ]
 
 

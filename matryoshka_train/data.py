@@ -72,7 +72,7 @@ def read_source(src: SourceConfig, where: str) -> Dataset:
     builder, kwargs = ("csv", {"delimiter": "\t"}) if fmt == "tsv" else (fmt, {})
     try:
         ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)
-    except Exception as exc:  # the datasets library raises many types for unreadable files
+    except Exception as exc:  # noqa: BLE001 - the datasets library raises many types for unreadable files
         from .filecheck import diagnose
 
         located = diagnose(files, fmt)  # re-read the files ourselves to name the line at fault
@@ -92,7 +92,7 @@ def _read_hub(src: SourceConfig, where: str) -> Dataset:
         return datasets.load_dataset(src.hub, src.subset, split=src.split)
     except (ConnectionError, OfflineModeIsEnabled) as exc:
         raise HubUnavailable(str(exc)) from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - hub clients raise many types; sorted by message below
         text = _first_line(exc)
         if any(k in text.lower() for k in ("connection", "offline", "resolve", "network", "couldn't reach")):
             raise HubUnavailable(text) from None

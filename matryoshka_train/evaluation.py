@@ -124,9 +124,9 @@ class MatryoshkaEvaluator(BaseEvaluator):
     def _run(self, name: str, evaluator: Any, model: Any) -> dict[str, float]:
         metrics = evaluator(model)
         prefix = f"{evaluator.name}_" if getattr(evaluator, "name", "") else ""
-        clean = {k[len(prefix):] if k.startswith(prefix) else k: float(v) for k, v in metrics.items()}
+        clean = {k.removeprefix(prefix): float(v) for k, v in metrics.items()}
         primary = evaluator.primary_metric or ""
-        self.primary[name] = primary[len(prefix):] if primary.startswith(prefix) else primary
+        self.primary[name] = primary.removeprefix(prefix)
         return clean
 
     @property

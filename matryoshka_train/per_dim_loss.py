@@ -23,7 +23,11 @@ from typing import Any
 
 import torch
 from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
-from sentence_transformers.sentence_transformer.losses.matryoshka import CachedLossDecorator, ForwardDecorator, shrink
+from sentence_transformers.sentence_transformer.losses.matryoshka import (
+    CachedLossDecorator,
+    ForwardDecorator,
+    shrink,
+)
 from torch import Tensor
 
 

@@ -85,7 +85,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a record that cannot be formatted is the handler's business, not ours
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted is the handler's business, not ours
             return True
         clean = redact(message)
         if clean != message:

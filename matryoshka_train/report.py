@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-
 from .config import RunConfig
+from .errors import UserError
 
 CARD_MARKER = "<!-- matryoshka-train results -->"
 
@@ -109,8 +108,8 @@ def add_model_card_section(readme: Path, config: RunConfig, results: dict[str, A
             CARD_MARKER,
             "## Matryoshka evaluation (matryoshka-train)",
             "",
-            f"Trained from `{config.model.name_or_path}` with Matryoshka dims {dims}. "
-            "Load at a smaller size with `SentenceTransformer(path, truncate_dim=DIM)`.",
+            (f"Trained from `{config.model.name_or_path}` with Matryoshka dims {dims}. "
+             "Load at a smaller size with `SentenceTransformer(path, truncate_dim=DIM)`."),
             "",
             markdown_table(results),
             f"{carbon_line(results.get('carbon', {}))}",
@@ -246,8 +245,8 @@ def report_markdown(runs: list[Any], figures: set[str]) -> str:
     grid_runs = [r for r in runs if r.results.get("grid")]
     if grid_runs:
         out += ["## Quality against memory per vector", "",
-                "Every dim × precision cell: float32 costs 4 bytes per dimension, int8 1, binary 1/8. "
-                "Cells marked ★ are on the Pareto front: no other cell is as small and at least as good.", ""]
+                ("Every dim × precision cell: float32 costs 4 bytes per dimension, int8 1, binary 1/8. "
+                 "Cells marked ★ are on the Pareto front: no other cell is as small and at least as good."), ""]
         if "metric_vs_bytes.png" in figures:
             out += ["![Primary metric against bytes per vector](metric_vs_bytes.png)", ""]
         for r in grid_runs:
@@ -255,8 +254,8 @@ def report_markdown(runs: list[Any], figures: set[str]) -> str:
 
     if "training_curves.png" in figures:
         out += ["## Training curves", "",
-                "Left: the logged training loss and each Matryoshka dim's share of it (the shares add up "
-                "to the total). Right: the first evaluator at each dim over steps (step 0 is the base model).", "",
+                ("Left: the logged training loss and each Matryoshka dim's share of it (the shares add up "
+                 "to the total). Right: the first evaluator at each dim over steps (step 0 is the base model)."), "",
                 "![Training loss and evaluation over steps](training_curves.png)", ""]
         best = [(r.label, r.results.get("train", {})) for r in runs if r.results.get("train", {}).get("best_checkpoint")]
         for label, train in best:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -276,7 +277,7 @@ class FastNoDuplicatesBatchSampler(DefaultBatchSampler):
         collecting = gc.isenabled()
         gc.disable()
         try:
-            lists = [rows[a - first : b - first] for a, b in zip(bounds[:-1], bounds[1:])]
+            lists = [rows[a - first : b - first] for a, b in itertools.pairwise(bounds)]
         finally:
             if collecting:
                 gc.enable()

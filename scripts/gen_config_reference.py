@@ -18,9 +18,9 @@ from pydantic_core import PydanticUndefined
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # document the checkout this script is in, not whichever copy is installed
 
-from matryoshka_train import config as C  # noqa: E402
-from matryoshka_train import sweep_config as S  # noqa: E402
-from matryoshka_train.losses import LOSSES  # noqa: E402
+from matryoshka_train import config as C
+from matryoshka_train import sweep_config as S
+from matryoshka_train.losses import LOSSES
 
 TARGET = ROOT / "docs" / "config.md"
 

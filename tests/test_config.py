@@ -150,5 +150,6 @@ def test_config_reference_is_up_to_date():
 
     from conftest import REPO
 
-    proc = subprocess.run([sys.executable, "scripts/gen_config_reference.py", "--check"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "scripts/gen_config_reference.py", "--check"], cwd=REPO, capture_output=True, text=True,
+                          check=False)
     assert proc.returncode == 0, proc.stderr

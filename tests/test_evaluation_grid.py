@@ -10,9 +10,13 @@ import pytest
 import torch
 
 from matryoshka_train.cli import main
-from matryoshka_train.config import EvalConfig, validate
-from matryoshka_train.errors import DataError
-from matryoshka_train.evaluation import aggregate_over_dims, bytes_per_vector, metric_name_problem, quantize
+from matryoshka_train.config import validate
+from matryoshka_train.evaluation import (
+    aggregate_over_dims,
+    bytes_per_vector,
+    metric_name_problem,
+    quantize,
+)
 
 
 def test_bytes_per_vector():

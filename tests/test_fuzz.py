@@ -19,7 +19,7 @@ from matryoshka_train.cli import main
 from matryoshka_train.config import validate
 from matryoshka_train.errors import ConfigError
 
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]}
 
 junk = st.one_of(
     st.none(),

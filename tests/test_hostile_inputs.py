@@ -169,8 +169,8 @@ def test_invalid_utf8_names_file_and_line(tiny_config, write_config, tmp_path, c
     code, errors, _ = check(tiny_config, write_config, capsys)
     assert code == 2
     assert errors == [
-        f"error: datasets.0.source: {path} line 5 is not valid UTF-8 (byte 0xe9 at column 16); "
-        "re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        (f"error: datasets.0.source: {path} line 5 is not valid UTF-8 (byte 0xe9 at column 16); "
+         "re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8")
     ]
 
 
@@ -210,8 +210,8 @@ def test_empty_texts_are_dropped_and_counted_then_refused_above_the_threshold(ti
     code, errors, _ = check(tiny_config, write_config, capsys)
     assert code == 2
     assert errors == [
-        f"error: datasets.0: 2 of 40 rows (5%) in {path} have a null or blank text (rows 4, 8), more than "
-        "max_empty_ratio 0.01 allows; fix the data, or raise datasets.0.max_empty_ratio to drop them"
+        (f"error: datasets.0: 2 of 40 rows (5%) in {path} have a null or blank text (rows 4, 8), more than "
+         "max_empty_ratio 0.01 allows; fix the data, or raise datasets.0.max_empty_ratio to drop them")
     ]
 
 
@@ -244,8 +244,8 @@ def test_label_embeddings_of_the_wrong_width(tiny_config, write_config, tmp_path
     code, errors, _ = check(tiny_config, write_config, capsys)
     assert code == 2
     assert errors == [
-        f"error: datasets.0: label embeddings in {tmp_path / 'd.jsonl'} have width 16 (rows 5, 6, 7 …) but the "
-        "model's is 32; compute the labels with a teacher of width 32, or train a model of that width"
+        (f"error: datasets.0: label embeddings in {tmp_path / 'd.jsonl'} have width 16 (rows 5, 6, 7 …) but the "
+         "model's is 32; compute the labels with a teacher of width 32, or train a model of that width")
     ]
 
 
@@ -298,9 +298,9 @@ def test_a_dataset_smaller_than_one_batch(tiny_config, write_config, tmp_path, c
     code, errors, _ = check(tiny_config, write_config, capsys)
     assert code == 2
     assert errors == [
-        "error: datasets.0: tiny has 5 training rows, fewer than one batch (8), and training.dataloader_drop_last "
-        "drops that partial batch, leaving nothing to train on; add rows, lower training.per_device_train_batch_size, "
-        "or set dataloader_drop_last: false"
+        ("error: datasets.0: tiny has 5 training rows, fewer than one batch (8), and training.dataloader_drop_last "
+         "drops that partial batch, leaving nothing to train on; add rows, lower training.per_device_train_batch_size, "
+         "or set dataloader_drop_last: false")
     ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import ClassVar
 
 import pytest
 import torch
@@ -91,7 +92,7 @@ def test_training_runs_on_token_ids_with_every_sampler(tiny_config, sampler):
 class _PlainCollator:
     """Stands in for sentence-transformers' collator for the non-text columns."""
 
-    valid_label_columns = ["label", "score"]
+    valid_label_columns: ClassVar[list[str]] = ["label", "score"]
 
     def __call__(self, features):
         return {"label": torch.tensor([f["score"] for f in features])}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from matryoshka_train.cli import main
-
 from conftest import REPO
+
+from matryoshka_train.cli import main
 
 
 def test_quickstart_improves_dim_32_and_keeps_full_size(tmp_path, monkeypatch, capsys):

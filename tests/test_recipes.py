@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from matryoshka_train.cli import main
 from matryoshka_train.config import load_config
 from matryoshka_train.errors import ConfigError
-
-from conftest import REPO
 
 DATA = REPO / "tests" / "data"
 RECIPES = ["arabic", "turkish", "distill", "static"]
@@ -233,7 +232,7 @@ def test_label_cache_resumes_after_the_last_complete_chunk_and_is_keyed_on_the_d
 
     texts = [f"sentence number {i}" + "!" * (i % 5) for i in range(50)]
     ds = Dataset.from_dict({"sentence": texts})
-    quiet = lambda _: None  # noqa: E731
+    quiet = lambda _: None
 
     interrupted = FakeTeacher(fail_after=2)
     with pytest.raises(KeyboardInterrupt):

@@ -110,3 +110,24 @@ def test_text_ids_are_cached_on_disk_by_dataset_fingerprint(tmp_path, monkeypatc
     in_memory = Dataset.from_dict({"anchor": ["x", "y"], "positive": ["y", "z"]})
     with pytest.raises(AssertionError):  # in-memory datasets (random fingerprints) are never cached
         sampler.cached_text_ids(in_memory)
+
+
+def test_sampler_benchmark_script_runs_both_samplers_and_writes_ratios(tmp_path):
+    """scripts/bench/sampler.py at a toy size: it must time ours and both sentence-transformers
+    samplers in one run, check a sample of our batches for duplicates, and write the raw JSON."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "scripts/bench/sampler.py", "--rows", "3000", "--repeats", "1", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ratio ours/hashed: first run" in proc.stdout
+    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("sampler-*.json")]
+    (run,) = report["runs"]
+    assert run["rows"] == 3000 and run["ours"]["rows_yielded"] == 3000
+    for name in ("hashed", "plain"):
+        assert set(run[f"ratio_vs_{name}"]) == {"first_run", "later_run", "later_epoch"}
+        assert all(r > 0 for r in run[f"ratio_vs_{name}"].values())

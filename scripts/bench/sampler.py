@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import sys
 
 import numpy as np
 
@@ -52,6 +52,10 @@ def make_triplets(n: int, seed: int = 0):
     return Dataset(pa.table({"anchor": anchors, "positive": positives, "negative": negatives}))
 
 
+def _record(times: dict[str, list[float]], key: str, seconds: float) -> None:
+    times.setdefault(key, []).append(seconds)
+
+
 def one_epoch(sampler, epoch: int) -> tuple[float, int]:
     sampler.set_epoch(epoch)
     start = time.perf_counter()
@@ -71,17 +75,20 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure up to 2M rows (medians are reported)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for the raw JSON")
     parser.add_argument("--skip-plain", action="store_true", help="skip ST's unhashed sampler (slow at 10M)")
     args = parser.parse_args()
 
+    import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
     import sentence_transformers
     from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 
-    from matryoshka_train.sampler import FastNoDuplicatesBatchSampler, wait_for_cache_writes
-
-    import datasets
+    from matryoshka_train.sampler import (
+        FastNoDuplicatesBatchSampler,
+        wait_for_cache_writes,
+    )
 
     datasets.disable_progress_bars()
     pc.dictionary_encode(pa.array(["warm", "up"]))
@@ -92,9 +99,7 @@ def main() -> None:
         repeats = args.repeats if n <= 2_000_000 else 1  # at 10M one ST epoch alone takes a minute
         print(f"\n{n:,} triplet rows, batch {args.batch_size}, median of {repeats} run(s)")
         times: dict[str, list[float]] = {}
-
-        def timed(key: str, seconds: float) -> None:
-            times.setdefault(key, []).append(seconds)
+        timed = functools.partial(_record, times)
 
         with tempfile.TemporaryDirectory() as tmp:
             # saved and read back like any file-backed dataset, so its fingerprint is stable
@@ -151,8 +156,8 @@ def main() -> None:
             print(f"  ratio ours/{name}: first run {r['first_run']:.1f}x, later runs {r['later_run']:.1f}x, "
                   f"later epochs {r['later_epoch']:.1f}x")
 
-    out = Path(__file__).parent / "results" / f"sampler-{dt.date.today().isoformat()}.json"
-    out.parent.mkdir(exist_ok=True)
+    out = args.out / f"sampler-{dt.date.today().isoformat()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"\nraw figures: {out}")
 
