@@ -20,7 +20,13 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 REPO = Path(__file__).resolve().parents[1]
 TINY_DIM = 32
 
-WORDS = ["river", "mountain", "coffee", "engine", "violin", "garden", "winter", "harbor", "pepper", "rocket", "tiger", "lantern", "castle", "desert", "bridge", "candle", "forest", "planet", "orange", "silver", "market", "island", "thunder", "pencil", "ocean", "ladder", "cotton", "saddle", "meadow", "glacier", "falcon", "copper", "whistle", "canyon", "button", "pillow", "rabbit", "anchor"]
+WORDS = [
+    "river", "mountain", "coffee", "engine", "violin", "garden", "winter", "harbor", "pepper",
+    "rocket", "tiger", "lantern", "castle", "desert", "bridge", "candle", "forest", "planet",
+    "orange", "silver", "market", "island", "thunder", "pencil", "ocean", "ladder", "cotton",
+    "saddle", "meadow", "glacier", "falcon", "copper", "whistle", "canyon", "button", "pillow",
+    "rabbit", "anchor",
+]
 
 
 def _sentence(rng: random.Random, n: int) -> str:
