@@ -105,43 +105,43 @@ def _binary_parts(array) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets
 
 
-def _jobs(array, rows_per_job: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(data, offsets) pieces of about ``rows_per_job`` rows. Consecutive small chunks (a dataset
-    read from disk holds ~1000-row record batches) are joined into one piece by copying just their
-    bytes, so neither thousands of tiny NumPy calls nor one copy of the whole column is needed."""
+def _jobs(array, rows_per_job: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """The array cut into jobs of about ``rows_per_job`` rows, each a list of (data, offsets)
+    pieces. A dataset read from disk holds ~1000-row record batches: a job gathers consecutive
+    ones, and its worker copies just their bytes together (:func:`_join`) right before hashing, so
+    neither thousands of tiny NumPy calls nor a copy of the whole column is needed."""
     import pyarrow as pa
 
     chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
-    jobs, group, rows = [], [], 0
-
-    def flush() -> None:
-        nonlocal group, rows
-        if len(group) == 1:
-            jobs.append(group[0])
-        elif group:
-            datas, starts, at = [], [], 0
-            for data, offsets in group:
-                lo, hi = int(offsets[0]), int(offsets[-1])
-                datas.append(data[lo:hi])
-                starts.append(offsets[:-1] - lo + at)
-                at += hi - lo
-            joined = np.concatenate(datas + [np.zeros(8, np.uint8)])  # slack: the last word reads whole
-            jobs.append((joined, np.concatenate(starts + [np.asarray([at], dtype=np.int64)])))
-        group, rows = [], 0
-
+    jobs: list[list[tuple[np.ndarray, np.ndarray]]] = [[]]
+    rows = 0
     for chunk in chunks:
         if len(chunk) == 0:
             continue
         data, offsets = _binary_parts(chunk)
-        offsets = offsets.astype(np.int64, copy=False)
         for a in range(0, len(offsets) - 1, rows_per_job):
             piece = (data, offsets[a : a + rows_per_job + 1])
             if rows and rows + len(piece[1]) - 1 > rows_per_job:
-                flush()
-            group.append(piece)
+                jobs.append([])
+                rows = 0
+            jobs[-1].append(piece)
             rows += len(piece[1]) - 1
-    flush()
-    return jobs
+    return [job for job in jobs if job]
+
+
+def _join(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """One (data, int64 offsets) pair for a job: its pieces' bytes copied together."""
+    if len(pieces) == 1:
+        data, offsets = pieces[0]
+        return data, offsets.astype(np.int64, copy=False)
+    datas, starts, at = [], [], 0
+    for data, offsets in pieces:
+        lo, hi = int(offsets[0]), int(offsets[-1])
+        datas.append(data[lo:hi])
+        starts.append(offsets[:-1].astype(np.int64) - lo + at)
+        at += hi - lo
+    joined = np.concatenate([*datas, np.zeros(8, np.uint8)])  # slack: the last word reads whole
+    return joined, np.concatenate([*starts, np.asarray([at], dtype=np.int64)])
 
 
 def _nulls(array) -> np.ndarray | None:
@@ -154,17 +154,25 @@ def hash_texts(arrays: list, threads: int | None = None) -> np.ndarray:
     """63-bit hashes (int64, >= 0) of every value of the given Arrow arrays (or chunked arrays),
     concatenated in order."""
     jobs = [job for array in arrays for job in _jobs(array, _ROWS_PER_JOB)]
+    sizes = [sum(len(offsets) - 1 for _, offsets in job) for job in jobs]
+    hashes = np.empty(sum(sizes), dtype=_U64)  # every job writes its own slice: no concatenation
+    bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+
+    def work(j: int) -> None:
+        hashes[bounds[j] : bounds[j + 1]] = _hash_rows(*_join(jobs[j]))
+
     workers = max(1, min(threads or os.cpu_count() or 1, len(jobs)))
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(lambda job: _hash_rows(*job), jobs))
+            list(pool.map(work, range(len(jobs))))
     else:
-        parts = [_hash_rows(*job) for job in jobs]
-    hashes = np.concatenate(parts) if parts else np.zeros(0, dtype=_U64)
+        for j in range(len(jobs)):
+            work(j)
     start = 0
     for array in arrays:
         null_mask = _nulls(array)
         if null_mask is not None:
             hashes[start : start + len(array)][null_mask] = _NULL
         start += len(array)
-    return (hashes >> _U64(1)).view(np.int64)
+    hashes >>= _U64(1)
+    return hashes.view(np.int64)
