@@ -25,6 +25,7 @@ iteration start at batch k without producing the k before it (see
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import itertools
@@ -96,17 +97,15 @@ _PENDING_WRITES: list[threading.Thread] = []
 
 
 def _write_ids(path: Path, ids: np.ndarray) -> None:
+    partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")
     try:  # write then rename: a crash never leaves a half-written cache file behind
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")
         with open(partial, "wb") as f:
             np.save(f, ids, allow_pickle=False)
         os.replace(partial, path)
     except OSError:  # a read-only or full cache directory only costs the speed-up
-        try:
+        with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-        except (OSError, UnboundLocalError):
-            pass
 
 
 def wait_for_cache_writes() -> None:
@@ -117,7 +116,10 @@ def wait_for_cache_writes() -> None:
 
 def no_duplicate_batches(ids: np.ndarray, batch_size: int, rng: np.random.Generator, drop_last: bool) -> list[np.ndarray]:
     """Split a shuffle of the rows of ``ids`` into batches with no id twice in a batch."""
-    rows, sizes = no_duplicate_layout(ids, batch_size, rng, drop_last)
+    return _split(*no_duplicate_layout(ids, batch_size, rng, drop_last))
+
+
+def _split(rows: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
     return np.split(rows, np.cumsum(sizes)[:-1]) if len(sizes) else []
 
 
@@ -257,16 +259,18 @@ class FastNoDuplicatesBatchSampler(DefaultBatchSampler):
             self._ids = cached_text_ids(self.dataset, self._exclude)
         return self._ids
 
-    def batches(self, epoch: int | None = None) -> list[np.ndarray]:
+    def layout(self, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's rows in batch order and the batch sizes (:func:`no_duplicate_layout`)."""
         epoch = self.epoch if epoch is None else epoch
         rng = np.random.default_rng([int(self.seed or 0), int(epoch)])
-        return no_duplicate_batches(self.ids, self.batch_size, rng, self.drop_last)
+        return no_duplicate_layout(self.ids, self.batch_size, rng, self.drop_last)
+
+    def batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        return _split(*self.layout(epoch))
 
     def __iter__(self) -> Iterator[list[int]]:
         start, self.skip_batches = self.skip_batches, 0
-        epoch = self.epoch
-        rng = np.random.default_rng([int(self.seed or 0), int(epoch)])
-        rows, sizes = no_duplicate_layout(self.ids, self.batch_size, rng, self.drop_last)
+        rows, sizes = self.layout()
         bounds = np.concatenate([[0], np.cumsum(sizes)])[start:].tolist()
         if len(bounds) < 2:
             return

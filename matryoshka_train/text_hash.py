@@ -130,10 +130,9 @@ def _jobs(array, rows_per_job: int) -> list[list[tuple[np.ndarray, np.ndarray]]]
 
 
 def _join(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """One (data, int64 offsets) pair for a job: its pieces' bytes copied together."""
+    """One (data, offsets) pair for a job: its pieces' bytes copied together."""
     if len(pieces) == 1:
-        data, offsets = pieces[0]
-        return data, offsets.astype(np.int64, copy=False)
+        return pieces[0]
     datas, starts, at = [], [], 0
     for data, offsets in pieces:
         lo, hi = int(offsets[0]), int(offsets[-1])

@@ -13,8 +13,7 @@ ids under the dataset's fingerprint), any later run over the same data (a new pr
 a sweep trial: the ids come from that cache), and a later epoch of one run. sentence-transformers'
 hashed variant hashes the texts with datasets.map at the start of a run (the map result is cached
 next to the data files, so its later runs load it; the benchmark deletes that cache before each
-first run) and reuses the hashes for later epochs. Arrow's kernels
-are warmed up once per process before timing. Up to 2M rows each figure is the median of
+first run) and reuses the hashes for later epochs. Up to 2M rows each figure is the median of
 --repeats runs (3), each with a fresh sampler and an empty id cache; beyond that one run.
 """
 
@@ -22,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +49,6 @@ def make_triplets(n: int, seed: int = 0):
     positives = texts("a positive passage about item ", rng.integers(0, int(n * 0.95), n))
     negatives = texts("a positive passage about item ", rng.integers(0, int(n * 0.95), n))
     return Dataset(pa.table({"anchor": anchors, "positive": positives, "negative": negatives}))
-
-
-def _record(times: dict[str, list[float]], key: str, seconds: float) -> None:
-    times.setdefault(key, []).append(seconds)
 
 
 def one_epoch(sampler, epoch: int) -> tuple[float, int]:
@@ -80,8 +75,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import datasets
-    import pyarrow as pa
-    import pyarrow.compute as pc
     import sentence_transformers
     from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 
@@ -91,15 +84,13 @@ def main() -> None:
     )
 
     datasets.disable_progress_bars()
-    pc.dictionary_encode(pa.array(["warm", "up"]))
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": platform.machine(),
               "cpus": os.cpu_count(), "sentence_transformers": sentence_transformers.__version__,
               "batch_size": args.batch_size, "runs": []}
     for n in args.rows:
         repeats = args.repeats if n <= 2_000_000 else 1  # at 10M one ST epoch alone takes a minute
         print(f"\n{n:,} triplet rows, batch {args.batch_size}, median of {repeats} run(s)")
-        times: dict[str, list[float]] = {}
-        timed = functools.partial(_record, times)
+        times: dict[str, list[float]] = defaultdict(list)
 
         with tempfile.TemporaryDirectory() as tmp:
             # saved and read back like any file-backed dataset, so its fingerprint is stable
@@ -110,15 +101,15 @@ def main() -> None:
                 os.environ["MTRAIN_CACHE"] = f"{tmp}/cache{r}"  # empty: the first run really encodes
                 ds = datasets.load_from_disk(f"{tmp}/data")
                 ours = FastNoDuplicatesBatchSampler(ds, args.batch_size, drop_last=False, seed=0)
-                first, rows = one_epoch(ours, 0)  # hashes every text, writes the id cache
-                timed("first", first)
-                timed("warm", one_epoch(ours, 1)[0])
+                seconds, rows = one_epoch(ours, 0)  # hashes every text, writes the id cache
+                times["first"].append(seconds)
+                times["warm"].append(one_epoch(ours, 1)[0])
                 if r == 0:
                     check_sample(list(iter(ours)), ds)
                 wait_for_cache_writes()
                 later = FastNoDuplicatesBatchSampler(datasets.load_from_disk(f"{tmp}/data"), args.batch_size,
                                                      drop_last=False, seed=0)
-                timed("cached", one_epoch(later, 0)[0])  # a later run over the same data: ids from the cache
+                times["cached"].append(one_epoch(later, 0)[0])  # a later run over the same data: ids from the cache
                 for name, hashed in variants:
                     if name == "plain" and r > 0:
                         continue  # half a minute per epoch at 1M rows: once is enough
@@ -127,13 +118,13 @@ def main() -> None:
                     theirs = NoDuplicatesBatchSampler(datasets.load_from_disk(f"{tmp}/data"), args.batch_size,
                                                       drop_last=False, seed=0, precompute_hashes=hashed)
                     t_cold, _ = one_epoch(theirs, 0)
-                    timed(f"{name}_cold", t_cold)
-                    timed(f"{name}_warm", one_epoch(theirs, 1)[0] if hashed else t_cold)
+                    times[f"{name}_cold"].append(t_cold)
+                    times[f"{name}_warm"].append(one_epoch(theirs, 1)[0] if hashed else t_cold)
                     if hashed:  # a later run: datasets.map loads the hashes it cached
                         again = NoDuplicatesBatchSampler(datasets.load_from_disk(f"{tmp}/data"), args.batch_size,
                                                          drop_last=False, seed=0, precompute_hashes=True)
-                        timed(f"{name}_cached", one_epoch(again, 0)[0])
-                        timed(f"{name}_cache_files_removed_before", float(removed))
+                        times[f"{name}_cached"].append(one_epoch(again, 0)[0])
+                        times[f"{name}_cache_files_removed_before"].append(float(removed))
             med = {k: float(np.median(v)) for k, v in times.items()}
             first, cached, warm = med["first"], med["cached"], med["warm"]
             run = {"rows": n, "repeats": repeats, "timings_s": times,
