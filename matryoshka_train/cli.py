@@ -2,6 +2,12 @@
 
 User errors (config, data, interruption) print one line per problem and exit non-zero without a
 traceback; ``--debug`` shows the traceback too.
+
+Each verb's module is imported inside the function that runs the verb: the training stack (torch,
+sentence-transformers) takes seconds to import, which `mtrain report`, the `mtrain sweep` driver
+and `--help` do not need, and `run`/`check`/`eval` probe the hub before they load it. These are
+the package's only imports of its own modules inside functions (tests/test_architecture.py allows
+them in this module and nowhere else).
 """
 
 from __future__ import annotations
@@ -9,12 +15,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
-from .errors import UserError
-from .redact import install_log_filter, redact, redacted_output
+from . import hub
+from .errors import ConfigError, UserError
+from .reporting.redact import install_log_filter, redact, redacted_output
+from .training import distributed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="resume even though result-determining config keys changed (they are listed)")
     run.add_argument("--nproc", type=int, default=None, metavar="N",
                      help="train on N processes of this machine (N GPUs; CPU processes without a GPU) "
-                          "through accelerate's launcher; same as accelerate launch --num_processes N -m matryoshka_train run ...")
+                          "through accelerate's launcher; same as accelerate launch --num_processes N -m "
+                          "matryoshka_train run ...")
 
     check = sub.add_parser("check", help="validate a config, its data and model, without training")
     with_config(check)
@@ -53,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="hyperparameter search on Optuna: one mtrain run process per trial")
     sw.add_argument("sweep", help="path to the sweep YAML (base config, search space, objective)")
-    sw.add_argument("--storage", help="Optuna RDB URL (default sqlite:///OUTPUT_DIR/study.db); postgresql://... for many machines")
+    sw.add_argument("--storage", help="Optuna RDB URL (default sqlite:///OUTPUT_DIR/study.db); postgresql://... for "
+                                      "many machines")
     sw.add_argument("--workers", type=int, default=1, help="trials run in parallel by this process (default 1)")
     sw.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -86,8 +98,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _sweep(args)
         return _run(args)
     except UserError as exc:
-        from . import distributed
-
         if distributed.is_main() or not exc.same_on_every_process:
             tag = "" if distributed.is_main() else f"[process {distributed.rank()}] "
             for problem in exc.problems:
@@ -101,14 +111,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .check import check, go_offline_if_unreachable
-    from .config import load_config
+    online = hub.go_offline_if_unreachable()
+    from .config.loading import (
+        load_config,  # the training stack: see the module docstring
+    )
+    from .training.check import check
+    from .training.stages import check_stages
 
-    online = go_offline_if_unreachable()
     config = load_config(args.config, args.overrides)
     if config.stages:
-        from .stages import check_stages
-
         report = check_stages(config)
     else:
         report = check(config)
@@ -128,10 +139,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .check import go_offline_if_unreachable
-    from .config import load_config
-    from .errors import ConfigError
+    from .config.loading import (
+        load_config,  # light (pydantic, yaml): see the module docstring
+    )
 
     if args.resume is not None and args.overwrite:
         raise ConfigError("--resume continues the run in training.output_dir and --overwrite replaces it; give one",
@@ -147,10 +157,10 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(cmd[0], cmd, env)  # the launcher takes this process's place (and its signals)
-    go_offline_if_unreachable()
+    hub.go_offline_if_unreachable()
     config = load_config(args.config, args.overrides)
-    from .resume import resume_command
-    from .training import run
+    from .training.entry import run  # the training stack: see the module docstring
+    from .training.resume import resume_command
 
     hint = resume_command(args.config, args.overrides, distributed.world_size(), distributed.local_world_size())
     run(config, overwrite=args.overwrite, resume=args.resume, resume_force=args.resume_force, resume_hint=hint)
@@ -171,19 +181,20 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .check import go_offline_if_unreachable
-    from .config import load_eval_config
+    hub.go_offline_if_unreachable()
+    from .config.loading import (
+        load_eval_config,  # the training stack: see the module docstring
+    )
+    from .evaluation.standalone import evaluate
 
-    go_offline_if_unreachable()
     config = load_eval_config(args.config, args.overrides)
-    from .eval_cli import evaluate
 
     evaluate(args.model, config, args.output)
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .reporting.report import write_report  # no torch: see the module docstring
 
     md = write_report(args.runs, args.output)
     pngs = sorted(p.name for p in md.parent.glob("*.png"))
@@ -192,9 +203,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    import signal
-
-    from .sweep import load, run_sweep
+    from .sweep.driver import (  # optuna, no torch: see the module docstring
+        load,
+        run_sweep,
+    )
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops a sweep as Ctrl+C does: trials ended and queued again
@@ -210,8 +222,6 @@ def _quiet_libraries(debug: bool) -> None:
     if debug:
         logging.basicConfig(level=logging.INFO)
         return
-    import warnings
-
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -226,7 +236,7 @@ def _quiet_libraries(debug: bool) -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        import datasets
+        import datasets  # the hub probe has run by now; these two only get their progress bars switched off
         import transformers
 
         datasets.disable_progress_bars()

@@ -72,7 +72,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(64)
     ]
     _jsonl(d / "triplets.jsonl", triplets)
-    pairs = [{"sentence1": _sentence(rng, 5), "sentence2": _sentence(rng, 5), "score": round(rng.random(), 3)} for _ in range(64)]
+    pairs = [
+        {"sentence1": _sentence(rng, 5), "sentence2": _sentence(rng, 5), "score": round(rng.random(), 3)}
+        for _ in range(64)
+    ]
     _jsonl(d / "pairs.jsonl", pairs)
     distill = [
         {"sentence": _sentence(rng, 6), "label": [rng.gauss(0, 0.2) for _ in range(TINY_DIM)]} for _ in range(64)

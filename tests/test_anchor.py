@@ -9,11 +9,11 @@ import torch
 from datasets import load_dataset
 from sentence_transformers import SentenceTransformer
 
-from matryoshka_train.anchor import AnchoredLoss, distance
 from matryoshka_train.config import LossConfig, MatryoshkaConfig, validate
 from matryoshka_train.losses import build_loss
+from matryoshka_train.losses.anchor import AnchoredLoss, distance
 from matryoshka_train.models import layerwise_learning_rates
-from matryoshka_train.training import run
+from matryoshka_train.training.entry import run
 
 DIMS = [32, 16, 8]
 

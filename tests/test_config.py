@@ -150,6 +150,11 @@ def test_config_reference_is_up_to_date():
 
     from conftest import REPO
 
-    proc = subprocess.run([sys.executable, "scripts/gen_config_reference.py", "--check"], cwd=REPO, capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "scripts/gen_config_reference.py", "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr

@@ -56,7 +56,7 @@ def _errors(stderr: str) -> list[str]:
 
 
 def test_batch_lines_print_world_size_and_negatives_gathered_across_devices(tiny_config, monkeypatch):
-    from matryoshka_train.training import batch_lines
+    from matryoshka_train.training.plan import batch_lines
 
     tiny_config["loss"]["gather_across_devices"] = True
     config = validate(tiny_config)
@@ -101,12 +101,12 @@ def test_nproc_becomes_an_accelerate_launch_of_the_same_command(monkeypatch):
     import torch
 
     from matryoshka_train.cli import _without_nproc
-    from matryoshka_train.distributed import launch_argv
+    from matryoshka_train.training.distributed import launch_argv
 
     argv = ["run", "c.yaml", "--nproc", "2", "--set", "training.seed=1", "--nproc=2", "--resume"]
     assert _without_nproc(argv) == ["run", "c.yaml", "--set", "training.seed=1", "--resume"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("matryoshka_train.distributed._has_accelerate_config", lambda: False)
+    monkeypatch.setattr("matryoshka_train.training.distributed._has_accelerate_config", lambda: False)
     monkeypatch.setenv("MASTER_PORT", "29999")
     cmd, env = launch_argv(2, ["run", "c.yaml"])
     assert cmd[:8] == [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
@@ -123,8 +123,8 @@ def test_fast_skip_starts_the_sampler_at_the_right_batch_under_sharding():
     from accelerate.data_loader import BatchSamplerShard
     from datasets import Dataset
 
-    from matryoshka_train.resume import fast_skip_first_batches
-    from matryoshka_train.sampler import FastNoDuplicatesBatchSampler
+    from matryoshka_train.data.sampler import FastNoDuplicatesBatchSampler
+    from matryoshka_train.training.resume import fast_skip_first_batches
 
     ds = Dataset.from_dict({"anchor": [f"a{i}" for i in range(200)], "positive": [f"p{i}" for i in range(200)]})
 
@@ -162,7 +162,8 @@ def test_non_empty_output_dir_message_mentions_resume(tiny_config, tmp_path, cap
     out.mkdir()
     (out / "x").write_text("")
     assert main(["run", str(_write(_train_cfg(tiny_config, out), tmp_path / "c.yaml"))]) == 2
-    assert "already holds files; pass --resume to continue the run in it, --overwrite to replace them" in capsys.readouterr().err
+    assert ("already holds files; pass --resume to continue the run in it, --overwrite to replace them"
+            in capsys.readouterr().err)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,8 +180,10 @@ def test_sigterm_checkpoint_then_resume_equals_the_straight_run(tiny_config, tmp
     monkeypatch.setenv("MTRAIN_TEST_SIGTERM_AT_STEP", str(STEPS // 2))
     assert main(["run", str(cfg), "--set", "training.logging_steps=1"]) == 128 + 15
     (line,) = _errors(capsys.readouterr().err)
-    assert line == (f"error: stopped by SIGTERM at step {STEPS // 2}; checkpoint saved in {resumed / 'checkpoint-2'}. "
-                    f"To resume: mtrain run {cfg} --set training.logging_steps=1 --resume")
+    assert line == (
+        f"error: stopped by SIGTERM at step {STEPS // 2}; checkpoint saved in {resumed / 'checkpoint-2'}. "
+        f"To resume: mtrain run {cfg} --set training.logging_steps=1 --resume"
+    )
     assert sorted(p.name for p in resumed.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]
     assert not (resumed / "model.safetensors").exists()
     monkeypatch.delenv("MTRAIN_TEST_SIGTERM_AT_STEP")
@@ -207,8 +210,16 @@ def test_resume_with_a_changed_config_names_the_keys_unless_forced(tiny_config, 
     monkeypatch.delenv("MTRAIN_TEST_SIGTERM_AT_STEP")
     capsys.readouterr()
 
-    changed = ["--set", "training.seed=7", "--set", "training.per_device_train_batch_size=4",
-               "--set", "matryoshka.dims=[32, 16]", "--set", "training.logging_steps=2"]
+    changed = [
+        "--set",
+        "training.seed=7",
+        "--set",
+        "training.per_device_train_batch_size=4",
+        "--set",
+        "matryoshka.dims=[32, 16]",
+        "--set",
+        "training.logging_steps=2",
+    ]
     assert main(["run", str(cfg), "--resume", *changed]) == 2
     (line,) = _errors(capsys.readouterr().err)
     assert line.startswith(f"error: --resume: the config changed since {out / 'checkpoint-1'} was saved")
@@ -228,16 +239,32 @@ def test_resume_with_a_changed_config_names_the_keys_unless_forced(tiny_config, 
 
 def _launch(args: list[str], env: dict[str, str], nproc_flag: bool) -> subprocess.CompletedProcess:
     """Two processes: through `mtrain run ... --nproc 2`, or through accelerate's launcher directly."""
-    from matryoshka_train.distributed import free_port
+    from matryoshka_train.training.distributed import free_port
 
     env = dict(env, MASTER_PORT=str(free_port()), PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     if nproc_flag:
         cmd = [sys.executable, "-m", "matryoshka_train", *args, "--nproc", "2"]
     else:
         env["ACCELERATE_USE_CPU"] = "true"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", env["MASTER_PORT"], "-m", "matryoshka_train", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            env["MASTER_PORT"],
+            "-m",
+            "matryoshka_train",
+            *args,
+        ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -265,10 +292,15 @@ def test_two_processes_gather_negatives_keep_ranks_identical_and_resume_exactly(
     cfg = _write(_train_cfg(tiny_config, resumed), tmp_path / "b.yaml")
     proc = _launch(["run", str(cfg)], dict(base, MTRAIN_TEST_SIGTERM_AT_STEP=str(STEPS // 2)), nproc_flag=False)
     assert proc.returncode != 0
-    expected = (f"error: stopped by SIGTERM at step {STEPS // 2}; checkpoint saved in {resumed / 'checkpoint-2'}. "
-                f"To resume: mtrain run {cfg} --resume --nproc 2")
+    expected = (
+        f"error: stopped by SIGTERM at step {STEPS // 2}; checkpoint saved in {resumed / 'checkpoint-2'}. "
+        f"To resume: mtrain run {cfg} --resume --nproc 2"
+    )
     assert _errors(proc.stderr) == [expected]  # printed once, by the main process
-    assert sorted(p.name for p in (resumed / "checkpoint-2").glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    assert sorted(p.name for p in (resumed / "checkpoint-2").glob("rng_state*")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
 
     # 3. resume as printed: same final weights and logged losses as the straight run
     proc = _launch(["run", str(cfg), "--resume"], base, nproc_flag=True)

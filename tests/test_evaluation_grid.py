@@ -55,7 +55,10 @@ def test_metric_names_are_checked():
 def test_check_reports_a_bad_metric_for_best_model(tiny_config, write_config, capsys):
     tiny_config["training"].update(metric_for_best_model="tinyy_dimmin_cosine_accuracy")
     assert main(["check", str(write_config(tiny_config))]) == 2
-    assert "error: training.metric_for_best_model: 'tinyy_dimmin_cosine_accuracy' is not a metric" in capsys.readouterr().err
+    assert (
+        "error: training.metric_for_best_model: 'tinyy_dimmin_cosine_accuracy' is not a metric"
+        in capsys.readouterr().err
+    )
 
 
 # Scripted scores per dim at the evaluations of steps 2, 4 and 6: the full dim peaks at step 2,
@@ -84,19 +87,27 @@ def test_best_checkpoint_follows_the_min_over_dims_not_the_full_dim(tiny_config,
     keeps (and ends with the weights of) checkpoint 4."""
     from safetensors.torch import load_file
 
-    from matryoshka_train import training
     from matryoshka_train.evaluation import EvalSpec, MatryoshkaEvaluator
+    from matryoshka_train.training import plan as training
+    from matryoshka_train.training.entry import run
 
     def scripted(config, datasets, dims):
         return MatryoshkaEvaluator([EvalSpec("tiny", "triplet", _Scripted)], dims)
 
     monkeypatch.setattr(training, "build_evaluator", scripted)
     tiny_config["training"].update(
-        max_steps=6, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, save_total_limit=3,
-        save_only_model=True, load_best_model_at_end=True, metric_for_best_model="tiny_dimmin_cosine_accuracy",
+        max_steps=6,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=3,
+        save_only_model=True,
+        load_best_model_at_end=True,
+        metric_for_best_model="tiny_dimmin_cosine_accuracy",
     )
     tiny_config["evaluation"].update(before=False, after=False)
-    results = training.run(validate(tiny_config), echo=lambda _: None)
+    results = run(validate(tiny_config), echo=lambda _: None)
     out = tmp_path / "out"
 
     events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -14,7 +14,7 @@ import torch
 from matryoshka_train.cli import main
 from matryoshka_train.config import validate
 from matryoshka_train.errors import TrainingAborted
-from matryoshka_train.training import run
+from matryoshka_train.training.entry import run
 
 
 def _quick(cfg: dict, **training) -> dict:
@@ -58,7 +58,7 @@ class NanAtCall(torch.nn.Module):
 
 
 def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(tiny_config, monkeypatch):
-    from matryoshka_train import training
+    from matryoshka_train.training import plan as training
 
     real = training.build_loss
     monkeypatch.setattr(training, "build_loss", lambda *a, **k: NanAtCall(real(*a, **k), 3))
@@ -205,7 +205,7 @@ def test_a_second_ctrl_c_saves_the_model_on_the_side(tiny_config, write_config, 
 
 def test_the_nan_guard_sees_every_step_not_only_logged_ones(tiny_config, monkeypatch):
     """logging_steps=10 with 4 steps logs nothing before the end; the guard must still fire at step 2."""
-    from matryoshka_train import training
+    from matryoshka_train.training import plan as training
 
     real = training.build_loss
     monkeypatch.setattr(training, "build_loss", lambda *a, **k: NanAtCall(real(*a, **k), 2))
@@ -215,7 +215,7 @@ def test_the_nan_guard_sees_every_step_not_only_logged_ones(tiny_config, monkeyp
 
 
 def test_weights_finite_helper():
-    from matryoshka_train.faults import weights_finite
+    from matryoshka_train.training.faults import weights_finite
 
     layer = torch.nn.Linear(2, 2)
     assert weights_finite(layer)

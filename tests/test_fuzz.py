@@ -14,10 +14,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from matryoshka_train.check import config_problems
 from matryoshka_train.cli import main
 from matryoshka_train.config import validate
 from matryoshka_train.errors import ConfigError
+from matryoshka_train.training.prepare import config_problems
 
 SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]}
 
@@ -92,8 +92,11 @@ def mutate(config: dict, path: tuple, action: str, value: Any) -> None:
         node[last] = value
 
 
-mutations = st.lists(st.tuples(st.integers(min_value=0, max_value=10**6), st.sampled_from(["set", "delete", "unknown"]), junk),
-                     min_size=1, max_size=4)
+mutations = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=10**6), st.sampled_from(["set", "delete", "unknown"]), junk),
+    min_size=1,
+    max_size=4,
+)
 
 
 def apply(config: dict, ops: list) -> dict:
@@ -119,12 +122,22 @@ def test_any_config_dict_validates_or_names_its_problems(ops, tiny_model_dir, da
 
 
 text = st.one_of(st.text(max_size=30), st.sampled_from(["", "   ", "\u0000", "\ud7ff\ue000", "é" * 40, "river " * 60]))
-odd_cell = st.one_of(st.none(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-                     st.lists(st.floats(min_value=-1, max_value=1), max_size=33), st.booleans(), text)
+odd_cell = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.lists(st.floats(min_value=-1, max_value=1), max_size=33),
+    st.booleans(),
+    text,
+)
 COLUMNS_FOR = {  # what each loss reads, so that many examples get past the column checks to the rows
-    "mnrl": ["anchor", "positive", "negative"], "cached_mnrl": ["anchor", "positive"], "triplet": ["anchor", "positive", "negative"],
-    "cosine": ["sentence1", "sentence2", "score"], "cosent": ["sentence1", "sentence2", "score"],
-    "mse": ["sentence", "label"], "margin_mse": ["anchor", "positive", "negative", "label"],
+    "mnrl": ["anchor", "positive", "negative"],
+    "cached_mnrl": ["anchor", "positive"],
+    "triplet": ["anchor", "positive", "negative"],
+    "cosine": ["sentence1", "sentence2", "score"],
+    "cosent": ["sentence1", "sentence2", "score"],
+    "mse": ["sentence", "label"],
+    "margin_mse": ["anchor", "positive", "negative", "label"],
 }
 
 
@@ -133,8 +146,8 @@ def rows_for(draw: Any, loss: str) -> list[dict]:
     """Rows with the loss's columns, mostly well-typed values, some odd ones, sometimes an extra column."""
     keys = COLUMNS_FOR[loss] + draw(st.lists(st.sampled_from(["id", "score", "label", "anchor"]), max_size=1))
     good = {
-        "score": st.floats(min_value=-2, max_value=6), "label": st.one_of(st.floats(min_value=-1, max_value=1),
-                                                                         st.lists(st.floats(-1, 1), min_size=32, max_size=32)),
+        "score": st.floats(min_value=-2, max_value=6),
+        "label": st.one_of(st.floats(min_value=-1, max_value=1), st.lists(st.floats(-1, 1), min_size=32, max_size=32)),
     }
     n = draw(st.one_of(st.integers(min_value=0, max_value=40), st.just(40)))
     out = []
@@ -147,20 +160,34 @@ def rows_for(draw: Any, loss: str) -> list[dict]:
     return out
 
 
-dataset_options = st.fixed_dictionaries({}, optional={
-    "columns": st.lists(st.sampled_from(["anchor", "positive", "negative", "score", "label", "sentence1", "sentence2"]),
-                        min_size=1, max_size=4, unique=True),
-    "score_range": st.sampled_from([[0, 1], [0, 5], [-1, 1]]),
-    "max_empty_ratio": st.sampled_from([0, 0.5, 1]),
-    "eval": st.sampled_from([None, {"count": 2}, {"first": 1}, {"ratio": 0.5}]),
-})
+dataset_options = st.fixed_dictionaries(
+    {},
+    optional={
+        "columns": st.lists(
+            st.sampled_from(["anchor", "positive", "negative", "score", "label", "sentence1", "sentence2"]),
+            min_size=1,
+            max_size=4,
+            unique=True,
+        ),
+        "score_range": st.sampled_from([[0, 1], [0, 5], [-1, 1]]),
+        "max_empty_ratio": st.sampled_from([0, 0.5, 1]),
+        "eval": st.sampled_from([None, {"count": 2}, {"first": 1}, {"ratio": 0.5}]),
+    },
+)
 losses = st.sampled_from(["mnrl", "cached_mnrl", "cosine", "cosent", "mse", "triplet", "margin_mse"])
 
 
 @settings(max_examples=150, **SETTINGS)
-@given(data=st.data(), raw_bytes=st.one_of(st.none(), st.none(), st.none(), st.binary(max_size=200)), options=dataset_options,
-       loss=losses, batch=st.integers(min_value=1, max_value=16), drop_last=st.booleans(),
-       ops=st.one_of(st.just([]), st.just([]), mutations), suffix=st.sampled_from([".jsonl", ".jsonl", ".csv"]))
+@given(
+    data=st.data(),
+    raw_bytes=st.one_of(st.none(), st.none(), st.none(), st.binary(max_size=200)),
+    options=dataset_options,
+    loss=losses,
+    batch=st.integers(min_value=1, max_value=16),
+    drop_last=st.booleans(),
+    ops=st.one_of(st.just([]), st.just([]), mutations),
+    suffix=st.sampled_from([".jsonl", ".jsonl", ".csv"]),
+)
 def test_check_never_raises_on_any_rows(data, raw_bytes, options, loss, batch, drop_last, ops, suffix, tiny_model_dir):
     data_rows = data.draw(rows_for(loss))
     if options.get("columns") is not None and data.draw(st.booleans()):
@@ -172,10 +199,14 @@ def test_check_never_raises_on_any_rows(data, raw_bytes, options, loss, batch, d
             data_file.write_bytes(raw_bytes)
         elif suffix == ".csv":
             keys = sorted({k for r in data_rows for k in r})
-            lines = [",".join(keys)] + [",".join(json.dumps(r.get(k), ensure_ascii=False) for k in keys) for r in data_rows]
+            lines = [",".join(keys)] + [
+                ",".join(json.dumps(r.get(k), ensure_ascii=False) for k in keys) for r in data_rows
+            ]
             data_file.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
         else:
-            data_file.write_text("".join(json.dumps(r) + "\n" for r in data_rows), encoding="utf-8", errors="surrogatepass")
+            data_file.write_text(
+                "".join(json.dumps(r) + "\n" for r in data_rows), encoding="utf-8", errors="surrogatepass"
+            )
         config = base_config(tiny_model_dir, data_file, tmp / "out")
         config["datasets"][0].update(options)
         if "columns" not in options:

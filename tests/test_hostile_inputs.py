@@ -41,7 +41,8 @@ def triplets(n: int) -> list[dict]:
         ("training", {"learning_rate": 0}, "training.learning_rate: input should be greater than 0"),
         ("training", {"learning_rate": -1e-5}, "training.learning_rate: input should be greater than 0"),
         ("training", {"learning_rate": float("inf")}, "training.learning_rate: input should be a finite number"),
-        ("training", {"per_device_train_batch_size": "big"}, "training.per_device_train_batch_size: input should be a valid integer"),
+        ("training", {"per_device_train_batch_size": "big"}, "training.per_device_train_batch_size: input should be a "
+                                                             "valid integer"),
         ("training", {"warmup_ratio": 1.5}, "training.warmup_ratio: input should be less than 1"),
         ("matryoshka", {"dims": [64, 128]}, "matryoshka.dims: dims must be sorted in descending order"),
         ("matryoshka", {"dims": [64, 64]}, "matryoshka.dims: dims must be unique"),
@@ -49,7 +50,8 @@ def triplets(n: int) -> list[dict]:
         ("matryoshka", {"dims": [64, 32], "weights": [-1, 2]}, "matryoshka.weights: weights must be >= 0"),
         ("training", {"extra": {"fp16": True}}, "training.extra.fp16: precision is chosen by training.precision"),
         ("training", {"extra": {"bf16": True}}, "training.extra.bf16: precision is chosen by training.precision"),
-        ("training", {"extra": {"learning_rate": 1}}, "training.extra.learning_rate: learning_rate is a training key; set training.learning_rate instead"),
+        ("training", {"extra": {"learning_rate": 1}}, "training.extra.learning_rate: learning_rate is a training key; "
+                                                      "set training.learning_rate instead"),
         ("training", {"extra": {"hub_token": "abc"}}, "training.extra.hub_token: never put tokens in a config"),
         ("training", {"load_best_model_at_end": True}, "training: load_best_model_at_end needs eval_strategy"),
     ],
@@ -68,14 +70,16 @@ def test_every_cross_section_problem_is_reported_together():
     assert problems_of(raw) == [
         "datasets: dataset names must be unique; repeated: d",
         "evaluation.evaluators.0.dataset: no dataset named 'e'",
-        "evaluation.evaluators.1.dataset: dataset 'd' has no eval split; add datasets[].eval (first, count, ratio or source)",
+        "evaluation.evaluators.1.dataset: dataset 'd' has no eval split; add datasets[].eval (first, count, ratio or "
+        "source)",
     ]
 
 
 def test_score_range_must_go_up():
     raw = copy.deepcopy(MINIMAL)
     raw["datasets"][0]["score_range"] = [5, 0]
-    assert problems_of(raw) == ["datasets.0.score_range: score_range must be [low, high] with low < high, got [5.0, 0.0]"]
+    assert problems_of(raw) == ["datasets.0.score_range: score_range must be [low, high] with low < high, got [5.0, "
+                                "0.0]"]
 
 
 def test_malformed_yaml_through_the_cli_is_one_line_with_line_and_column(tmp_path, capsys):
@@ -107,8 +111,14 @@ def test_model_phase_problems_are_reported_together(tiny_config, write_config, c
     assert code == 2
     joined = "\n".join(errors)
     assert "error: matryoshka.dims: dims [64] exceed the model's embedding size 32" in joined
-    assert "error: training.per_device_train_batch_size: CachedMultipleNegativesRankingLoss uses in-batch negatives and needs a batch of at least 2" in joined
-    assert "error: loss.kwargs.mini_batch_size: mini_batch_size 4 is larger than the batch (1); make it smaller" in joined
+    assert (
+        "error: training.per_device_train_batch_size: CachedMultipleNegativesRankingLoss uses in-batch negatives and "
+        "needs a batch of at least 2"
+        in joined
+    )
+    assert (
+        "error: loss.kwargs.mini_batch_size: mini_batch_size 4 is larger than the batch (1); make it smaller" in joined
+    )
 
 
 def test_mini_batch_size_must_be_a_positive_integer(tiny_config, write_config, capsys):
@@ -169,14 +179,18 @@ def test_invalid_utf8_names_file_and_line(tiny_config, write_config, tmp_path, c
     code, errors, _ = check(tiny_config, write_config, capsys)
     assert code == 2
     assert errors == [
-        (f"error: datasets.0.source: {path} line 5 is not valid UTF-8 (byte 0xe9 at column 16); "
-         "re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8")
+        (
+            f"error: datasets.0.source: {path} line 5 is not valid UTF-8 (byte 0xe9 at column 16); "
+            "re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        )
     ]
 
 
 def test_a_broken_json_line_is_named(tiny_config, write_config, tmp_path, capsys):
     path = tmp_path / "broken.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in triplets(3)) + '{"anchor": "a", "positive": }\n', encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(r) + "\n" for r in triplets(3)) + '{"anchor": "a", "positive": }\n', encoding="utf-8"
+    )
     tiny_config["datasets"][0]["source"]["path"] = str(path)
     code, errors, _ = check(tiny_config, write_config, capsys)
     assert code == 2 and errors[0].startswith(f"error: datasets.0.source: {path} line 4 is not valid JSON")
@@ -188,15 +202,23 @@ def test_missing_and_extra_columns(tiny_config, write_config, tmp_path, capsys):
     tiny_config["datasets"][0]["columns"] = None  # all four columns: 'id' would silently be a hard negative
     code, errors, out = check(tiny_config, write_config, capsys)
     assert code == 0, errors
-    assert "warning: datasets.0 (tiny): no columns listed, so all 4 are used in file order (anchor, positive, negative, id)" in out
+    assert (
+        "warning: datasets.0 (tiny): no columns listed, so all 4 are used in file order (anchor, positive, negative, "
+        "id)"
+        in out
+    )
 
     tiny_config["datasets"][0]["columns"] = ["anchor", "positive", "negatives"]
     code, errors, _ = check(tiny_config, write_config, capsys)
     assert code == 2
-    assert errors == ["error: datasets.0.columns: column(s) negatives not in the data; it has: anchor, positive, negative, id"]
+    assert errors == [
+        "error: datasets.0.columns: column(s) negatives not in the data; it has: anchor, positive, negative, id"
+    ]
 
 
-def test_empty_texts_are_dropped_and_counted_then_refused_above_the_threshold(tiny_config, write_config, tmp_path, capsys):
+def test_empty_texts_are_dropped_and_counted_then_refused_above_the_threshold(
+    tiny_config, write_config, tmp_path, capsys
+):
     rows = triplets(40)
     rows[3]["positive"] = None
     rows[7]["anchor"] = "   "
@@ -210,8 +232,10 @@ def test_empty_texts_are_dropped_and_counted_then_refused_above_the_threshold(ti
     code, errors, _ = check(tiny_config, write_config, capsys)
     assert code == 2
     assert errors == [
-        (f"error: datasets.0: 2 of 40 rows (5%) in {path} have a null or blank text (rows 4, 8), more than "
-         "max_empty_ratio 0.01 allows; fix the data, or raise datasets.0.max_empty_ratio to drop them")
+        (
+            f"error: datasets.0: 2 of 40 rows (5%) in {path} have a null or blank text (rows 4, 8), more than "
+            "max_empty_ratio 0.01 allows; fix the data, or raise datasets.0.max_empty_ratio to drop them"
+        )
     ]
 
 
@@ -233,7 +257,10 @@ def test_long_texts_are_counted_per_dataset(tiny_config, write_config, tmp_path,
     tiny_config["evaluation"] = {"evaluators": []}
     code, errors, out = check(tiny_config, write_config, capsys)
     assert code == 0, errors
-    assert "tiny: 3 of 30 rows have a text longer than max_seq_length 32 tokens (longest 102); they will be truncated" in out
+    assert (
+        "tiny: 3 of 30 rows have a text longer than max_seq_length 32 tokens (longest 102); they will be truncated"
+        in out
+    )
 
 
 def test_label_embeddings_of_the_wrong_width(tiny_config, write_config, tmp_path, capsys):
@@ -244,8 +271,10 @@ def test_label_embeddings_of_the_wrong_width(tiny_config, write_config, tmp_path
     code, errors, _ = check(tiny_config, write_config, capsys)
     assert code == 2
     assert errors == [
-        (f"error: datasets.0: label embeddings in {tmp_path / 'd.jsonl'} have width 16 (rows 5, 6, 7 …) but the "
-         "model's is 32; compute the labels with a teacher of width 32, or train a model of that width")
+        (
+            f"error: datasets.0: label embeddings in {tmp_path / 'd.jsonl'} have width 16 (rows 5, 6, 7 …) but the "
+            "model's is 32; compute the labels with a teacher of width 32, or train a model of that width"
+        )
     ]
 
 
@@ -263,7 +292,10 @@ def test_scores_outside_the_cosine_range_suggest_score_range(tiny_config, write_
     assert code == 2
     (line,) = errors
     assert "CosineSimilarityLoss compares scores with a cosine similarity, which lies in [-1, 1]" in line
-    assert "scores from 0 to 5 (rows 3, 4, 5 …)" in line and "set datasets.0.score_range to their scale (e.g. [0, 5])" in line
+    assert (
+        "scores from 0 to 5 (rows 3, 4, 5 …)" in line
+        and "set datasets.0.score_range to their scale (e.g. [0, 5])" in line
+    )
 
     tiny_config["datasets"][0]["score_range"] = [0, 5]
     code, errors, out = check(tiny_config, write_config, capsys)
@@ -272,7 +304,9 @@ def test_scores_outside_the_cosine_range_suggest_score_range(tiny_config, write_
 
     tiny_config["datasets"][0]["score_range"] = [0, 4]
     code, errors, _ = check(tiny_config, write_config, capsys)
-    assert code == 2 and "score(s) in" in errors[0] and "lie outside score_range [0, 4] (rows 6, 12, 18 …: 5)" in errors[0]
+    assert (
+        code == 2 and "score(s) in" in errors[0] and "lie outside score_range [0, 4] (rows 6, 12, 18 …: 5)" in errors[0]
+    )
 
     tiny_config["loss"] = {"name": "cosent"}  # CoSENT takes any float
     tiny_config["datasets"][0]["score_range"] = None
@@ -282,7 +316,13 @@ def test_scores_outside_the_cosine_range_suggest_score_range(tiny_config, write_
 def test_rescaled_scores_reach_the_loss(tiny_config, tmp_path):
     from matryoshka_train.data import prepare_dataset
 
-    cfg = validate(dict(tiny_config, evaluation={}, datasets=[{"name": "s", "source": {"path": _scored(tmp_path, [0, 2.5, 5])}, "score_range": [0, 5]}]))
+    cfg = validate(
+        dict(
+            tiny_config,
+            evaluation={},
+            datasets=[{"name": "s", "source": {"path": _scored(tmp_path, [0, 2.5, 5])}, "score_range": [0, 5]}],
+        )
+    )
     prepared = prepare_dataset(cfg.datasets[0], 0, 0, "CosineSimilarityLoss")
     assert prepared.train["score"] == [0.0, 0.5, 1.0]
 
@@ -298,9 +338,12 @@ def test_a_dataset_smaller_than_one_batch(tiny_config, write_config, tmp_path, c
     code, errors, _ = check(tiny_config, write_config, capsys)
     assert code == 2
     assert errors == [
-        ("error: datasets.0: tiny has 5 training rows, fewer than one batch (8), and training.dataloader_drop_last "
-         "drops that partial batch, leaving nothing to train on; add rows, lower training.per_device_train_batch_size, "
-         "or set dataloader_drop_last: false")
+        (
+            "error: datasets.0: tiny has 5 training rows, fewer than one batch (8), and training.dataloader_drop_last "
+            "drops that partial batch, leaving nothing to train on; add rows, lower "
+            "training.per_device_train_batch_size, "
+            "or set dataloader_drop_last: false"
+        )
     ]
 
 

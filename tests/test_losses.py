@@ -7,7 +7,7 @@ import torch
 
 from matryoshka_train.config import validate
 from matryoshka_train.losses import LOSSES, build_loss, matryoshka_weights
-from matryoshka_train.training import run
+from matryoshka_train.training.entry import run
 
 DATA_FOR = {
     "in_batch": ("triplets.jsonl", ["anchor", "positive", "negative"]),
@@ -66,4 +66,8 @@ def test_mean_reduction_is_sum_divided_by_number_of_dims(tiny_model_dir, data_di
         with torch.no_grad():
             values[reduction] = sum(loss(features, None).values()).item()  # per-dim terms add up to the loss
     assert values["mean"] == pytest.approx(values["sum"] / len(dims), rel=1e-6)
-    assert matryoshka_weights(MatryoshkaConfig(dims=dims, weights=[3, 2, 1], reduction="mean"), dims) == [1.0, 2 / 3, 1 / 3]
+    assert matryoshka_weights(MatryoshkaConfig(dims=dims, weights=[3, 2, 1], reduction="mean"), dims) == [
+        1.0,
+        2 / 3,
+        1 / 3,
+    ]

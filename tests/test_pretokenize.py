@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import WORDS
 
-from matryoshka_train.pretokenize import PREFIX, PretokenizedCollator, pretokenize
+from matryoshka_train.data.pretokenize import PREFIX, PretokenizedCollator, pretokenize
 
 
 def _rows(n: int, seed: int = 0) -> list[dict]:
@@ -78,7 +78,7 @@ def test_a_model_whose_preprocessing_differs_is_tokenized_per_batch(tiny_model_d
 @pytest.mark.parametrize("sampler", ["auto", "no_duplicates", "batch_sampler"])
 def test_training_runs_on_token_ids_with_every_sampler(tiny_config, sampler):
     from matryoshka_train.config import validate
-    from matryoshka_train.training import run
+    from matryoshka_train.training.entry import run
 
     tiny_config["training"]["batch_sampler"] = sampler
     tiny_config["evaluation"] = {"evaluators": []}

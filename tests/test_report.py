@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from matryoshka_train.beir import read_beir
 from matryoshka_train.cli import main
 from matryoshka_train.errors import DataError
+from matryoshka_train.evaluation.beir import read_beir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -22,11 +22,14 @@ def beir_dir(tmp_path: Path) -> Path:
     root = tmp_path / "tinybeir"
     (root / "qrels").mkdir(parents=True)
     topics = ["river mountain", "coffee engine", "violin garden", "winter harbor", "pepper rocket", "tiger lantern"]
-    docs = [{"_id": f"d{i}", "title": topics[i % 6].split()[0], "text": f"{topics[i % 6]} story number {i}"} for i in range(12)]
+    docs = [{"_id": f"d{i}", "title": topics[i % 6].split()[0], "text": f"{topics[i % 6]} story number "
+                                                                        f"{i}"} for i in range(12)]
     queries = [{"_id": f"q{i}", "text": f"about {t}"} for i, t in enumerate(topics)]
     (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
     (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
-    lines = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{i}\t1" for i in range(6)] + [f"q{i}\td{i + 6}\t2" for i in range(3)]
+    lines = (
+        ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{i}\t1" for i in range(6)] + [f"q{i}\td{i + 6}\t2" for i in range(3)]
+    )
     lines += ["q5\td0\t0", "q9\td1\t1"]  # a zero judgement (not relevant) and one for an unknown query
     (root / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
@@ -75,16 +78,23 @@ def test_eval_and_report_end_to_end(tiny_config, tiny_model_dir, write_config, b
     _grid_and_aggregates_are_right(json.loads((run_dir / "results.json").read_text()))
 
     # the base model evaluated on its own, on a BEIR directory and a triplet file
-    eval_cfg = write_config({
-        "matryoshka": {"dims": [32, 16, 8]},
-        "evaluation": {
-            "precisions": ["float32", "binary"],
-            "evaluators": [
-                {"type": "triplet", "name": "tiny", "source": {"path": str(data_dir / "triplets.jsonl")}, "limit": 16},
-                {"type": "retrieval", "beir": str(beir_dir), "split": "test"},
-            ],
-        },
-    })
+    eval_cfg = write_config(
+        {
+            "matryoshka": {"dims": [32, 16, 8]},
+            "evaluation": {
+                "precisions": ["float32", "binary"],
+                "evaluators": [
+                    {
+                        "type": "triplet",
+                        "name": "tiny",
+                        "source": {"path": str(data_dir / "triplets.jsonl")},
+                        "limit": 16,
+                    },
+                    {"type": "retrieval", "beir": str(beir_dir), "split": "test"},
+                ],
+            },
+        }
+    )
     eval_dir = tmp_path / "base-eval"
     assert main(["eval", str(tiny_model_dir), "--config", str(eval_cfg), "--output", str(eval_dir)]) == 0
     results = json.loads((eval_dir / "results.json").read_text())
@@ -101,8 +111,13 @@ def test_eval_and_report_end_to_end(tiny_config, tiny_model_dir, write_config, b
     for name in ("metric_vs_dim.png", "metric_vs_bytes.png", "training_curves.png"):
         _png_ok(report / name)
     md = (report / "report.md").read_text()
-    for heading in ("## Quality at each dimension", "## Share of full-dimension quality kept",
-                    "## Quality against memory per vector", "## Training curves", "## Quality per energy"):
+    for heading in (
+        "## Quality at each dimension",
+        "## Share of full-dimension quality kept",
+        "## Quality against memory per vector",
+        "## Training curves",
+        "## Quality per energy",
+    ):
         assert heading in md
     assert "![Primary metric against embedding size](metric_vs_dim.png)" in md
     assert "| 8 | " in md and "★" in md and "100.0%" in md

@@ -43,7 +43,7 @@ def test_saved_model_reloads_truncated_and_training_changed_it(tiny_config, tiny
     from sentence_transformers import SentenceTransformer
 
     from matryoshka_train.config import validate
-    from matryoshka_train.training import run
+    from matryoshka_train.training.entry import run
 
     run(validate(tiny_config), echo=lambda _: None)
     out = tiny_config["training"]["output_dir"]
@@ -113,7 +113,11 @@ def test_check_dims_larger_than_the_model(tiny_config, write_config, capsys):
 def test_check_unknown_loss_argument(tiny_config, write_config, capsys):
     tiny_config["loss"] = {"name": "cached_mnrl", "kwargs": {"mini_batchsize": 4}}
     assert main(["check", str(write_config(tiny_config))]) == 2
-    assert "loss: unknown argument 'mini_batchsize' for CachedMultipleNegativesRankingLoss; did you mean 'mini_batch_size'?" in capsys.readouterr().err
+    assert (
+        "loss: unknown argument 'mini_batchsize' for CachedMultipleNegativesRankingLoss; did you mean "
+        "'mini_batch_size'?"
+        in capsys.readouterr().err
+    )
 
 
 def test_hub_sources_are_not_verified_offline_rather_than_failing(tiny_config, write_config, capsys):
@@ -127,7 +131,12 @@ def test_the_installed_console_script_runs_end_to_end(tiny_config, write_config,
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, "-m", "matryoshka_train", "run", str(write_config(tiny_config))],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

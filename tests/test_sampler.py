@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from matryoshka_train.sampler import (
+from matryoshka_train.data.sampler import (
     FastNoDuplicatesBatchSampler,
     no_duplicate_batches,
     text_ids,
@@ -72,7 +72,7 @@ def test_deterministic_per_seed_and_epoch_and_resumable():
 
 def test_multi_column_label_is_ignored_and_trainer_uses_it(tiny_config):
     from matryoshka_train.config import validate
-    from matryoshka_train.training import run
+    from matryoshka_train.training.entry import run
 
     tiny_config["training"]["batch_sampler"] = "auto"
     tiny_config["evaluation"] = {"evaluators": []}
@@ -86,7 +86,7 @@ def test_text_ids_are_cached_on_disk_by_dataset_fingerprint(tmp_path, monkeypatc
     loads its ids instead of encoding every text again."""
     from datasets import load_dataset
 
-    from matryoshka_train import sampler
+    from matryoshka_train.data import sampler
 
     monkeypatch.setenv("MTRAIN_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "rows.jsonl"
@@ -121,8 +121,14 @@ def test_sampler_benchmark_script_runs_both_samplers_and_writes_ratios(tmp_path)
 
     from conftest import REPO
 
-    proc = subprocess.run([sys.executable, "scripts/bench/sampler.py", "--rows", "3000", "--repeats", "1", "--out", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, check=False, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench/sampler.py", "--rows", "3000", "--repeats", "1", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ratio ours/hashed: first run" in proc.stdout
     (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("sampler-*.json")]

@@ -7,13 +7,20 @@ import logging
 from pathlib import Path
 
 from matryoshka_train.cli import main
-from matryoshka_train.redact import RedactingFilter, is_secret_name, redact, secrets
+from matryoshka_train.reporting.redact import RedactingFilter, is_secret_name, redact, secrets
 
 FAKE = "hf_FAKEtokenDoNotLeak0123456789"
 
 
 def test_which_variables_count_as_secrets():
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "MY_APIKEY"):
+    for name in (
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "WANDB_API_KEY",
+        "AWS_SECRET_ACCESS_KEY",
+        "DB_PASSWORD",
+        "MY_APIKEY",
+    ):
         assert is_secret_name(name), name
     for name in ("TOKENIZERS_PARALLELISM", "HF_HOME", "PATH", "KEYBOARD_LAYOUT"):
         assert not is_secret_name(name), name
@@ -31,7 +38,7 @@ def test_the_log_filter_redacts_formatted_messages(monkeypatch):
 def test_a_token_in_the_config_appears_in_no_output_file(tiny_config, write_config, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", FAKE)
     monkeypatch.setenv("MY_SERVICE_PASSWORD", "pa55word-also-secret")
-    tiny_config["model"]["revision"] = FAKE                        # a field the config keeps and writes back
+    tiny_config["model"]["revision"] = FAKE  # a field the config keeps and writes back
     tiny_config["evaluation"]["evaluators"][0]["name"] = f"eval-{FAKE}"  # lands in metrics, results, card
     tiny_config["datasets"][0]["name"] = "pa55word-also-secret"
     tiny_config["evaluation"]["evaluators"][0]["dataset"] = "pa55word-also-secret"

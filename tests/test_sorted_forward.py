@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import WORDS
 
-from matryoshka_train.sorted_forward import (
+from matryoshka_train.models.sorted_forward import (
     SortedChunkForward,
     install,
     loss_equality,
@@ -120,7 +120,7 @@ def test_training_with_and_without_it_ends_with_the_same_weights(no_dropout_mode
     from sentence_transformers import SentenceTransformer
 
     from matryoshka_train.config import validate
-    from matryoshka_train.training import run
+    from matryoshka_train.training.entry import run
 
     rng = random.Random(3)
     rows = [

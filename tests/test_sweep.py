@@ -17,8 +17,8 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
-from matryoshka_train.cli import main
-from matryoshka_train.sweep import load, open_study, run_sweep, suggest
+from matryoshka_train.cli import main  # noqa: E402 - after importorskip
+from matryoshka_train.sweep.driver import load, open_study, run_sweep, suggest  # noqa: E402 - after importorskip
 
 
 @pytest.fixture()
@@ -89,7 +89,10 @@ def test_two_drivers_sharing_one_sqlite_study_run_disjoint_trials(sweep_file, tm
         t.start()
     for t in threads:
         t.join()
-    started = [{line.split(":")[0] for line in ran[i] if line.startswith("trial ") and "=" in line.split(":")[1]} for i in (0, 1)]
+    started = [
+        {line.split(":")[0] for line in ran[i] if line.startswith("trial ") and "=" in line.split(":")[1]}
+        for i in (0, 1)
+    ]
     assert started[0] and started[1] and not started[0] & started[1]
     sweep = load(path)
     trials = open_study(sweep).trials
@@ -129,8 +132,14 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 def test_pruned_trial_is_stopped_and_recorded_as_pruned(sweep_file):
     path = sweep_file(
-        n_trials=1, pruner="median",
-        fixed={"training.max_steps": 40, "evaluation.before": False, "training.eval_strategy": "steps", "training.eval_steps": 1},
+        n_trials=1,
+        pruner="median",
+        fixed={
+            "training.max_steps": 40,
+            "evaluation.before": False,
+            "training.eval_strategy": "steps",
+            "training.eval_steps": 1,
+        },
     )
     sweep = load(path)
     sweep.pruner_override = AlwaysPrune()
@@ -169,23 +178,29 @@ def test_sweep_errors_are_caught_before_any_trial(sweep_file, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "error: search_space.training.lerning_rate: unknown key 'lerning_rate'; did you mean 'learning_rate'?",
-        "error: search_space.training.per_device_train_batch_size: input should be greater than 0 (got '0') (with value 0)",
+        "error: search_space.training.per_device_train_batch_size: input should be greater than 0 (got '0') (with "
+        "value 0)",
         "error: objective.evaluator: no evaluator named 'tiyn'; did you mean 'tiny'?; evaluators: tiny",
         "error: objective.dim: dim 64 is not evaluated; evaluated dims: 32, 16, 8",
-        ("error: pruner: pruning reads the evaluations made during training: set training.eval_strategy: steps "
-         "and training.eval_steps (in fixed: or the base config), or pruner: none"),
+        (
+            "error: pruner: pruning reads the evaluations made during training: set training.eval_strategy: steps "
+            "and training.eval_steps (in fixed: or the base config), or pruner: none"
+        ),
     ]
     assert not (tmp_path / "sweep").exists()
 
 
 def test_grid_sampler_tries_every_combination_once_and_stops(sweep_file):
     """No trial processes: the grid is walked through the study as the workers would."""
-    from matryoshka_train.sweep import _grid_done
+    from matryoshka_train.sweep.driver import _grid_done
 
     path = sweep_file(
-        n_trials=10, sampler={"type": "grid"},
-        search_space={"matryoshka.reduction": {"grid": ["sum", "mean"]},
-                      "matryoshka.dims": {"grid": [[32, 16, 8], [32, 8]]}},
+        n_trials=10,
+        sampler={"type": "grid"},
+        search_space={
+            "matryoshka.reduction": {"grid": ["sum", "mean"]},
+            "matryoshka.dims": {"grid": [[32, 16, 8], [32, 8]]},
+        },
     )
     sweep = load(path)
     sweep.out.mkdir(parents=True)
@@ -196,22 +211,31 @@ def test_grid_sampler_tries_every_combination_once_and_stops(sweep_file):
         seen.append(tuple(sorted(suggest(trial, sweep.config).items())))
         study.tell(trial, 0.5)
     assert len(seen) == 4 and len(set(seen)) == 4
-    assert ("matryoshka.dims", 'json:[32, 8]') in {kv for s in seen for kv in s}
+    assert ("matryoshka.dims", "json:[32, 8]") in {kv for s in seen for kv in s}
 
 
 def test_objective_aggregates_and_launcher_command(sweep_file):
-    from matryoshka_train.sweep import trial_command
-    from matryoshka_train.sweep_report import (
+    from matryoshka_train.sweep.driver import trial_command
+    from matryoshka_train.sweep.report import (
         objective_from_event,
         objective_from_results,
     )
 
     per_dim = {"32": {"cosine_accuracy": 0.9}, "16": {"cosine_accuracy": 0.7}, "8": {"cosine_accuracy": 0.5}}
     results = {"after": {"tiny": per_dim}}
-    event = {"event": "eval", "step": 3, **{f"eval_tiny_dim{d}_cosine_accuracy": m["cosine_accuracy"] for d, m in per_dim.items()},
-             "eval_tiny_int8_dim32_cosine_accuracy": 0.0, "eval_tiny_dimmean_cosine_accuracy": 0.0}
-    for objective, expected in [({"aggregate": "mean"}, 0.7), ({"aggregate": "min"}, 0.5), ({"dim": 16}, 0.7),
-                                ({"aggregate": "weighted", "weights": [1.0, 0.5, 0.0]}, 1.25)]:
+    event = {
+        "event": "eval",
+        "step": 3,
+        **{f"eval_tiny_dim{d}_cosine_accuracy": m["cosine_accuracy"] for d, m in per_dim.items()},
+        "eval_tiny_int8_dim32_cosine_accuracy": 0.0,
+        "eval_tiny_dimmean_cosine_accuracy": 0.0,
+    }
+    for objective, expected in [
+        ({"aggregate": "mean"}, 0.7),
+        ({"aggregate": "min"}, 0.5),
+        ({"dim": 16}, 0.7),
+        ({"aggregate": "weighted", "weights": [1.0, 0.5, 0.0]}, 1.25),
+    ]:
         sweep = load(sweep_file(objective={"evaluator": "tiny", "metric": "cosine_accuracy", **objective}))
         assert objective_from_results(results, sweep.config) == pytest.approx(expected)
         assert objective_from_event(event, sweep.config) == pytest.approx(expected)
@@ -219,7 +243,9 @@ def test_objective_aggregates_and_launcher_command(sweep_file):
     sweep = load(sweep_file(launcher="accelerate launch --num_processes 2"))
     cmd = trial_command(sweep, {"training.learning_rate": 1e-3, "matryoshka.reduction": "mean"}, sweep.out / "t")
     assert cmd[:6] == ["accelerate", "launch", "--num_processes", "2", "-m", "matryoshka_train"]
-    assert "training.learning_rate=0.001" in cmd and "matryoshka.reduction=mean" in cmd and "training.max_steps=2" in cmd
+    assert (
+        "training.learning_rate=0.001" in cmd and "matryoshka.reduction=mean" in cmd and "training.max_steps=2" in cmd
+    )
 
 
 def test_sigterm_ends_the_running_trial_and_queues_it_again(sweep_file):
@@ -231,8 +257,14 @@ def test_sigterm_ends_the_running_trial_and_queues_it_again(sweep_file):
 
     path = sweep_file(n_trials=1)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    driver = subprocess.Popen([sys.executable, "-m", "matryoshka_train", "sweep", str(path)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "matryoshka_train", "sweep", str(path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = path.parent / "sweep" / "trials" / "trial-0000" / "trial.log"
     deadline = time.time() + 60
     while not log.is_file() and time.time() < deadline:

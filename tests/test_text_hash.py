@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from matryoshka_train import text_hash
-from matryoshka_train.text_hash import hash_texts
+from matryoshka_train.data import text_hash
+from matryoshka_train.data.text_hash import hash_texts
 
 
 def _texts(n: int, seed: int = 0) -> list[str]:

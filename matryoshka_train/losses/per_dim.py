@@ -1,0 +1,143 @@
+"""MatryoshkaLoss that reports each dim's share of the loss, so metrics.jsonl shows which
+truncation sizes are learning.
+
+sentence-transformers' trainer logs every key of a loss that returns a dict of tensors (and
+trains on their sum). :class:`PerDimMatryoshkaLoss` returns ``{"dim384": …, "dim256": …}``, each
+value being that dim's *weighted* term, so the logged values add up to the logged ``loss``.
+
+* Ordinary losses: the same loop as sentence-transformers' ``MatryoshkaLoss.forward`` (one
+  model forward, shrunk per dim), keeping each term instead of only their sum.
+* Gradient-cache losses (Cached*): the per-dim terms are computed inside ``calculate_loss``,
+  where the cache replays them; they are recorded there (detached) and reported afterwards. The
+  value that carries the gradient is the cached loss's own total; the first dim's entry is
+  ``total − Σ other dims``, which equals that dim's term while keeping the gradient path intact.
+* With ``n_dims_per_step > 0`` the dims not drawn in a step report 0 for that step, so a logged
+  value is that dim's average contribution over the logging window.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+from sentence_transformers.sentence_transformer.losses.matryoshka import (
+    CachedLossDecorator,
+    ForwardDecorator,
+    shrink,
+)
+from torch import Tensor
+
+
+def dim_key(dim: int) -> str:
+    """The loss-component name of one dim, as it appears in metrics.jsonl."""
+    return f"dim{dim}"
+
+
+class _RecordingCachedDecorator(CachedLossDecorator):
+    """sentence-transformers' per-dim loop for Cached* losses, remembering each dim's term."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.last: dict[int, Tensor] = {}
+
+    def __call__(self, reps: list[list[Tensor]], *args: Any, **kwargs: Any) -> Tensor:
+        indices = list(range(len(self.matryoshka_dims)))
+        if 0 < self.n_dims_per_step < len(indices):
+            indices = random.sample(indices, self.n_dims_per_step)
+        self.last = {}
+        loss: Any = 0.0
+        for idx in indices:
+            dim, weight = self.matryoshka_dims[idx], self.matryoshka_weights[idx]
+            truncated = [[shrink(r, dim) for r in minibatch] for minibatch in reps]
+            grads = torch.is_grad_enabled()
+            leaves = [[r.detach().requires_grad_() for r in mb] for mb in truncated] if grads else truncated
+            term = weight * self.fn(leaves, *args, **kwargs)
+            self.last[dim] = term.detach() if isinstance(term, Tensor) else torch.tensor(float(term))
+            loss = loss + term
+            if grads:
+                for t_mb, d_mb in zip(truncated, leaves):
+                    for t, d in zip(t_mb, d_mb):
+                        t.backward(weight * d.grad)
+        return loss
+
+
+class PerDimMatryoshkaLoss(MatryoshkaLoss):
+    """Drop-in for sentence-transformers' ``MatryoshkaLoss`` whose forward returns one term per dim,
+    so the trainer logs each dim's loss (it trains on their sum, as ``MatryoshkaLoss`` does).
+
+    Works with gradient-cache losses (``Cached*``) too: their per-mini-batch terms are recorded
+    per dim inside the cache's own backward.
+
+    Args:
+        model: The SentenceTransformer being trained.
+        loss: The inner loss, computed on embeddings truncated to each dim.
+        matryoshka_dims: The dims, largest first (e.g. ``[384, 256, 128, 64]``).
+        matryoshka_weights: One weight per dim (default all 1).
+        n_dims_per_step: ``-1`` for every dim every step; ``k > 0`` for k random dims per step.
+
+    Returns:
+        ``{"dim_<d>": weighted loss at dim d}`` for each dim used in the step.
+
+    Example:
+        ::
+
+            from sentence_transformers import SentenceTransformer
+            from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+            from matryoshka_train.losses import PerDimMatryoshkaLoss
+
+            model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
+            loss = PerDimMatryoshkaLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=[384, 128, 32])
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.uses_gradient_cache:
+            plain = self.loss.calculate_loss.fn  # undo the parent's decorator, put ours in its place
+            self.loss.calculate_loss = _RecordingCachedDecorator(
+                plain, self.matryoshka_dims, self.matryoshka_weights, self.n_dims_per_step
+            )
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
+        if self.uses_gradient_cache:
+            return self._cached_forward(sentence_features, labels)
+        original = self.model.forward
+        terms: dict[int, Tensor] = {}
+        try:
+            decorated = ForwardDecorator(original)
+            self.model.forward = decorated
+            indices = list(range(len(self.matryoshka_dims)))
+            if 0 < self.n_dims_per_step < len(indices):
+                indices = sorted(random.sample(indices, self.n_dims_per_step))
+            for idx in indices:
+                dim, weight = self.matryoshka_dims[idx], self.matryoshka_weights[idx]
+                decorated.set_dim(dim)
+                dim_labels = labels
+                if (
+                    isinstance(labels, Tensor)
+                    and labels.ndim in (2, 3)
+                    and labels.size(-1) == self.model.get_embedding_dimension()
+                ):
+                    dim_labels = labels[..., :dim]  # embedding targets shrink with the student
+                terms[dim] = weight * self.loss(sentence_features, dim_labels)
+        finally:
+            self.model.forward = original
+        return self._by_dim(terms)
+
+    def _cached_forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
+        total = self.loss(sentence_features, labels)
+        recorded = dict(getattr(self.loss.calculate_loss, "last", {}) or {})
+        out = {dim_key(d): total.new_zeros(()) for d in self.matryoshka_dims}
+        for dim, value in recorded.items():
+            out[dim_key(dim)] = value.to(total.device, total.dtype)
+        carrier = dim_key(next(iter(recorded), self.matryoshka_dims[0]))
+        others = sum((v for k, v in out.items() if k != carrier), total.new_zeros(()))
+        out[carrier] = total - others  # numerically this dim's term; carries the gradient-cache hook
+        return out
+
+    def _by_dim(self, terms: dict[int, Tensor]) -> dict[str, Tensor]:
+        zero = next(iter(terms.values())).new_zeros(())
+        return {dim_key(d): terms.get(d, zero) for d in self.matryoshka_dims}

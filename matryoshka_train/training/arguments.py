@@ -1,0 +1,66 @@
+"""The trainer's arguments: sentence-transformers' ``SentenceTransformerTrainingArguments`` from the
+training section and the plan (precision, sampler, several processes, layer-wise learning rates)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformerTrainingArguments
+
+from ..data.sampler import FastNoDuplicatesBatchSampler
+from ..errors import ConfigError
+from ..models.loading import layerwise_learning_rates
+from . import distributed
+from .plan import Plan
+
+
+def training_arguments(plan: Plan) -> Any:
+    t = plan.config.training
+    kwargs: dict[str, Any] = {
+        "output_dir": t.output_dir,
+        "num_train_epochs": t.num_train_epochs,
+        "max_steps": t.max_steps,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "per_device_eval_batch_size": t.per_device_eval_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        "warmup_steps": float(t.warmup_ratio) if t.warmup_ratio > 0 else 0,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "optim": t.optim,
+        "bf16": plan.precision == "bf16",
+        "fp16": plan.precision == "fp16",
+        "batch_sampler": plan.batch_sampler,
+        "multi_dataset_batch_sampler": t.multi_dataset_batch_sampler,
+        "dataloader_drop_last": t.dataloader_drop_last,
+        "seed": t.seed,
+        "logging_steps": t.logging_steps,
+        "eval_strategy": t.eval_strategy,
+        "eval_steps": t.eval_steps,
+        "save_strategy": t.save_strategy,
+        "save_steps": t.save_steps,
+        "save_total_limit": t.save_total_limit,
+        "save_only_model": t.save_only_model,
+        "load_best_model_at_end": t.load_best_model_at_end,
+        "metric_for_best_model": t.metric_for_best_model,
+        "report_to": t.report_to,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        **t.extra,
+    }
+    if distributed.world_size() > 1:
+        # every process must take the same number of equal batches (DDP and gathering need it)
+        kwargs["dataloader_drop_last"] = True
+        if not torch.cuda.is_available():
+            kwargs["use_cpu"] = True  # several CPU processes: gloo
+    if plan.batch_sampler == "no_duplicates_fast":
+        kwargs["batch_sampler"] = FastNoDuplicatesBatchSampler
+    if t.layerwise_lr_decay is not None:
+        kwargs["learning_rate_mapping"] = layerwise_learning_rates(plan.model, t.learning_rate, t.layerwise_lr_decay)
+    try:
+        return SentenceTransformerTrainingArguments(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"the trainer rejected these arguments: {exc}", where="training") from None
+
+

@@ -1,0 +1,312 @@
+"""`mtrain run` for one stage: config -> data -> model -> loss -> trainer -> evaluation -> outputs.
+
+:func:`run_single` is a short sequence of named phases, each a function below: :func:`open_run`
+(output directory, resume, processes), :func:`prepare_run` (the plan, via the one preparation path
+`mtrain check` takes too; the trainer's arguments; the metrics log and carbon meter),
+:func:`baseline`, :func:`train`, :func:`final_evaluation`, :func:`save` and :func:`report`. The
+sentence-transformers trainer (which runs on Accelerate) does the training loop. What happens when
+training fails (NaN, out of memory, full disk, Ctrl-C) is in :mod:`.faults`; checkpoints are
+written whole or not at all (:mod:`.checkpoints`); secrets are kept out of every output
+(:mod:`matryoshka_train.reporting.redact`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sentence_transformers import SentenceTransformerTrainer
+
+from .. import testing
+from ..config.loading import dump_resolved
+from ..config.schema import RunConfig
+from ..data.pretokenize import PretokenizedCollator, token_columns
+from ..errors import ConfigError, TrainingAborted
+from ..models import sorted_forward
+from ..reporting import redact
+from ..reporting.carbon import CarbonMeter
+from ..reporting.report import add_model_card_section, results_table
+from ..reporting.results import (
+    evaluation_extras,
+    padding_summary,
+    quality_per_kwh,
+    train_summary,
+)
+from . import distributed
+from .arguments import training_arguments
+from .callbacks import MetricsLog
+from .checkpoints import STAGING_PREFIX, complete_checkpoints, make_checkpoints_atomic
+from .faults import (
+    NanGuard,
+    Preempted,
+    PreemptionGuard,
+    training_faults,
+    weights_finite,
+)
+from .plan import Plan, anchor_cost, batch_summary, build_plan, training_datasets
+from .resume import check_same_run, fast_data_skip, find_checkpoint, resume_command
+
+
+@dataclass
+class Run:
+    """One run in progress: what each phase hands to the next."""
+
+    config: RunConfig
+    out: Path
+    echo: Callable[[str], None]
+    main: bool
+    world: int
+    checkpoint: Path | None
+    started: float
+    plan: Plan | None = None
+    train_sets: dict[str, Any] | None = None
+    tokenized: dict[str, Any] | None = None
+    args: Any = None
+    metrics_log: MetricsLog | None = None
+    meter: CarbonMeter | None = None
+    before: Any = None
+    grid_before: Any = None
+    trainer: Any = None
+    train_output: Any = None
+    chunked: Any = None
+    after: Any = None
+    carbon: dict[str, Any] | None = None
+
+    def abort(self) -> None:
+        """Training ended early: stop the meter; keep secrets out of what was written."""
+        self.meter.stop()
+        if self.main:
+            redact.scrub_tree(self.out)
+
+
+def run_single(
+    config: RunConfig,
+    overwrite: bool = False,
+    echo: Callable[[str], None] = print,
+    resume: str | bool | None = None,
+    resume_force: bool = False,
+    resume_hint: str | None = None,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Train a single-stage config and write the outputs; see :func:`matryoshka_train.training.run`."""
+    state = open_run(config, overwrite, echo, resume, resume_force)
+    prepare_run(state, overwrite)
+    baseline(state)
+    train(state, callbacks or [], resume_hint)
+    if not state.main:
+        state.meter.stop()
+        return {}
+    final_evaluation(state)
+    save(state)
+    return report(state)
+
+
+def open_run(config: RunConfig, overwrite: bool, echo: Callable[[str], None], resume: str | bool | None,
+             resume_force: bool) -> Run:
+    """Join the processes; check the output directory (new run) or find the checkpoint (resume)."""
+    distributed.init()
+    main = distributed.is_main()
+    world = distributed.world_size()
+    out = Path(config.training.output_dir)
+    echo = _redacting(echo) if main else (lambda _: None)
+    checkpoint = None
+    if resume is None:
+        guard_output_dir(out, overwrite)
+    else:
+        checkpoint = find_checkpoint(out, resume if isinstance(resume, str) else None)
+        for change in check_same_run(out, checkpoint, dump_resolved(config), world, resume_force):
+            echo(f"Warning: resuming with a changed key (--resume-force): {change}")
+    distributed.barrier()  # every process has checked before the main one writes anything
+    return Run(config, out, echo, main, world, checkpoint, time.time())
+
+
+def prepare_run(state: Run, overwrite: bool) -> None:
+    """The plan and the training data (the main process first: it fills the caches), the trainer's
+    arguments, config.resolved.yaml, the metrics log and the carbon meter."""
+    config, out, echo = state.config, state.out, state.echo
+    if not state.main:
+        distributed.barrier()  # the main process reads the data (and fills the caches) first
+    state.plan = build_plan(config, echo)
+    # token ids are cached by the main process first
+    state.train_sets, state.tokenized = training_datasets(state.plan, echo)
+    if state.main:
+        distributed.barrier()
+    echo(batch_summary(state.plan))
+    state.args = training_arguments(state.plan)
+    if state.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite and state.checkpoint is None:
+            clear_previous_run(out)
+        redact.write_text(out / "config.resolved.yaml", dump_resolved(config))
+    state.metrics_log = MetricsLog(out / "metrics.jsonl", enabled=state.main)
+    if state.checkpoint is not None:
+        step = _checkpoint_step(state.checkpoint)
+        echo(f"Resuming from {state.checkpoint} (step {step}); the batches already trained on are skipped")
+        state.before = state.metrics_log.keep_until(
+            step
+        )  # a run killed after its last checkpoint logged steps beyond it
+    state.meter = CarbonMeter(config.carbon, out, enabled_here=state.main)
+    state.meter.start()
+
+
+def baseline(state: Run) -> None:
+    """The base model at every dim (main process, new runs, when evaluation.before is on)."""
+    plan = state.plan
+    if not (state.main and state.checkpoint is None and plan.evaluator is not None and state.config.evaluation.before):
+        return
+    state.echo("Evaluating the base model at every dim …")
+    plan.evaluator(plan.model)
+    state.before = plan.evaluator.last_results
+    state.grid_before = plan.evaluator.last_grid
+    state.metrics_log.write({"event": "eval_before", "step": 0, "results": state.before})
+
+
+def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
+    """The sentence-transformers trainer over the plan; a NaN, a signal or a fault ends the run
+    with one message (:class:`TrainingAborted`) after the cleanup."""
+    config, plan, out = state.config, state.plan, state.out
+    nan_guard = NanGuard()
+    preemption = PreemptionGuard()
+    trainer = state.trainer = SentenceTransformerTrainer(
+        model=plan.model,
+        args=state.args,
+        train_dataset=_one_or_dict(state.train_sets),
+        eval_dataset=_eval_datasets(plan),
+        loss=_one_or_dict(plan.losses),
+        evaluator=plan.evaluator if config.training.eval_strategy != "no" else None,
+        # test hooks before the guards (a hook's signal is seen in the same step); the NaN guard
+        # before the extras: it can veto a save
+        callbacks=[state.metrics_log, *testing.callbacks(), preemption, nan_guard, *callbacks],
+    )
+    nan_guard.attach(trainer)
+    if state.tokenized:
+        columns = sorted({c for t in state.tokenized.values() for c in token_columns(t.dataset)})
+        trainer.data_collator = PretokenizedCollator(trainer.data_collator, plan.model[0].tokenizer, columns)
+    make_checkpoints_atomic(trainer)
+    state.chunked = (
+        sorted_forward.install(plan.model, config.training.forward_chunk_tokens)
+        if config.training.sorted_forward
+        else None
+    )
+    checkpoint = str(state.checkpoint) if state.checkpoint is not None else None
+    try:
+        with (
+            training_faults(config, trainer, plan.model, out, on_abort=state.abort),
+            preemption.installed(),
+            fast_data_skip(),
+        ):
+            state.train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        sorted_forward.uninstall(plan.model, state.chunked)
+    if nan_guard.step is None and not weights_finite(plan.model):
+        nan_guard.step, nan_guard.what = trainer.state.global_step, "the weights became NaN/inf"
+    if nan_guard.step is not None:
+        state.abort()
+        raise TrainingAborted(nan_guard.message(out))
+    if preemption.stopped_step is not None:
+        state.abort()
+        saved = out / f"checkpoint-{preemption.stopped_step}"
+        hint = resume_hint or resume_command(None, [], state.world, distributed.local_world_size())
+        raise Preempted(preemption.message(saved if saved.is_dir() else None, hint), preemption.signum or 15)
+    testing.after_training(plan.model, trainer.state.global_step)
+
+
+def final_evaluation(state: Run) -> None:
+    """The trained model at every dim (when evaluation.after is on); the carbon meter stops here."""
+    plan = state.plan
+    if plan.evaluator is not None and state.config.evaluation.after:
+        state.echo("Evaluating the trained model at every dim …")
+        plan.evaluator(plan.model)
+        state.after = plan.evaluator.last_results
+        state.metrics_log.write(
+            {"event": "eval_after", "step": state.trainer.state.global_step, "results": state.after}
+        )
+    state.carbon = state.meter.stop()
+    if state.world > distributed.local_world_size() and state.carbon.get("tracked"):
+        state.carbon["note"] = "measured on the main process's machine only"
+
+
+def save(state: Run) -> None:
+    """The trained model, written whole (a full disk is one message, see :mod:`.faults`)."""
+    with training_faults(
+        state.config, state.trainer, state.plan.model, state.out, stage="writing the final model", on_abort=state.abort
+    ):
+        state.plan.model.save(str(state.out))
+
+
+def report(state: Run) -> dict[str, Any]:
+    """results.json, the model card section and the terminal table; returns the results."""
+    plan, out, evaluator = state.plan, state.out, state.plan.evaluator
+    primary = dict(evaluator.primary) if evaluator is not None else {}
+    tokenized = state.tokenized or {}
+    results = {
+        "dims": plan.dims,
+        "before": state.before or {},
+        "after": state.after or {},
+        "primary_metric": primary,
+        **evaluation_extras(evaluator, state.after is not None, state.grid_before),
+        "carbon": state.carbon,
+        "quality_per_kwh": quality_per_kwh(state.before, state.after, primary, state.carbon),
+        "train": train_summary(state.train_output, state.trainer),
+        "anchor": anchor_cost(plan),
+        "precision": plan.precision,
+        "batch_sampler": plan.batch_sampler,
+        "padding": padding_summary(state.chunked),
+        "pretokenize": {name: {"seconds": round(t.seconds, 3), "from_cache": t.cached} for name, t in tokenized.items()}
+        or None,
+        "world_size": state.world,
+        "resumed_from": str(state.checkpoint) if state.checkpoint is not None else None,
+        "wall_time_s": round(time.time() - state.started, 2),
+    }
+    redact.write_text(out / "results.json", json.dumps(results, indent=2))
+    add_model_card_section(out / "README.md", state.config, results)
+    redact.scrub_tree(out)  # the model card and checkpoint files other libraries wrote
+    state.echo(results_table(results))
+    state.echo(f"\nModel, results.json, metrics.jsonl and model card written to {out}")
+    return results
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("global_step", 0))
+
+
+def clear_previous_run(out: Path) -> None:
+    """--overwrite: the checkpoints and metrics of the run that was there go, so a later --resume
+    can never pick up a checkpoint of the old run."""
+    for path in complete_checkpoints(out):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in out.glob(f"{STAGING_PREFIX}checkpoint-*"):
+        shutil.rmtree(path, ignore_errors=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _one_or_dict(by_name: dict[str, Any]) -> Any:
+    """One dataset (or loss) is passed as is; several as a dict, which the trainer samples across."""
+    return next(iter(by_name.values())) if len(by_name) == 1 else by_name
+
+
+def _eval_datasets(plan: Plan) -> Any:
+    if plan.config.training.eval_strategy == "no":
+        return None
+    evals = {d.name: d.eval for d in plan.datasets if d.eval is not None}
+    return _one_or_dict(evals) if len(evals) == len(plan.datasets) and evals else None
+
+
+def guard_output_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"output directory {out} already holds files; pass --resume to continue the run in it, "
+            "--overwrite to replace them, or set training.output_dir to a new directory",
+            where="training.output_dir",
+        )
+
+
+def _redacting(echo: Callable[[str], None]) -> Callable[[str], None]:
+    """Everything a run prints goes through :func:`matryoshka_train.redact.redact`."""
+    return lambda text: echo(redact.redact(text))

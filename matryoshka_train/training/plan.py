@@ -1,0 +1,179 @@
+"""The plan: what a run trains with, built from a :class:`~.prepare.Preparation` (losses per
+dataset wrapped for Matryoshka and anchoring, the evaluator, precision, batch sampler), and the
+batch semantics `run` and `check` print."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import set_seed
+
+from ..config.registry import LOSSES
+from ..config.schema import RunConfig
+from ..data.distill_labels import attach_teacher_labels
+from ..data.pretokenize import pretokenize
+from ..data.sources import PreparedDataset
+from ..errors import ConfigError
+from ..evaluation.spec import build_matryoshka_evaluator
+from ..losses.anchor import AnchoredLoss
+from ..losses.build import build_loss
+from ..models.loading import freeze
+from . import distributed
+from .prepare import Preparation, prepare
+
+
+@dataclass
+class Plan:
+    """Everything built from a config before training starts (also what `mtrain check` shows)."""
+
+    config: RunConfig
+    model: Any
+    dims: list[int]
+    datasets: list[PreparedDataset]
+    losses: dict[str, Any]
+    evaluator: Any
+    precision: str
+    batch_sampler: str
+
+
+def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
+    """Data, model, dims, losses and evaluator for a config, with every problem as a user error
+    (found by :func:`~.prepare.prepare`, the path `mtrain check` takes too)."""
+    set_seed(config.training.seed)
+    prep = prepare(config, echo, before_evaluators=lambda p: _teacher_labels(p, echo))
+    model, dims = prep.model, prep.dims
+    if config.training.freeze_embeddings or config.training.freeze_layers:
+        freeze(model, config.training.freeze_embeddings, config.training.freeze_layers)
+    losses = {d.name: _loss_for(prep, i, dims) for i, d in enumerate(prep.datasets)}
+    if config.anchor.weight > 0:
+        losses = anchor_losses(prep, losses)
+    evaluator = build_evaluator(config, prep, dims)
+    precision = resolve_precision(config.training.precision, torch.cuda.is_available(), echo)
+    return Plan(config, model, dims, prep.datasets, losses, evaluator, precision, resolve_batch_sampler(config))
+
+
+def _teacher_labels(prep: Preparation, echo: Callable[[str], None]) -> None:
+    """Distillation only: the teacher's embeddings (cached) become the datasets' labels."""
+    attach_teacher_labels(prep.config, prep.datasets, echo, model=prep.references.get("distill.teacher"))
+
+
+def _loss_for(prep: Preparation, index: int, dims: list[int]) -> Any:
+    config = prep.config
+    lcfg = config.loss_for(config.datasets[index])
+    where = f"datasets.{index}.loss" if config.datasets[index].loss else "loss"
+    guide = prep.references.get(f"{where}.guide_model")
+    try:
+        return build_loss(prep.model, lcfg, config.matryoshka, dims, guide=guide)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot build {lcfg.name}: {exc}", where=where) from None
+
+
+def anchor_losses(prep: Preparation, losses: dict[str, Any]) -> dict[str, Any]:
+    """Wrap every loss with the pull toward one shared, frozen reference model."""
+    acfg, model = prep.config.anchor, prep.model
+    reference = prep.references.get("anchor.model") or AnchoredLoss.frozen_copy_of(model)
+    return {name: AnchoredLoss(model, loss, reference, acfg.weight, acfg.distance) for name, loss in losses.items()}
+
+
+def build_evaluator(config: RunConfig, prep: Preparation, dims: list[int]) -> Any:
+    """The per-dim evaluator over the evaluators :func:`~.prepare.prepare` resolved."""
+    teachers = {ref.removesuffix(".teacher"): m for ref, m in prep.references.items() if ref.startswith("evaluation.")}
+    return build_matryoshka_evaluator(
+        config.evaluation, prep.evaluators.evaluators, dims, config.training.per_device_eval_batch_size, teachers
+    )
+
+
+def resolve_precision(asked: str, cuda: bool, echo: Callable[[str], None] = print) -> str:
+    """bf16/fp16 need a GPU; on CPU we train in fp32 and say so once."""
+    if not cuda:
+        if asked in ("bf16", "fp16"):
+            echo(f"Note: no GPU found, training in fp32 instead of {asked}.")
+        return "fp32"
+    if asked == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return asked
+
+
+def resolve_batch_sampler(config: RunConfig) -> str:
+    """'auto' means no duplicate texts in a batch whenever a loss uses in-batch negatives
+    (a duplicate would be scored as its own negative)."""
+    asked = config.training.batch_sampler
+    if asked != "auto":
+        return asked
+    in_batch = any(LOSSES[config.loss_for(d).name].in_batch_negatives for d in config.datasets)
+    return "no_duplicates_fast" if in_batch else "batch_sampler"
+
+
+def training_datasets(plan: Plan, echo: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training split of each dataset, with token ids added when ``training.pretokenize`` is on
+    (see :mod:`matryoshka_train.pretokenize`). Returns ``({name: dataset}, {name: Pretokenized})``."""
+    datasets = {d.name: d.train for d in plan.datasets}
+    tokenized = {}
+    if plan.config.training.pretokenize:
+        for name, dataset in datasets.items():
+            done = pretokenize(dataset, plan.model, echo)
+            if done is None:
+                continue
+            tokenized[name] = done
+            datasets[name] = done.dataset
+            how = "from the cache" if done.cached else f"in {done.seconds:.1f}s"
+            echo(f"Tokenized {name} once ({len(dataset)} rows, {', '.join(done.text_columns)}) {how}")
+    return datasets, tokenized
+
+
+def batch_summary(plan: Plan) -> str:
+    rows = sum(len(d.train) for d in plan.datasets)
+    lines = [
+        f"Model: {plan.config.model.name_or_path} · embedding size {plan.model.get_embedding_dimension()} · dims "
+        f"{plan.dims}",
+        f"Data: {rows} training rows in {len(plan.datasets)} dataset(s)",
+        *batch_lines(plan.config, {d.name: d.columns for d in plan.datasets}, plan.precision),
+    ]
+    return "\n".join(lines)
+
+
+def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str | None = None) -> list[str]:
+    """Batch semantics, printed by `run` and `check`: per-device batch, world size, accumulation,
+    global batch, the sampler, and how many negatives each anchor is scored against (for
+    in-batch-negative losses; across all devices with gather_across_devices)."""
+    t = config.training
+    world = distributed.world_size()
+    global_batch = t.per_device_train_batch_size * world * t.gradient_accumulation_steps
+    lines = [
+        f"Batch: {t.per_device_train_batch_size} per device × {world} device(s) × {t.gradient_accumulation_steps} "
+        f"accumulation = {global_batch} global · world size {world} · sampler {resolve_batch_sampler(config)}"
+        + (f" · precision {precision}" if precision else "")
+    ]
+    if world > 1 and not t.dataloader_drop_last:
+        lines.append("  every process takes equal full batches: the last partial batch of an epoch is dropped")
+    for dcfg in config.datasets:
+        cols = columns.get(dcfg.name)
+        lcfg = config.loss_for(dcfg)
+        if cols and LOSSES[lcfg.name].in_batch_negatives:
+            kinds = "other rows' positives" + (" and hard negatives" if len(cols) > 2 else "")
+            local = t.per_device_train_batch_size * (len(cols) - 1) - 1
+            if lcfg.gather_across_devices and world > 1:
+                total = t.per_device_train_batch_size * world * (len(cols) - 1) - 1
+                lines.append(f"  {dcfg.name}: {total} negatives per anchor, gathered across {world} devices "
+                             f"({local} from its own device; {kinds})")
+            else:
+                more = " · gather_across_devices on: more with several devices" if lcfg.gather_across_devices else ""
+                lines.append(f"  {dcfg.name}: {local} negatives per anchor ({kinds}){more}")
+    return lines
+
+
+def anchor_cost(plan: Plan) -> dict[str, Any] | None:
+    anchored = [loss for loss in plan.losses.values() if isinstance(loss, AnchoredLoss)]
+    if not anchored:
+        return None
+    seconds = sum(loss.reference_seconds for loss in anchored)
+    steps = sum(loss.calls for loss in anchored)
+    return {
+        "weight": plan.config.anchor.weight,
+        "distance": plan.config.anchor.distance,
+        "reference_forward_s_total": round(seconds, 3),
+        "reference_forward_s_per_step": round(seconds / steps, 4) if steps else 0.0,
+    }

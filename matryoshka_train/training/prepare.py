@@ -1,0 +1,239 @@
+"""The one preparation path: what `mtrain check` verifies and `mtrain run` starts from.
+
+:func:`prepare` goes through the same steps for both, in the same order: problems found in the
+config alone, the datasets, the model and its dims, each dataset against the model, the extra
+models (anchor reference, distillation teacher, guides, evaluator teachers), and the evaluators'
+data. ``check`` collects every problem; ``run`` stops at the end of the first step that found
+one. So a config `check` accepts is a config `run` starts, and when `check` refuses one, `run`
+refuses it with the same first problem. (`mtrain eval` uses the same dataset, model and
+evaluator functions for the parts it has.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sentence_transformers import SentenceTransformerTrainingArguments
+
+from ..config.messages import did_you_mean
+from ..config.registry import LOSSES
+from ..config.schema import RunConfig
+from ..data.distill_labels import takes_teacher_labels
+from ..data.loading import prepare_datasets
+from ..data.sources import PreparedDataset, label_widths, rows_named
+from ..errors import ConfigError, DataError, Problem, UserError
+from ..evaluation.evaluators import metric_name_problem
+from ..evaluation.spec import ResolvedEvaluators, resolve_evaluators
+from ..hub import hub_reachable
+from ..losses.build import kwargs_problems
+from ..models.loading import is_local, load_model, resolve_dims
+from ..models.references import load_reference, reference_models
+from . import distributed
+
+
+@dataclass
+class Preparation:
+    """What :func:`prepare` found. ``model`` is None when it could not be loaded (or, for check, is
+    on the hub while offline); ``unverified`` lists what check could not verify offline."""
+
+    config: RunConfig
+    model: Any = None
+    dims: list[int] | None = None
+    datasets: list[PreparedDataset] = field(default_factory=list)
+    references: dict[str, Any] = field(default_factory=dict)
+    evaluators: ResolvedEvaluators | None = None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def embedding_dim(self) -> int | None:
+        return self.model.get_embedding_dimension() if self.model is not None else None
+
+
+def prepare(config: RunConfig, echo: Callable[[str], None] = print, check: bool = False,
+            before_evaluators: Callable[[Preparation], None] | None = None) -> Preparation:
+    """Resolve everything a run needs before training, for ``mtrain check`` (``check=True``: collect
+    every problem, never raise for user errors, do not try the hub when it is unreachable) or for
+    ``mtrain run`` (raise at the end of the first step with problems). ``before_evaluators`` runs
+    just before the evaluators' data is resolved (run: the distillation labels are attached there)."""
+    prep = Preparation(config)
+    hub_ok = hub_reachable() if check else True
+
+    def step(problems: list[Problem], error: type[UserError]) -> None:
+        prep.problems += problems
+        if problems and not check:
+            raise error(problems)
+
+    step(config_problems(config), ConfigError)
+
+    read = prepare_datasets(config, hub_ok, offline_is_problem=not check)
+    prep.datasets = list(read.prepared.values())
+    prep.unverified += read.unverified
+    step(read.problems, DataError)
+
+    problems: list[Problem] = []
+    if check and not (is_local(config.model.name_or_path) or hub_ok):
+        prep.unverified.append(f"model: {config.model.name_or_path} is on the hub: not verified offline")
+    else:
+        try:
+            prep.model = load_model(config.model)
+            prep.lines.append(f"Model: {config.model.name_or_path} · embedding size {prep.embedding_dim}")
+        except UserError as exc:
+            problems += exc.problems
+    try:
+        prep.dims = resolve_dims(config.matryoshka, prep.embedding_dim)
+        prep.lines.append(f"Matryoshka dims: {prep.dims}" + ("" if prep.embedding_dim else " (sizes not verified "
+                                                                                           "offline)"))
+    except UserError as exc:
+        problems += exc.problems
+    step(problems, ConfigError)
+
+    problems = []
+    for i, prepared in read.prepared.items():
+        found, warnings = dataset_problems(config, i, prepared, prep.embedding_dim)
+        problems += found
+        prep.warnings += warnings
+        if not check:
+            for warning in warnings:
+                echo(f"Warning: {warning}")
+    step(problems, DataError)
+
+    problems = []
+    for ref in reference_models(config):
+        if check and not (is_local(ref.config.name_or_path) or hub_ok):
+            prep.unverified.append(f"{ref.where}: {ref.config.name_or_path} is on the hub: not verified offline")
+            continue
+        try:
+            model = prep.references[ref.where] = load_reference(ref)
+        except UserError as exc:
+            problems += exc.problems
+            continue
+        width = model.get_embedding_dimension()
+        prep.lines.append(f"{ref.where}: {ref.config.name_or_path} · embedding size {width}")
+        problems += reference_width_problems(ref.role, ref.where, width, prep.embedding_dim)
+    step(problems, ConfigError)
+
+    if before_evaluators is not None:
+        before_evaluators(prep)
+    eval_rows = {d.name: d.eval for d in prep.datasets}
+    labelled = {d.name for d in config.datasets if takes_teacher_labels(config, d)}
+    prep.evaluators = resolve_evaluators(config.evaluation, eval_rows, hub_ok, labelled)
+    prep.unverified += prep.evaluators.unverified
+    step(prep.evaluators.problems, DataError)
+    return prep
+
+
+def reference_width_problems(role: str, where: str, width: int, embedding_dim: int | None) -> list[Problem]:
+    """The teacher's embeddings are the labels and the anchor's reference is compared with the
+    model's full-size embedding: both must be as wide as the model's."""
+    if embedding_dim is None or width == embedding_dim:
+        return []
+    if role == "teacher":
+        return [Problem(where, f"the teacher's embeddings have width {width} but the student's {embedding_dim}; "
+                               "pick a teacher and student of the same width (MSELoss compares them directly)")]
+    if role == "anchor":
+        return [Problem(where, f"the reference's embedding size {width} differs from the model's {embedding_dim}")]
+    return []
+
+
+def dataset_problems(config: RunConfig, index: int, prepared: PreparedDataset,
+                     embedding_dim: int | None) -> tuple[list[Problem], list[str]]:
+    """One dataset against the model and the batch: (problems, warnings)."""
+    inputs = LOSSES[config.loss_for(config.datasets[index]).name].inputs
+    problems = label_width_problems(prepared, index, embedding_dim, inputs)
+    too_small, warnings = batch_size_problems(config, index, len(prepared.train))
+    return problems + too_small, warnings
+
+
+def config_problems(config: RunConfig) -> list[Problem]:
+    """Checks that need neither the model nor the data: loss arguments, batch sizes, trainer fields.
+    `mtrain run` raises on these before it reads anything."""
+
+    problems: list[Problem] = []
+    t = config.training
+    for i, dcfg in enumerate(config.datasets):
+        lcfg = config.loss_for(dcfg)
+        where = f"datasets.{i}.loss" if dcfg.loss else "loss"
+        problems += [Problem(where, p) for p in kwargs_problems(lcfg)]
+        spec = LOSSES[lcfg.name]
+        if spec.in_batch_negatives and t.per_device_train_batch_size < 2:
+            problems.append(Problem(
+                "training.per_device_train_batch_size",
+                f"{spec.class_name} uses in-batch negatives and needs a batch of at least 2",
+            ))
+        mini = lcfg.kwargs.get("mini_batch_size")
+        if "mini_batch_size" in lcfg.kwargs and (not isinstance(mini, int) or isinstance(mini, bool) or mini < 1):
+            problems.append(Problem(f"{where}.kwargs.mini_batch_size", "must be a whole number of rows >= 1, got "
+                                                                       f"{mini!r}"))
+        elif isinstance(mini, int) and mini > t.per_device_train_batch_size:
+            problems.append(Problem(
+                f"{where}.kwargs.mini_batch_size",
+                f"mini_batch_size {mini} is larger than the batch ({t.per_device_train_batch_size}); make it smaller",
+            ))
+    return problems + _training_argument_problems(config) + _best_metric_problems(config)
+
+
+def _best_metric_problems(config: RunConfig) -> list[Problem]:
+    """training.metric_for_best_model must name a key the evaluator will produce."""
+
+    metric = config.training.metric_for_best_model
+    if metric is None:
+        return []
+    ev = config.evaluation
+    names = [e.display_name() for e in ev.evaluators]
+    problem = metric_name_problem(metric, names, ev.dims or config.matryoshka.dims, ev.dim_weights is not None)
+    return [Problem("training.metric_for_best_model", problem)] if problem else []
+
+
+def label_width_problems(prepared: Any, index: int, embedding_dim: int | None, inputs: str) -> list[Problem]:
+    """MSE distillation: every label embedding must be as wide as the model's embeddings."""
+
+    if inputs != "embedding" or embedding_dim is None:
+        return []
+    wrong = {w: rows for w, rows in label_widths(prepared.train).items() if w != embedding_dim}
+    if not wrong:
+        return []
+    width, rows = next(iter(wrong.items()))
+    return [Problem(
+        f"datasets.{index}",
+        f"label embeddings in {prepared.source} have width {width} ({rows_named(rows)}"
+        + (f"; {sum(map(len, wrong.values())) - len(rows)} more rows have other wrong widths" if len(wrong) > 1 else "")
+        + f") but the model's is {embedding_dim}; compute the labels with a teacher of width {embedding_dim}, "
+        "or train a model of that width",
+    )]
+
+
+def batch_size_problems(config: RunConfig, index: int, rows: int) -> tuple[list[Problem], list[str]]:
+    """A dataset smaller than one batch: an error when dataloader_drop_last leaves it no batch at
+    all, a warning otherwise (its only batch is smaller, so in-batch losses see fewer negatives)."""
+    t = config.training
+    batch = t.per_device_train_batch_size * distributed.world_size()
+    if rows >= batch:
+        return [], []
+    name = config.datasets[index].name
+    if t.dataloader_drop_last:
+        return [Problem(
+            f"datasets.{index}",
+            f"{name} has {rows} training rows, fewer than one batch ({batch}), and training.dataloader_drop_last "
+            "drops that partial batch, leaving nothing to train on; add rows, lower "
+            "training.per_device_train_batch_size, or set dataloader_drop_last: false",
+        )], []
+    return [], [f"datasets.{index} ({name}): {rows} rows is less than one batch ({batch}); every step sees a smaller "
+                "batch"]
+
+
+def _training_argument_problems(config: RunConfig) -> list[Problem]:
+    fields = {f.name for f in dataclasses.fields(SentenceTransformerTrainingArguments)}
+    problems = []
+    for key in config.training.extra:
+        if key not in fields:
+            hint = did_you_mean(key, sorted(fields))
+            problems.append(Problem(f"training.extra.{key}", f"not a SentenceTransformerTrainingArguments field{hint}"))
+    return problems
+
+
