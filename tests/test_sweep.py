@@ -178,8 +178,8 @@ def test_sweep_errors_are_caught_before_any_trial(sweep_file, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "error: search_space.training.lerning_rate: unknown key 'lerning_rate'; did you mean 'learning_rate'?",
-        "error: search_space.training.per_device_train_batch_size: input should be greater than 0 (got '0') (with "
-        "value 0)",
+        "error: search_space.training.per_device_train_batch_size: "
+        "input should be greater than 0 (got '0') (with value 0)",
         "error: objective.evaluator: no evaluator named 'tiyn'; did you mean 'tiny'?; evaluators: tiny",
         "error: objective.dim: dim 64 is not evaluated; evaluated dims: 32, 16, 8",
         (

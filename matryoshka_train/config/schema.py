@@ -45,8 +45,8 @@ class ModelConfig(Section):
         "StaticEmbedding trained from scratch over the tokenizer named by name_or_path.",
     )
     embedding_dim: int | None = Field(None, gt=0, description="Width of a static model's embeddings.")
-    max_seq_length: int | None = Field(None, gt=0, description="Truncate inputs to this many tokens (null: the "
-                                                               "model's).")
+    max_seq_length: int | None = Field(None, gt=0, description="Truncate inputs to this many "
+                                                               "tokens (null: the model's).")
     pooling: Literal["mean", "cls", "max", "lasttoken", "weightedmean"] | None = Field(
         None, description="Override the model's pooling; null keeps what the model ships with."
     )

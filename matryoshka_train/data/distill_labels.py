@@ -151,8 +151,8 @@ class LabelCache:
             hi = min(n, lo + chunk_size)
             emb = np.asarray(encode(list(texts(lo, hi))), dtype=np.float32)
             if emb.shape != (hi - lo, dim):
-                raise ConfigError(f"the teacher returned shape {emb.shape} for {hi - lo} sentences; expected width "
-                                  f"{dim}", where="distill.teacher")
+                raise ConfigError(f"the teacher returned shape {emb.shape} for "
+                                  f"{hi - lo} sentences; expected width {dim}", where="distill.teacher")
             labels[lo:hi] = emb
             labels.flush()
             encoded += hi - lo

@@ -177,10 +177,10 @@ def non_text_problems(ds: Dataset, where: str, source: str) -> list[Problem]:
         bad = [i for i, v in enumerate(ds[c]) if v is not None and not isinstance(v, str)]
         if bad:
             example = repr(ds[c][bad[0]])[:40]
-            problems.append(Problem(where, f"column '{c}' must hold text, but {source} has {len(bad)} row(s) that do "
-                                           "not "
-                                           f"({rows_named(bad)}; e.g. {example}); quote the values or pick another "
-                                           "column "
+            problems.append(Problem(where, f"column '{c}' must hold text, but {source} "
+                                           f"has {len(bad)} row(s) that do not "
+                                           f"({rows_named(bad)}; e.g. {example}); "
+                                           "quote the values or pick another column "
                                            f"in {where}.columns"))
     return problems
 
@@ -193,13 +193,13 @@ def split_eval(ds: Dataset, split: EvalSplitConfig | None, seed: int, where: str
     n = len(ds)
     if split.first is not None:
         if split.first >= n:
-            raise DataError(f"eval.first={split.first} leaves no training rows (the data has "
-                            f"{n})", where=f"{where}.eval")
+            raise DataError(f"eval.first={split.first} leaves "
+                            f"no training rows (the data has {n})", where=f"{where}.eval")
         return ds.select(range(split.first, n)), ds.select(range(split.first))
     size = split.count if split.count is not None else max(1, math.floor(n * (split.ratio or 0)))
     if size >= n:
-        raise DataError(f"an eval split of {size} rows leaves no training rows (the data has "
-                        f"{n})", where=f"{where}.eval")
+        raise DataError(f"an eval split of {size} rows leaves "
+                        f"no training rows (the data has {n})", where=f"{where}.eval")
     parts = ds.train_test_split(test_size=size, seed=seed, shuffle=True)
     return parts["train"], parts["test"]
 
@@ -278,8 +278,8 @@ def apply_score_range(
         out = np.flatnonzero((scores < low) | (scores > high)).tolist()
         if out:
             return ds, [Problem(where, f"{len(out)} score(s) in {source} lie outside score_range [{low:g}, {high:g}] "
-                                       f"({rows_named(out)}: {scores[out[0]]:g}); correct {where}.score_range or the "
-                                       "data")]
+                                       f"({rows_named(out)}: {scores[out[0]]:g}); "
+                                       f"correct {where}.score_range or the data")]
         rescaled = ((scores - low) / (high - low)).tolist()
         return ds.remove_columns(label).add_column(label, rescaled), []
     if loss_name in COSINE_SCORE_LOSSES:
@@ -288,8 +288,8 @@ def apply_score_range(
             return ds, [Problem(where, f"{loss_name} compares scores with a cosine similarity, which lies in [-1, 1], "
                                        f"but {source} has scores from {scores.min():g} to {scores.max():g} "
                                        f"({rows_named(out)}); set {where}.score_range to their scale (e.g. "
-                                       f"[{np.floor(scores.min()):g}, {np.ceil(scores.max()):g}]) to rescale them to "
-                                       "[0, 1], "
+                                       f"[{np.floor(scores.min()):g}, "
+                                       f"{np.ceil(scores.max()):g}]) to rescale them to [0, 1], "
                                        "or use CoSENTLoss, which takes any float")]
     return ds, []
 

@@ -62,8 +62,8 @@ def read_beir(directory: str | Path, split: str, where: str, limit: int | None =
             if not row or (line_no == 1 and not _is_number(row[-1])):
                 continue  # blank line or the header
             if len(row) < 3 or not _is_number(row[2]):
-                raise DataError(f"{qrels_file}:{line_no}: expected query-id, corpus-id, score separated by "
-                                "tabs", where=where)
+                raise DataError(f"{qrels_file}:{line_no}: expected query-id, "
+                                "corpus-id, score separated by tabs", where=where)
             qid, did, score = row[0], row[1], float(row[2])
             if score <= 0:
                 continue
@@ -137,8 +137,8 @@ def retrieval_spec(cfg: EvaluatorConfig, where: str, batch_size: int, data: Beir
             try:
                 return ste.NanoBEIREvaluator(dataset_names=names, truncate_dim=dim, **common)
             except Exception as exc:  # noqa: BLE001 - the datasets/hub libraries raise many types when offline
-                raise DataError(f"cannot load NanoBEIR from the hub ({str(exc).splitlines()[0]}); it needs network "
-                                "access", where=where) from None
+                raise DataError("cannot load NanoBEIR from the hub "
+                                f"({str(exc).splitlines()[0]}); it needs network access", where=where) from None
 
         return EvalSpec(name, "nanobeir", build)
 

@@ -82,8 +82,8 @@ def resolve_evaluators(
                 if problem:
                     raise ConfigError(problem, where=f"{where}.datasets")
                 if not hub_ok:
-                    out.unverified.append(f"{where}: NanoBEIR ({', '.join(ecfg.datasets or ['all sets'])}) not "
-                                          "verified offline")
+                    out.unverified.append(f"{where}: NanoBEIR ({', '.join(ecfg.datasets or ['all sets'])}) "
+                                          "not verified offline")
                 out.evaluators.append(EvaluatorData(ecfg, where))
             elif ecfg.beir is not None:
                 out.evaluators.append(

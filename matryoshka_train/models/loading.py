@@ -239,8 +239,8 @@ def freeze(model: SentenceTransformer, embeddings: bool, first_layers: int) -> i
             param.requires_grad_(False)
             frozen += 1
     if (embeddings or first_layers) and frozen == 0:
-        raise ConfigError("found no embedding or layer parameters to freeze in this "
-                          "model", where="training.freeze_layers")
+        raise ConfigError("found no embedding or layer "
+                          "parameters to freeze in this model", where="training.freeze_layers")
     return frozen
 
 

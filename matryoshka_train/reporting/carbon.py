@@ -20,7 +20,27 @@ EMPTY = {"energy_kwh": None, "emissions_kg": None, "duration_s": None, "country_
 
 
 class CarbonMeter:
-    """Start/stop around the work to measure; :meth:`stop` returns the figures (or nulls with a reason)."""
+    """Start/stop around the work to measure; :meth:`stop` returns the figures (or nulls with a reason).
+
+    Uses codecarbon's offline tracker with the configured country by default (no network), and
+    never fails the run: a missing or failing codecarbon becomes a note in the figures.
+
+    Args:
+        cfg: The ``carbon`` config section (enabled, offline, country_iso_code).
+        output_dir: Where codecarbon writes emissions.csv.
+        enabled_here: False on the processes other than the main one (they measure nothing).
+
+    Example:
+        ::
+
+            from matryoshka_train.config import CarbonConfig
+            from matryoshka_train.reporting.carbon import CarbonMeter
+
+            meter = CarbonMeter(CarbonConfig(country_iso_code="FRA"), "outputs/run")
+            meter.start()
+            ...  # train or evaluate
+            figures = meter.stop()  # {"energy_kwh": ..., "emissions_kg": ..., "tracked": True, ...}
+    """
 
     def __init__(self, cfg: CarbonConfig, output_dir: str | Path, enabled_here: bool = True):
         self.cfg = cfg

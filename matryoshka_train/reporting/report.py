@@ -205,8 +205,8 @@ def write_report(directories: list[str | Path], output: str | Path | None = None
 
 def report_markdown(runs: list[Any], figures: set[str]) -> str:
     names = ", ".join(f"`{r.label}`" for r in runs)
-    out = [f"# Matryoshka report: {names}", "", "Written by `mtrain report` from each directory's results.json and "
-                                                "metrics.jsonl.", ""]
+    out = [f"# Matryoshka report: {names}", "", "Written by `mtrain report` from each "
+                                                "directory's results.json and metrics.jsonl.", ""]
     out += ["## Runs", "", "| run | model | dims | steps | train time | energy | CO2eq |",
             "|---|---|---|---:|---:|---:|---:|"]
     for r in runs:

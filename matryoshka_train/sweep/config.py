@@ -36,10 +36,10 @@ class ParamConfig(Section):
     grid sampler; a categorical for the others) or a range ``low``/``high`` (int when both are
     integers, else float; ``log`` samples on a log scale, ``step`` discretises)."""
 
-    choices: list[Any] | None = Field(None, description="Categorical: one of these values (any YAML value, lists "
-                                                        "included).")
-    grid: list[Any] | None = Field(None, description="Grid values: the grid sampler tries every combination of every "
-                                                     "key's grid.")
+    choices: list[Any] | None = Field(None, description="Categorical: one of these values "
+                                                        "(any YAML value, lists included).")
+    grid: list[Any] | None = Field(None, description="Grid values: the grid sampler tries "
+                                                     "every combination of every key's grid.")
     low: int | float | None = Field(None, description="Range: lowest value (inclusive).")
     high: int | float | None = Field(None, description="Range: highest value (inclusive).")
     log: bool = Field(False, description="Range: sample on a log scale (low must be > 0).")
@@ -106,8 +106,8 @@ class PrunerConfig(_TypedSection):
     """Stop a trial early when its evaluations during training look worse than others'. Needs
     periodic evaluation in the trials (``training.eval_strategy: steps`` with ``eval_steps``)."""
 
-    type: Literal["none", "median", "hyperband"] = Field("none", description="none, median (Optuna's MedianPruner) or "
-                                                                             "hyperband.")
+    type: Literal["none", "median", "hyperband"] = Field("none", description="none, median (Optuna's "
+                                                                             "MedianPruner) or hyperband.")
     n_startup_trials: int = Field(2, ge=0, description="median: trials that finish before any is pruned.")
     n_warmup_steps: int = Field(0, ge=0, description="median: training steps before a trial can be pruned.")
     min_resource: int = Field(1, gt=0, description="hyperband: fewest training steps a trial gets.")
@@ -120,23 +120,23 @@ class ObjectiveConfig(Section):
     """What a trial scores: one evaluator's metric after training, at one ``dim`` or aggregated over
     the evaluated dims (``mean``, ``min``, or ``weighted``: sum of weight × value)."""
 
-    evaluator: str = Field(description="An evaluator name of the base config (evaluation.evaluators[].name, or its "
-                                       "default).")
+    evaluator: str = Field(description="An evaluator name of the base config "
+                                       "(evaluation.evaluators[].name, or its default).")
     metric: str = Field(description="A metric that evaluator reports, e.g. cosine_accuracy, spearman_cosine, ndcg@10.")
     dim: int | None = Field(None, gt=0, description="Score at this dim (one of the evaluated dims).")
-    aggregate: Literal["mean", "min", "weighted"] | None = Field(None, description="Or aggregate over the evaluated "
-                                                                                   "dims.")
+    aggregate: Literal["mean", "min", "weighted"] | None = Field(None, description="Or aggregate over "
+                                                                                   "the evaluated dims.")
     weights: list[float] | None = Field(None, description="weighted: one weight per evaluated dim, largest dim first.")
-    direction: Literal["maximize", "minimize"] = Field("maximize", description="maximize (accuracy, nDCG) or minimize "
-                                                                               "(an MSE).")
+    direction: Literal["maximize", "minimize"] = Field("maximize", description="maximize (accuracy, nDCG) "
+                                                                               "or minimize (an MSE).")
 
     @model_validator(mode="after")
     def _one_way(self) -> ObjectiveConfig:
         if (self.dim is None) == (self.aggregate is None):
             raise ValueError("give exactly one of dim (score at one dim) or aggregate (mean, min or weighted)")
         if (self.aggregate == "weighted") != (self.weights is not None):
-            raise ValueError("aggregate: weighted needs weights (one per evaluated dim), and weights need aggregate: "
-                             "weighted")
+            raise ValueError("aggregate: weighted needs weights (one per "
+                             "evaluated dim), and weights need aggregate: weighted")
         return self
 
     def label(self) -> str:
@@ -148,19 +148,19 @@ class SweepConfig(Section):
     """The sweep file (``mtrain sweep SWEEP.yaml``)."""
 
     base: str = Field(description="The run config every trial starts from; relative to the sweep file.")
-    output_dir: str = Field("outputs/sweep", description="The sweep directory: study.db, trials/<n>/, trials.md, "
-                                                         "best.yaml, plots.")
-    study_name: str | None = Field(None, description="Name of the study in the storage (default: the sweep file's "
-                                                     "name).")
-    n_trials: int = Field(10, gt=0, description="Trials the study should finish (completed, pruned or failed) across "
-                                                "all workers.")
-    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="How trial values are chosen (see "
-                                                                              "sampler).")
-    pruner: PrunerConfig = Field(default_factory=PrunerConfig, description="Early stopping of poor trials (see "
-                                                                           "pruner).")
+    output_dir: str = Field("outputs/sweep", description="The sweep directory: study.db, "
+                                                         "trials/<n>/, trials.md, best.yaml, plots.")
+    study_name: str | None = Field(None, description="Name of the study in the storage "
+                                                     "(default: the sweep file's name).")
+    n_trials: int = Field(10, gt=0, description="Trials the study should finish (completed, "
+                                                "pruned or failed) across all workers.")
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="How trial values are "
+                                                                              "chosen (see sampler).")
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig, description="Early stopping of poor "
+                                                                           "trials (see pruner).")
     objective: ObjectiveConfig = Field(description="What the sweep optimises (see objective).")
-    search_space: dict[str, ParamConfig] = Field(description="Dotted config key (as for --set) -> choices, grid or "
-                                                             "range.")
+    search_space: dict[str, ParamConfig] = Field(description="Dotted config key (as for "
+                                                             "--set) -> choices, grid or range.")
     fixed: dict[str, Any] = Field(default_factory=dict, description="Dotted config key -> value, applied to every "
                                                                     "trial (e.g. a short training.max_steps).")
     launcher: str | None = Field(
@@ -172,8 +172,8 @@ class SweepConfig(Section):
     @classmethod
     def _not_empty(cls, value: dict[str, ParamConfig]) -> dict[str, ParamConfig]:
         if not value:
-            raise ValueError("search one key at least, e.g. training.learning_rate: {low: 1.0e-5, high: 1.0e-4, log: "
-                             "true}")
+            raise ValueError("search one key at least, e.g. training.learning_rate: "
+                             "{low: 1.0e-5, high: 1.0e-4, log: true}")
         return value
 
     @model_validator(mode="after")
@@ -185,8 +185,8 @@ class SweepConfig(Section):
                                  "[...] instead of a range")
         overlap = sorted(set(self.fixed) & set(self.search_space))
         if overlap:
-            raise ValueError(f"fixed.{overlap[0]}: this key is also searched; remove it from fixed or from "
-                             "search_space")
+            raise ValueError(f"fixed.{overlap[0]}: this key is also searched; "
+                             "remove it from fixed or from search_space")
         return self
 
 

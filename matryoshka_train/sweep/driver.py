@@ -124,8 +124,8 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> dict[str, Any]:
         _STOP.set()
         while not all(e.is_set() for e in finished):
             time.sleep(0.2)
-        raise UserError("sweep interrupted; the running trial(s) will run again: repeat the same command to "
-                        "resume") from None
+        raise UserError("sweep interrupted; the running trial(s) will "
+                        "run again: repeat the same command to resume") from None
     if errors:
         raise errors[0]
 

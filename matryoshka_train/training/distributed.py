@@ -87,8 +87,8 @@ def launch_argv(nproc: int, run_args: list[str]) -> tuple[list[str], dict[str, s
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus and nproc > gpus:
-        raise UserError(f"--nproc {nproc} asks for more processes than the {gpus} GPU(s) this machine "
-                        "has", where="--nproc")
+        raise UserError(f"--nproc {nproc} asks for more processes "
+                        f"than the {gpus} GPU(s) this machine has", where="--nproc")
     env = dict(os.environ)
     env.setdefault("MASTER_PORT", str(free_port()))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),

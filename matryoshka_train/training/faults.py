@@ -187,8 +187,8 @@ def training_faults(
         on_abort()
         step = trainer.state.global_step
         if not weights_finite(model):
-            raise TrainingAborted(f"interrupted at step {step}; the weights were not finite, so nothing was "
-                                  "saved") from None
+            raise TrainingAborted(f"interrupted at step {step}; the weights "
+                                  "were not finite, so nothing was saved") from None
         if not distributed.is_main():  # every process holds the same weights: the main one saves them
             raise TrainingAborted(f"interrupted at step {step}; the main process saves the model so far") from None
         saved = save_model_atomically(model, output_dir / "interrupted")

@@ -127,8 +127,8 @@ def training_datasets(plan: Plan, echo: Callable[[str], None] = print) -> tuple[
 def batch_summary(plan: Plan) -> str:
     rows = sum(len(d.train) for d in plan.datasets)
     lines = [
-        f"Model: {plan.config.model.name_or_path} · embedding size {plan.model.get_embedding_dimension()} · dims "
-        f"{plan.dims}",
+        f"Model: {plan.config.model.name_or_path} · embedding size "
+        f"{plan.model.get_embedding_dimension()} · dims {plan.dims}",
         f"Data: {rows} training rows in {len(plan.datasets)} dataset(s)",
         *batch_lines(plan.config, {d.name: d.columns for d in plan.datasets}, plan.precision),
     ]

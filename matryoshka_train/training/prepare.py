@@ -87,8 +87,8 @@ def prepare(config: RunConfig, echo: Callable[[str], None] = print, check: bool 
             problems += exc.problems
     try:
         prep.dims = resolve_dims(config.matryoshka, prep.embedding_dim)
-        prep.lines.append(f"Matryoshka dims: {prep.dims}" + ("" if prep.embedding_dim else " (sizes not verified "
-                                                                                           "offline)"))
+        prep.lines.append(f"Matryoshka dims: {prep.dims}" + ("" if prep.embedding_dim else " (sizes not "
+                                                                                           "verified offline)"))
     except UserError as exc:
         problems += exc.problems
     step(problems, ConfigError)
@@ -168,8 +168,8 @@ def config_problems(config: RunConfig) -> list[Problem]:
             ))
         mini = lcfg.kwargs.get("mini_batch_size")
         if "mini_batch_size" in lcfg.kwargs and (not isinstance(mini, int) or isinstance(mini, bool) or mini < 1):
-            problems.append(Problem(f"{where}.kwargs.mini_batch_size", "must be a whole number of rows >= 1, got "
-                                                                       f"{mini!r}"))
+            problems.append(Problem(f"{where}.kwargs.mini_batch_size", "must be a whole number "
+                                                                       f"of rows >= 1, got {mini!r}"))
         elif isinstance(mini, int) and mini > t.per_device_train_batch_size:
             problems.append(Problem(
                 f"{where}.kwargs.mini_batch_size",
@@ -223,8 +223,8 @@ def batch_size_problems(config: RunConfig, index: int, rows: int) -> tuple[list[
             "drops that partial batch, leaving nothing to train on; add rows, lower "
             "training.per_device_train_batch_size, or set dataloader_drop_last: false",
         )], []
-    return [], [f"datasets.{index} ({name}): {rows} rows is less than one batch ({batch}); every step sees a smaller "
-                "batch"]
+    return [], [f"datasets.{index} ({name}): {rows} rows is less than "
+                f"one batch ({batch}); every step sees a smaller batch"]
 
 
 def _training_argument_problems(config: RunConfig) -> list[Problem]:

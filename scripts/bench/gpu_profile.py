@@ -178,8 +178,8 @@ def main() -> None:
         mem = f"{r['peak_memory_gib']:.1f} GiB peak" if r["peak_memory_gib"] is not None else "CPU"
         print(
             f"{args.profile} sorted_forward={sorted_forward}: {r['real_tokens_per_s']:,.0f} real tokens/s, "
-            f"{r['samples_per_s']:.1f} samples/s, {r['model_tflops_per_s']:.1f} TFLOP/s, MFU {100 * r['mfu']:.1f}%, "
-            f"{mem}",
+            f"{r['samples_per_s']:.1f} samples/s, {r['model_tflops_per_s']:.1f} "
+            f"TFLOP/s, MFU {100 * r['mfu']:.1f}%, {mem}",
             flush=True,
         )
     print(f"ratio sorted/plain: {runs[1]['real_tokens_per_s'] / runs[0]['real_tokens_per_s']:.2f}x real tokens/s")

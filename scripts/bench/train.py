@@ -385,10 +385,10 @@ def main() -> None:
                 result = timed(lambda fn=fn, out=out, timer=timer: fn(data, args, out, timer), timer, args.batch)
                 runs[side].append(result)
                 print(
-                    f"{side:>6}: {result['samples_per_s']:.2f} samples/s · {result['real_tokens_per_s']:.0f} real "
-                    "tokens/s"
-                    f" · padding {100 * result['pad_share']:.1f}% of encoder tokens ({result['timed_steps']} timed "
-                    "steps)",
+                    f"{side:>6}: {result['samples_per_s']:.2f} samples/s "
+                    f"· {result['real_tokens_per_s']:.0f} real tokens/s"
+                    f" · padding {100 * result['pad_share']:.1f}% of "
+                    f"encoder tokens ({result['timed_steps']} timed steps)",
                     flush=True,
                 )
         check = loss_check(data, args)

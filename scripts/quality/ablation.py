@@ -202,8 +202,8 @@ def write_markdown(base: dict, rows: dict, dims: list[str], names: list[str], ra
         "",
         f"Best by the summed gain at dims 64 and 32 on both sets, among variants that meet the target "
         f"(or overall, if none does): **{best[2]}** ({'meets' if best[0] else 'does not meet'} the target)"
-        + (f"; tied with {', '.join(t for t in tied if t != best[2])}, and the simplest of them is "
-           "kept" if len(tied) > 1 else "")
+        + (f"; tied with {', '.join(t for t in tied if t != best[2])}, "
+           "and the simplest of them is kept" if len(tied) > 1 else "")
         + ". The shipped quickstart uses this setting.",
         "",
     ]
