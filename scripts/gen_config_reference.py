@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # document the checkout this script is in, not whichever copy is installed
 
 from matryoshka_train.config import schema as C  # noqa: E402 - after sys.path points at this checkout
-from matryoshka_train.losses import LOSSES  # noqa: E402 - after sys.path points at this checkout
+from matryoshka_train.config.registry import LOSSES  # noqa: E402 - after sys.path points at this checkout
 from matryoshka_train.sweep import config as S  # noqa: E402 - after sys.path points at this checkout
 
 TARGET = ROOT / "docs" / "config.md"

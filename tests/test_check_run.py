@@ -2,10 +2,10 @@
 
 Hypothesis builds configs and the files they read (training rows, STS/triplet/MSE evaluator files,
 anchor models), some broken on purpose: text where scores belong, missing columns, empty files,
-nulls, model paths that do not exist, batches too small. For each, `check` and a one-step `run`
-are called in-process and must agree: check exit 0 means run exits 0; check exit 2 means run exits
-2 with the same first problem. Neither may end in a traceback. Hub sources are left out: offline,
-check reports them as "not verified" by design.
+nulls, model paths that do not exist, batches too small, Matryoshka wrapper arguments the loss
+refuses. For each, `check` and a one-step `run` are called in-process and must agree: check exit 0
+means run exits 0; check exit 2 means run exits 2 with the same first problem. Neither may end in
+a traceback. Hub sources are left out: offline, check reports them as "not verified" by design.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ EVAL_KINDS = [None, "triplet_dataset", "triplet_dataset", "sts_ok", "sts_ok", "s
               "sts_empty", "mse_labels", "mse_nothing", "triplet_file_two_columns", "sts_limit_text_after"]
 ANCHORS = [None, None, None, "copy", "tiny", "missing_dir"]
 
-cases = st.fixed_dictionaries({
+any_case = st.fixed_dictionaries({
     "train": st.sampled_from(TRAIN_KINDS),
     "rows": st.sampled_from([24, 24, 6]),
     "evaluator": st.sampled_from(EVAL_KINDS),
@@ -48,7 +48,20 @@ cases = st.fixed_dictionaries({
     "batch": st.sampled_from([8, 8, 4, 1]),
     "drop_last": st.sampled_from([False, False, True]),
     "dims": st.sampled_from([[32, 16], [32, 16], [16], [64, 32]]),
+    "wrapper_kwargs": st.sampled_from([{}, {}, {}, {"no_such_argument": 1}]),
 })
+# configs with nothing wrong on purpose, so that "check accepts -> run starts" is exercised often
+valid_case = st.fixed_dictionaries({
+    "train": st.sampled_from(["triplets", "pairs"]),
+    "rows": st.just(24),
+    "evaluator": st.sampled_from([None, "triplet_dataset", "sts_ok", "mse_labels", "sts_limit_text_after"]),
+    "anchor": st.sampled_from([None, "copy", "tiny"]),
+    "batch": st.sampled_from([8, 4]),
+    "drop_last": st.booleans(),
+    "dims": st.sampled_from([[32, 16], [16]]),
+    "wrapper_kwargs": st.just({}),
+})
+cases = st.one_of(valid_case, any_case)
 
 
 def _train_file(d: Path, kind: str, n: int) -> tuple[Path, list[str] | None, str]:
@@ -106,7 +119,7 @@ def _config(d: Path, case: dict[str, Any], model_dir: Path) -> dict[str, Any]:
         "model": {"name_or_path": str(model_dir)},
         "datasets": [{"name": "d", "source": {"path": str(path)}, "columns": columns, "eval": {"count": 2}}],
         "loss": {"name": loss},
-        "matryoshka": {"dims": case["dims"]},
+        "matryoshka": {"dims": case["dims"], "wrapper_kwargs": case["wrapper_kwargs"]},
         "training": {"output_dir": str(d / "out"), "max_steps": 1, "per_device_train_batch_size": case["batch"],
                      "dataloader_drop_last": case["drop_last"], "logging_steps": 1, "warmup_ratio": 0.0},
         "evaluation": {"evaluators": [], "before": False},

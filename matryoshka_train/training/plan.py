@@ -16,7 +16,7 @@ from ..config.schema import RunConfig
 from ..data.distill_labels import attach_teacher_labels
 from ..data.pretokenize import pretokenize
 from ..data.sources import PreparedDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, Problem, UserError
 from ..evaluation.spec import build_matryoshka_evaluator
 from ..losses.anchor import AnchoredLoss
 from ..losses.build import build_loss
@@ -69,6 +69,25 @@ def _loss_for(prep: Preparation, index: int, dims: list[int]) -> Any:
         return build_loss(prep.model, lcfg, config.matryoshka, dims, guide=guide)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"cannot build {lcfg.name}: {exc}", where=where) from None
+
+
+def loss_problems(prep: Preparation) -> list[Problem]:
+    """`mtrain check`: build every dataset's loss as `run` will (the constructor's own refusals,
+    e.g. an unknown ``matryoshka.wrapper_kwargs`` key), and report what fails. Needs the model."""
+    if prep.model is None or prep.dims is None:
+        return []
+    config, problems = prep.config, []
+    read = {d.name for d in prep.datasets}
+    for i, dcfg in enumerate(config.datasets):
+        where = f"datasets.{i}.loss" if dcfg.loss else "loss"
+        guide_missing = config.loss_for(dcfg).guide_model and f"{where}.guide_model" not in prep.references
+        if dcfg.name not in read or guide_missing:
+            continue  # not read, or its guide model was not loaded: reported (or not verifiable) already
+        try:
+            _loss_for(prep, i, prep.dims)
+        except UserError as exc:
+            problems += exc.problems
+    return problems
 
 
 def anchor_losses(prep: Preparation, losses: dict[str, Any]) -> dict[str, Any]:
