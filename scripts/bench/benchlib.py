@@ -461,7 +461,7 @@ def summarize_profile(prof: Any, steps: int, own_device_syncs: int = 0) -> dict[
         return any(a <= start <= b for a, b in ranges.get(e.start_thread_id(), ()))
 
     # top-level aten ops: not inside another aten op on the same thread
-    top_level = 0
+    top_level: collections.Counter = collections.Counter()
     by_thread: dict[int, list[Any]] = collections.defaultdict(list)
     for e in cpu_ops:
         by_thread[e.start_thread_id()].append(e)
@@ -470,7 +470,7 @@ def summarize_profile(prof: Any, steps: int, own_device_syncs: int = 0) -> dict[
         open_until = -1
         for e in ops:
             if e.start_ns() >= open_until:
-                top_level += 1
+                top_level[e.name()] += 1
                 open_until = e.end_ns()
 
     sync_ops: collections.Counter = collections.Counter()
@@ -493,7 +493,8 @@ def summarize_profile(prof: Any, steps: int, own_device_syncs: int = 0) -> dict[
     out: dict[str, Any] = {
         "steps": steps,
         "aten_ops_per_step": len(cpu_ops) / steps,
-        "top_level_aten_ops_per_step": top_level / steps,
+        "top_level_aten_ops_per_step": sum(top_level.values()) / steps,
+        "top_level_aten_ops_by_name_per_step": {k: v / steps for k, v in top_level.most_common(20)},
         "sync_ops_per_step": sum(sync_ops.values()) / steps,
         "local_scalar_dense_per_step": sync_ops.get("aten::_local_scalar_dense", 0) / steps,
         "sync_ops_by_name_per_step": {k: v / steps for k, v in sorted(sync_ops.items())},

@@ -155,7 +155,7 @@ class ProfileMeter(callback_base()):
             self.window.mark()
 
 
-def run_theirs(ctx: dict, max_steps: int, out: Path, callbacks: list) -> dict:
+def run_theirs(ctx: dict, max_steps: int, out: Path, callbacks: list, overrides: list = ()) -> dict:
     """The hand-written script a user would write with sentence-transformers alone."""
     from datasets import load_dataset
     from sentence_transformers import (
@@ -182,7 +182,7 @@ def run_theirs(ctx: dict, max_steps: int, out: Path, callbacks: list) -> dict:
     return {}
 
 
-def ours_config(ctx: dict, max_steps: int, out: Path) -> dict:
+def ours_config(ctx: dict, max_steps: int, out: Path, overrides: list) -> dict:
     args = ctx["args"]
     config = {
         "model": {"name_or_path": ctx["ours_model"], "max_seq_length": ctx["max_seq_length"]},
@@ -196,24 +196,29 @@ def ours_config(ctx: dict, max_steps: int, out: Path) -> dict:
     }
     if args.precision != "auto":
         config["training"]["precision"] = args.precision
-    for key, value in ctx["overrides"]:
+    for key, value in overrides:
         set_dotted(config, key, value)
     return config
 
 
-def run_ours(ctx: dict, max_steps: int, out: Path, callbacks: list) -> dict:
-    """The same training as `mtrain run` with a config (our defaults, plus any --ours-set)."""
+def run_ours(ctx: dict, max_steps: int, out: Path, callbacks: list, overrides: list = ()) -> dict:
+    """The same training as `mtrain run` with a config (our defaults, plus --ours-set / a variant's keys)."""
     from matryoshka_train.config import validate
     from matryoshka_train.training import run
 
     lines: list[str] = []
-    results = run(validate(ours_config(ctx, max_steps, out)), overwrite=True, echo=lines.append, callbacks=callbacks)
+    config = validate(ours_config(ctx, max_steps, out, overrides))
+    results = run(config, overwrite=True, echo=lines.append, callbacks=callbacks)
     speed = [line for text in lines for line in str(text).splitlines()
              if line.startswith(("Speed features", "  "))]
     return {"speed": results.get("speed"), "padding": results.get("padding"), "echo_speed_lines": speed[:20]}
 
 
-SIDES = {"theirs": run_theirs, "ours": run_ours}
+def run_side(side: str, ctx: dict, max_steps: int, out: Path, callbacks: list) -> dict:
+    """Run one side: "theirs", "ours" (with --ours-set) or "ours:<label>" (an --ours-variant)."""
+    if side == "theirs":
+        return run_theirs(ctx, max_steps, out, callbacks)
+    return run_ours(ctx, max_steps, out, callbacks, ctx["overrides"][side])
 
 
 def timed_run(side: str, ctx: dict, index: int, position: int, seen_shapes: set) -> dict:
@@ -229,7 +234,7 @@ def timed_run(side: str, ctx: dict, index: int, position: int, seen_shapes: set)
     before = benchlib.cuda_memory_counters() if cuda else None
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    extra = SIDES[side](ctx, max_steps, Path(ctx["tmp"]) / f"{side}-{index}", [meter])
+    extra = run_side(side, ctx, max_steps, Path(ctx["tmp"]) / f"{side.replace(':', '-')}-{index}", [meter])
     clock = meter.clock
     if clock.steps == 0:
         raise RuntimeError(f"{side}: no timed steps (did the run stop early?)")
@@ -272,12 +277,12 @@ def timed_run(side: str, ctx: dict, index: int, position: int, seen_shapes: set)
 def profile_run(side: str, ctx: dict) -> dict:
     args = ctx["args"]
     max_steps = 1 + args.profile_steps
-    trace = Path(args.trace_dir) / f"trace-{ctx['stem']}-{side}.json" if args.trace_dir else None
+    trace = Path(args.trace_dir) / f"trace-{ctx['stem']}-{side.replace(':', '-')}.json" if args.trace_dir else None
     window = benchlib.ProfileWindow(args.device, REPO, ctx["data_meter"], trace)
     ctx["data_meter"].collate_s.clear()
     ctx["data_meter"].wait_s.clear()
     gc.collect()
-    SIDES[side](ctx, max_steps, Path(ctx["tmp"]) / f"{side}-profile", [ProfileMeter(window, max_steps)])
+    run_side(side, ctx, max_steps, Path(ctx["tmp"]) / f"{side.replace(':', '-')}-profile", [ProfileMeter(window, max_steps)])
     return window.summary
 
 
@@ -354,10 +359,10 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def ratios(summary: dict) -> dict:
+def ratios(summary: dict, side: str = "ours") -> dict:
     out = {}
     for which in ("first", "warm"):
-        ours, theirs = (summary.get("ours") or {}).get(which), (summary.get("theirs") or {}).get(which)
+        ours, theirs = (summary.get(side) or {}).get(which), (summary.get("theirs") or {}).get(which)
         if ours and theirs:
             out[which] = {k: ours[k] / theirs[k] for k in ("samples_per_s", "real_tokens_per_s") if theirs.get(k)}
     return out
@@ -393,6 +398,13 @@ def main() -> None:
     parser.add_argument("--sides", choices=["both", "ours", "theirs"], default="both")
     parser.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override in our config, dotted (training.sorted_forward=true); repeatable")
+    parser.add_argument("--ours-variant", action="append", default=[], metavar="LABEL:KEY=VALUE",
+                        help="also time our run with this override as side 'ours:LABEL' in the same process "
+                        "(repeat with the same LABEL for several keys); an invalid variant is reported and skipped")
+    parser.add_argument("--variant-repeats", type=int, default=None,
+                        help="repeats of the --ours-variant sides (default: --repeats); they run in the first ones")
+    parser.add_argument("--profile-sides", default="all",
+                        help="comma-separated sides to profile with --profile-steps (theirs, ours, ours:LABEL); default all")
     parser.add_argument("--label", default="", help="names the variant in the JSON file name")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
     parser.add_argument("--profile-steps", type=int, default=0, help="profile each side for N steps after timing (0: off)")
@@ -406,12 +418,19 @@ def main() -> None:
     args.steps -= args.warmup  # timed steps from here on
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the trainer would otherwise pick a GPU
-    overrides = []
+    overrides: dict[str, list] = {"ours": []}
     for item in args.ours_set:
         key, sep, value = item.partition("=")
         if not sep or not key:
             parser.error(f"--ours-set wants KEY=VALUE, got {item!r}")
-        overrides.append((key.strip(), parse_value(value)))
+        overrides["ours"].append((key.strip(), parse_value(value)))
+    variants: dict[str, list] = {}
+    for item in args.ours_variant:
+        label, sep, rest = item.partition(":")
+        key, sep2, value = rest.partition("=")
+        if not (sep and sep2 and label and key):
+            parser.error(f"--ours-variant wants LABEL:KEY=VALUE, got {item!r}")
+        variants.setdefault(f"ours:{label.strip()}", list(overrides["ours"])).append((key.strip(), parse_value(value)))
 
     import logging
 
@@ -437,7 +456,7 @@ def main() -> None:
     max_seq_length = args.max_seq_length or (min(args.words[1] + 2, benchlib.MAX_POSITIONS) if word_level else 256)
     runs_needed = max(args.warmup + args.steps, 1 + args.profile_steps)
     rows = args.rows or max(2000, args.batch * (runs_needed + 1))
-    sides = ["theirs", "ours"] if args.sides == "both" else [args.sides]
+    sides = (["theirs"] if args.sides != "ours" else []) + (["ours"] if args.sides != "theirs" else [])
     variant = f"words{args.words[0]}-{args.words[1]}"
     stem = f"{args.model}-{args.device}-{variant}" + (f"-{args.label}" if args.label else "")
 
@@ -462,26 +481,48 @@ def main() -> None:
         ctx = {"args": args, "tmp": tmp, "data": data, "hf_cache": tmp / "hf-cache", "model_path": model_path,
                "ours_model": ours_model, "dims": dims, "max_seq_length": max_seq_length, "precision": precision,
                "overrides": overrides, "data_meter": data_meter, "stem": stem}
-        if "ours" in sides:  # a bad --ours-set fails here, before anything is timed
+        invalid = {}
+        if "ours" in sides:  # a bad --ours-set fails here, before anything is timed; a bad variant is skipped
             from matryoshka_train.config import validate
             from matryoshka_train.errors import UserError
 
             try:
-                validate(ours_config(ctx, 1, tmp / "check"))
+                validate(ours_config(ctx, 1, tmp / "check", overrides["ours"]))
             except UserError as exc:
                 print(f"our config with {args.ours_set} is not valid:\n{exc}", file=sys.stderr)
                 sys.exit(2)
+            for side, keys in variants.items():
+                try:
+                    validate(ours_config(ctx, 1, tmp / "check", keys))
+                except UserError as exc:
+                    invalid[side] = str(exc)
+                    print(f"skipping {side}: its config is not valid: {exc}", file=sys.stderr)
+                    continue
+                overrides[side] = keys
+                sides.append(side)
+                runs[side] = []
+        failed: dict[str, str] = {}
         seen_shapes: set = set()
         position = 0
         for repeat in range(args.repeats):
             order = sides if (repeat % 2 == 0) == (args.first == "theirs") else sides[::-1]
             for side in order:
-                result = timed_run(side, ctx, repeat, position, seen_shapes)
+                if side in failed or (side.startswith("ours:") and repeat >= (args.variant_repeats or args.repeats)):
+                    continue
+                try:
+                    result = timed_run(side, ctx, repeat, position, seen_shapes)
+                except Exception as exc:
+                    if not side.startswith("ours:"):
+                        raise
+                    failed[side] = f"{type(exc).__name__}: {exc}"  # a variant's failure must not lose the others
+                    print(f"{side} failed: {failed[side]}", file=sys.stderr, flush=True)
+                    continue
                 position += 1
                 runs[side].append(result)
                 print(describe(result), flush=True)
         if args.profile_steps > 0:
-            for side in sides:
+            wanted = sides if args.profile_sides == "all" else [s.strip() for s in args.profile_sides.split(",")]
+            for side in [s for s in sides if s in wanted and s not in failed]:
                 profiles[side] = profile_run(side, ctx)
                 p = profiles[side]
                 print(f"{side:>6} profiled {p['steps']} steps: {p.get('aten_ops_per_step', 0):.0f} aten ops/step, "
@@ -500,6 +541,7 @@ def main() -> None:
 
     summary = {side: summarize(r) for side, r in runs.items()}
     ratio = ratios(summary)
+    variant_ratios = {side: ratios(summary, side) for side in runs if side.startswith("ours:")}
     if ratio:
         main_ratio = ratio.get("warm") or ratio["first"]
         which = f"warm runs: median of runs 2..{args.repeats}" if "warm" in ratio else "one run each"
@@ -508,6 +550,9 @@ def main() -> None:
         if "warm" in ratio:
             print(f"first run:   {ratio['first']['samples_per_s']:.2f}x samples/s, "
                   f"{ratio['first']['real_tokens_per_s']:.2f}x real tokens/s")
+    for side, r in variant_ratios.items():
+        if r:
+            print(f"{side}/theirs: " + ", ".join(f"{which} {v['samples_per_s']:.2f}x samples/s" for which, v in r.items()))
     print(f"loss equality on one batch: plain {check['loss_plain']:.6f} vs sorted chunks {check['loss_sorted_chunks']:.6f}"
           f" (|diff| {check['loss_abs_diff']:.2e}); gradients relative diff {check['grad_rel_diff']:.2e}"
           f" -> {'PASS' if check['passed'] else 'FAIL'}")
@@ -521,7 +566,7 @@ def main() -> None:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings.update({"steps": args.warmup + args.steps, "timed_steps": args.steps, "rows": rows,
                      "max_seq_length": max_seq_length, "precision_resolved": precision, "dims": ctx["dims"],
-                     "ours_overrides": [[k, v] for k, v in overrides]})
+                     "ours_overrides": {side: [[k, v] for k, v in keys] for side, keys in overrides.items()}})
     record = {
         "benchmark": "train", "variant": variant, "model": args.model, "device": args.device, "label": args.label,
         "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -531,7 +576,8 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "sentence_transformers": sentence_transformers.__version__},
         "settings": settings,
-        "runs": runs, "summary": summary, "ratios": ratio,
+        "runs": runs, "summary": summary, "ratios": ratio, "variant_ratios": variant_ratios,
+        "variants_invalid": invalid, "variants_failed": failed,
         "ratio_samples_per_s": (ratio.get("warm") or ratio.get("first") or {}).get("samples_per_s"),
         "ratio_real_tokens_per_s": (ratio.get("warm") or ratio.get("first") or {}).get("real_tokens_per_s"),
         "profile": profiles or None, "loss_equality": check, "tokenize_once": tokenizing,
