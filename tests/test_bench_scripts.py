@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "scripts" / "bench"
 sys.path.insert(0, str(BENCH))
 
-import benchlib  # noqa: E402
+import benchlib
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Co
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(["bash", str(BENCH / "gpu_suite.sh"), "--smoke", str(out)], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     return out, done
 
 
@@ -80,7 +80,7 @@ def test_train_profile_summary(suite):
     record = _one(out, "train-tiny-cpu-words4-40-long-*.json")
     profiled = record["profile"]
     assert {"theirs", "ours"} <= set(profiled)
-    for side, p in profiled.items():
+    for p in profiled.values():
         assert "profile_error" not in p, p.get("profile_error")
         assert p["steps"] == 1 and len(p["host_step_s"]) == 1
         assert p["aten_ops_per_step"] > p["top_level_aten_ops_per_step"] > 0
@@ -161,3 +161,62 @@ def test_step_clock_and_flops():
     assert benchlib.train_flops(10, 2, 4, real_tokens=3, sum_sq_lengths=5) == 6 * 10 * 3 + 12 * 2 * 4 * 5
     assert benchlib.matryoshka_dims(768) == [768, 512, 256, 128, 64]
     assert benchlib.matryoshka_dims(64) == [64, 32, 16, 8]
+
+
+class _Event:
+    """A stand-in for a kineto event (the CUDA branch of the summary cannot run on a CPU)."""
+
+    def __init__(self, name, start, end, device="CPU", activity="cpu_op", shapes=()):
+        self._v = (name, start, end, device, activity, list(shapes))
+
+    def name(self):
+        return self._v[0]
+
+    def start_ns(self):
+        return self._v[1]
+
+    def end_ns(self):
+        return self._v[2]
+
+    def duration_ns(self):
+        return self._v[2] - self._v[1]
+
+    def device_type(self):
+        return f"DeviceType.{self._v[3]}"
+
+    def activity_type(self):
+        return self._v[4]
+
+    def start_thread_id(self):
+        return 1
+
+    def shapes(self):
+        return self._v[5]
+
+
+def test_summarize_profile_cuda_events():
+    import types
+
+    events = [
+        _Event("aten::linear", 0, 10, shapes=[[4, 8], [8, 8], [8]]),
+        _Event("aten::addmm", 1, 9, shapes=[[8], [4, 8], [8, 8]]),
+        _Event("aten::item", 20, 30),
+        _Event("aten::_local_scalar_dense", 21, 29),
+        _Event("cudaLaunchKernel", 2, 3, activity="cuda_runtime"),
+        _Event("cudaMemcpyAsync", 22, 23, activity="cuda_runtime"),
+        _Event("cudaStreamSynchronize", 23, 28, activity="cuda_runtime"),
+        _Event("cudaDeviceSynchronize", 40, 41, activity="cuda_runtime"),  # the window's own
+        _Event("cudaMalloc", 4, 5, activity="cuda_runtime"),
+        _Event("ampere_sgemm_64x64", 5, 1005, device="CUDA", activity="kernel"),
+        _Event("Memcpy DtoH (Device -> Pageable)", 24, 25, device="CUDA", activity="gpu_memcpy"),
+        _Event("collate", 50, 60, device="CUDA", activity="gpu_user_annotation"),
+    ]
+    prof = types.SimpleNamespace(profiler=types.SimpleNamespace(kineto_results=types.SimpleNamespace(events=lambda: events)))
+    s = benchlib.summarize_profile(prof, steps=1, own_device_syncs=1)
+    assert s["kernels_per_step"] == 1 and s["kernel_time_s_per_step"] == 1000 / 1e9
+    assert s["memcpy_dtoh_per_step"] == 1 and s["kernel_launches_per_step"] == 1
+    assert s["runtime_sync_calls_per_step"] == {"cudaStreamSynchronize": 1}
+    assert s["host_device_syncs_per_step"] == 1 and s["local_scalar_dense_per_step"] == 1
+    assert s["runtime_alloc_calls_per_step"] == {"cudaMalloc": 1}
+    assert s["top_level_aten_ops_per_step"] == 2 and s["aten_ops_per_step"] == 4
+    assert s["distinct_gemm_shapes"] == 2

@@ -439,6 +439,10 @@ def summarize_profile(prof: Any, steps: int, own_device_syncs: int = 0) -> dict[
     runtime: collections.Counter = collections.Counter()
     for e in events:
         name = e.name()
+        activity = _activity(e)
+        if activity in ("cuda_runtime", "cuda_driver") or (not activity and _on_cpu(e) and name.startswith("cu")):
+            runtime[name] += 1  # CUDA runtime / driver calls, made by the host
+            continue
         if not _on_cpu(e):
             if "CUDA" in str(e.device_type()):
                 device_events.append(e)
@@ -453,8 +457,6 @@ def summarize_profile(prof: Any, steps: int, own_device_syncs: int = 0) -> dict[
                 wait_ns += e.duration_ns()
         elif name.startswith("aten::"):
             cpu_ops.append(e)
-        elif name.startswith("cu"):  # CUDA runtime / driver calls
-            runtime[name] += 1
 
     def within(e: Any, ranges: dict[int, list[tuple[int, int]]]) -> bool:
         start = e.start_ns()
@@ -473,6 +475,8 @@ def summarize_profile(prof: Any, steps: int, own_device_syncs: int = 0) -> dict[
                 top_level[e.name()] += 1
                 open_until = e.end_ns()
 
+    in_data_ops = sum(1 for e in cpu_ops if within(e, data_ranges))
+    in_optimizer_ops = sum(1 for e in cpu_ops if within(e, optim_ranges))
     sync_ops: collections.Counter = collections.Counter()
     sync_ops_in_data: collections.Counter = collections.Counter()
     sync_ops_in_optimizer: collections.Counter = collections.Counter()
@@ -495,6 +499,9 @@ def summarize_profile(prof: Any, steps: int, own_device_syncs: int = 0) -> dict[
         "aten_ops_per_step": len(cpu_ops) / steps,
         "top_level_aten_ops_per_step": sum(top_level.values()) / steps,
         "top_level_aten_ops_by_name_per_step": {k: v / steps for k, v in top_level.most_common(20)},
+        "aten_ops_in_data_loading_per_step": in_data_ops / steps,
+        "aten_ops_in_optimizer_step_per_step": in_optimizer_ops / steps,
+        "aten_ops_in_model_and_loss_per_step": (len(cpu_ops) - in_data_ops - in_optimizer_ops) / steps,
         "sync_ops_per_step": sum(sync_ops.values()) / steps,
         "local_scalar_dense_per_step": sync_ops.get("aten::_local_scalar_dense", 0) / steps,
         "sync_ops_by_name_per_step": {k: v / steps for k, v in sorted(sync_ops.items())},
@@ -582,6 +589,26 @@ class ProfileWindow:
             summary["trace"] = str(self.trace)
         self.summary = summary
         self.prof = None
+
+
+def code_version(repo: Path) -> dict[str, Any]:
+    """Which matryoshka_train the figures are of: its directory, the git commit and the files changed
+    since (empty when the tree is clean; None where there is no git)."""
+    import subprocess
+
+    import matryoshka_train
+
+    out: dict[str, Any] = {"matryoshka_train": str(Path(matryoshka_train.__file__).parent)}
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20,
+                                  check=True).stdout.strip()
+
+        out["commit"] = git("rev-parse", "HEAD")
+        out["changed"] = git("status", "--porcelain", "--", "matryoshka_train", "scripts/bench").splitlines()
+    except Exception:  # noqa: BLE001 - no git (a copied tree): the directory says enough
+        out["commit"] = out["changed"] = None
+    return out
 
 
 def median(values: list[float]) -> float | None:

@@ -64,7 +64,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib  # noqa: E402  (needs the path above)
+import benchlib  # needs the path above
 
 PROFILES = {
     "bert-base": {"model": "bert-base", "batch": 64, "columns": 3, "min_len": 16, "max_len": 510, "cached": False},
@@ -232,11 +232,7 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
                      if patched is not None else None),
         "profile": window.summary if window is not None else None,
     }
-    del model, optimizer, loss, inner, feats
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
-    return result
+    return result  # the model, optimizer and batches go with this frame; the caller frees the memory
 
 
 def main() -> None:
@@ -285,6 +281,9 @@ def main() -> None:
         setup_s = time.perf_counter() - began
         for variant in variants:
             r = profile_variant(p, args, variant, Path(tmp) / "hf", batches, device)
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
             runs.append(r)
             mem = f"{r['peak_memory_gib']:.1f} GiB peak" if r["peak_memory_gib"] is not None else "CPU"
             extra = ""
@@ -303,7 +302,7 @@ def main() -> None:
         print("vs plain (real tokens/s): " + ", ".join(f"{r['variant']} {r['vs_plain_real_tokens_per_s']:.2f}x" for r in runs))
     record = {"benchmark": "gpu_profile", "profile": args.profile, "settings": {**p, **{k: (str(v) if isinstance(v, Path) else v)
               for k, v in vars(args).items()}, "model_spec": benchlib.MODELS[p["model"]]},
-              "date": dt.datetime.now().isoformat(timespec="seconds"), "setup_s": setup_s,
+              "date": dt.datetime.now().isoformat(timespec="seconds"), "setup_s": setup_s, "code": benchlib.code_version(REPO),
               "machine": {"platform": platform.platform(), "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
                           "cpus": os.cpu_count()},
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__}, "runs": runs}

