@@ -113,17 +113,24 @@ def install_sorted(model: Any, max_tokens: int, min_tokens: int | None) -> tuple
 
 def host_lengths_context():
     """`mtrain run`'s way of handing the sorted forward each batch's row lengths from the host (so it
-    never reads the device), when this matryoshka_train has it; else a no-op. Returns (context, attach)."""
-    from matryoshka_train import sorted_forward as sf
+    never reads the device: matryoshka_train.host_reads, or sorted_forward in older code), when this
+    matryoshka_train has it; else a no-op. Returns (context, attach)."""
+    import importlib
 
-    if not (hasattr(sf, "host_lengths") and hasattr(sf, "carry_host_lengths") and hasattr(sf, "HOST_LENGTHS")):
-        return contextlib.nullcontext(), None
-    holder = types.SimpleNamespace(data_collator=None, _prepare_inputs=lambda inputs: inputs)
+    for module_name, context_name in (("matryoshka_train.host_reads", "no_host_reads"),
+                                      ("matryoshka_train.sorted_forward", "host_lengths")):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if all(hasattr(module, name) for name in (context_name, "carry_host_lengths", "HOST_LENGTHS")):
+            holder = types.SimpleNamespace(data_collator=None, _prepare_inputs=lambda inputs: inputs)
 
-    def attach(features: dict, lengths: Any) -> dict:
-        return sf.carry_host_lengths({**features, sf.HOST_LENGTHS: {"attention_mask": lengths}})
+            def attach(features: dict, lengths: Any, module: Any = module) -> dict:
+                return module.carry_host_lengths({**features, module.HOST_LENGTHS: {"attention_mask": lengths}})
 
-    return sf.host_lengths(holder), attach
+            return getattr(module, context_name)(holder), attach
+    return contextlib.nullcontext(), None
 
 
 def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, device: str) -> dict:
@@ -228,6 +235,7 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
         "chunking": ({"max_tokens": args.chunk_tokens if variant == "sorted" else args.gpu_chunk_tokens,
                       "min_tokens": args.chunk_min_tokens if variant == "sorted-gpu" else "default",
                       "min_tokens_passed_by": min_via, "host_lengths": attach is not None,
+                      "forwards_without_host_lengths": getattr(patched, "uncarried", None),
                       "pad_share_run": (1 - patched.real_tokens / patched.run_tokens) if patched.run_tokens else None}
                      if patched is not None else None),
         "profile": window.summary if window is not None else None,
