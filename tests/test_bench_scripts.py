@@ -47,6 +47,8 @@ def test_suite_smoke_runs_every_part(suite):
         "train-long", "train-short", "profile-bert", "profile-bert-cached"]
     assert status["skipped"] == ["profile-xlmr"]  # the smoke gives it no budget: the skip path is exercised
     assert "pip freeze" in (out / "env.txt").read_text()
+    summary = (out / "summary.txt").read_text()
+    assert "ours/theirs warm" in summary and "gpu_profile.py tiny batch 8" in summary
 
 
 def test_train_json_first_warm_ratios_and_loss_equality(suite):
@@ -73,6 +75,14 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
         side = f"ours:{label}"
         assert (len(record["runs"].get(side, [])) == 1) or side in record["variants_invalid"] or side in record["variants_failed"]
     assert record["variant_ratios"].get("ours:sorted", {}).get("first") or "ours:sorted" in record["variants_invalid"]
+
+
+def test_train_first_ours_goes_first(suite):
+    out, _ = suite
+    record = _one(out, "train-tiny-cpu-words2-10-short-*.json")
+    assert record["runs"]["ours"][0]["position_in_process"] == 0  # --first ours
+    assert record["runs"]["theirs"][1]["position_in_process"] == 2  # then alternating
+    assert record["complete"] is True and record["failed"] == {}
 
 
 def test_train_profile_summary(suite):

@@ -308,8 +308,9 @@ def main() -> None:
         for r in runs:
             r["vs_plain_real_tokens_per_s"] = r["real_tokens_per_s"] / base["real_tokens_per_s"]
         print("vs plain (real tokens/s): " + ", ".join(f"{r['variant']} {r['vs_plain_real_tokens_per_s']:.2f}x" for r in runs))
-    record = {"benchmark": "gpu_profile", "profile": args.profile, "settings": {**p, **{k: (str(v) if isinstance(v, Path) else v)
-              for k, v in vars(args).items()}, "model_spec": benchlib.MODELS[p["model"]]},
+    settings = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, **p,
+                "model_spec": benchlib.MODELS[p["model"]]}
+    record = {"benchmark": "gpu_profile", "profile": args.profile, "settings": settings,
               "date": dt.datetime.now().isoformat(timespec="seconds"), "setup_s": setup_s, "code": benchlib.code_version(REPO),
               "machine": {"platform": platform.platform(), "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
                           "cpus": os.cpu_count()},

@@ -10,7 +10,8 @@
 #      the wheel install), and exactly this command:
 #          python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; bash scripts/bench/gpu_suite.sh $OUT
 #   3. The figures: $OUT/*.json (raw, one file per part), $OUT/suite.json (which parts ran, failed or
-#      were skipped, and how long each took), $OUT/<part>.log, $OUT/env.txt (nvidia-smi -q, pip freeze).
+#      were skipped, and how long each took), $OUT/<part>.log, $OUT/env.txt (nvidia-smi -q, pip freeze),
+#      $OUT/summary.txt (one screen of the main figures, also printed last).
 #
 # Usage: bash scripts/bench/gpu_suite.sh OUTDIR           # CUDA: the whole suite (bert-base built from a config)
 #        bash scripts/bench/gpu_suite.sh --smoke OUTDIR   # CPU: the same parts on the tiny model, tiny step counts
@@ -120,6 +121,7 @@ json.dump({"parts": parts, "total_s": int(sys.argv[3]), "budget_s": int(sys.argv
            "failed": [p["part"] for p in parts if p["status"] in ("failed", "timeout")],
            "skipped": [p["part"] for p in parts if p["status"] == "skipped"]}, open(sys.argv[2], "w"), indent=2)
 EOF
+timeout -s KILL 30 "$PY" scripts/bench/suite_summary.py "$OUTDIR" || echo "(no summary)"
 echo "== suite done in ${total}s (budget ${BUDGET}s); raw JSON in $OUTDIR"
 ls -la "$OUTDIR"
 if grep -q '"status": "\(failed\|timeout\)"' "$status"; then exit 1; fi

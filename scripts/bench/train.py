@@ -546,7 +546,8 @@ def main() -> None:
         seen_shapes: set = set()
         position = 0
         for repeat in range(args.repeats):
-            order = sides if (repeat % 2 == 0) == (args.first == "theirs") else sides[::-1]
+            base = sorted(sides, key=lambda side: (side.startswith("ours:"), side != args.first))  # --first, the other, variants
+            order = base if repeat % 2 == 0 else base[::-1]
             for side in order:
                 if side in failed or (side.startswith("ours:") and repeat >= (args.variant_repeats or args.repeats)):
                     continue
