@@ -6,7 +6,7 @@
 #      datasets 5.2 and 20 smaller wheels (the list and why: /work/shared/LIBRARY-NOTES.md). Build the
 #      wheel folder (~35 MB, under the 64 MiB that travels) in the repo's git-ignored .whl/:
 #          bash /work/shared/gpu/prepare-wheels.sh .whl
-#   2. `run` with carry [".whl"], timeout_s 560 (the suite stops itself at SUITE_BUDGET_S=450 s plus
+#   2. `run` with carry [".whl"], timeout_s 560 (the suite stops itself at SUITE_BUDGET_S=440 s plus
 #      the wheel install), and exactly this command:
 #          python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; bash scripts/bench/gpu_suite.sh $OUT
 #   3. The figures: $OUT/*.json (raw, one file per part), $OUT/suite.json (which parts ran, failed or
@@ -28,10 +28,15 @@
 #                 sorted-gpu / pad64 forward, tokens/s, MFU, peak memory, 2 profiled steps each
 #   profile-bert-cached  gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250)
 #   profile-xlmr  gpu_profile.py xlmr-large (CachedMNRL, batch 2048), plain and sorted-gpu: only if >= 100 s are left
-# Time estimate (issue #14's H100 figures: ~0.5 s/step plain at batch 128 on 16-256 tokens, 2.2 s/step
-# for ours' first run, ~0.4 s/step at batch 512 on short texts; ~15 s of imports and ~5 s of model
-# building per process, ~5-8 s of set-up per training run, ~15 s per profiled side):
-# train-long ~200 s, train-short ~100 s, profile-bert ~60 s, profile-bert-cached ~70 s: ~430 s.
+# Time estimate (from issue #14's H100 figures: ~0.5 s/step plain at batch 128 on 16-256 tokens, 2.2 s/step
+# in ours' first run, ~0.4 s/step at batch 512 on short texts; plus ~15 s of imports and ~5 s of model
+# building per process, ~5 s of set-up per plain run and ~8 s per `mtrain run`, ~15 s per profiled side):
+#   train-long   7 timed runs x 8 steps (theirs 2 x 9 s, ours 26 + 12 s, 3 variants ~12-20 s each)
+#                + 3 profiles x ~15 s + 25 s start/loss check                          ~170 s (cap 230)
+#   train-short  4 timed runs (~8-12 s each) + 2 profiles + 25 s                       ~100 s (cap 130)
+#   profile-bert 4 variants x (2 s load + 10 steps x 0.2-0.6 s + 3 s profile) + 20 s   ~60 s  (cap 100)
+#   profile-bert-cached 4 variants x (2 s + 6 steps x ~0.6 s + 3 s) + 20 s             ~55 s  (cap 100)
+#   env.txt ~10 s: ~395 s in all, under the 440 s budget; xlmr-large (~100 s) runs only if time is left.
 set -u
 
 smoke=0
@@ -43,7 +48,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE/../.."
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-BUDGET=${SUITE_BUDGET_S:-450}
+BUDGET=${SUITE_BUDGET_S:-440}
 MIN_PART=${MIN_PART_S:-40}
 started=$(date +%s)
 status="$OUTDIR/suite.jsonl"
