@@ -135,8 +135,11 @@ class PretokenizedCollator:
     The token-id columns are also reported as label-like columns (``valid_label_columns``), which
     is what sentence-transformers' samplers leave out when they compare texts."""
 
-    def __init__(self, inner: Any, tokenizer: Any, extra_label_columns: list[str] = ()):
+    def __init__(self, inner: Any, tokenizer: Any, extra_label_columns: list[str] = (),
+                 pad_to_multiple_of: int | None = None, max_width: int | None = None):
         self.inner = inner
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.max_width = max_width  # rounding up never pads past this (the model's max_seq_length)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.pad_type = getattr(tokenizer, "pad_token_type_id", 0) or 0
         self.left = tokenizer.padding_side == "left"
@@ -166,7 +169,7 @@ class PretokenizedCollator:
 
     def pad(self, rows: list[dict[str, Any]], column: str) -> dict[str, Any]:
         ids = [row[_column(column, "input_ids")] for row in rows]
-        width = max(len(x) for x in ids)
+        width = self.width(max(len(x) for x in ids))
         out: dict[str, Any] = {}
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
@@ -186,6 +189,14 @@ class PretokenizedCollator:
         out["attention_mask"] = mask
         out["modality"] = "text"
         return out
+
+    def width(self, longest: int) -> int:
+        """The batch's padded width: its longest row, rounded up to ``pad_to_multiple_of`` if set."""
+        m = self.pad_to_multiple_of
+        if not m:
+            return longest
+        rounded = -(-longest // m) * m
+        return min(rounded, max(longest, self.max_width)) if self.max_width else rounded
 
     def mismatch(self, dataset: Any, model: Any, columns: list[str], rows: int = 64) -> str | None:
         """Compare padding our ids with the model's own preprocessing on the first rows."""

@@ -31,9 +31,11 @@ from .faults import (
     training_faults,
     weights_finite,
 )
+from .host_reads import no_host_reads
 from .losses import LOSSES, build_loss
 from .pretokenize import PretokenizedCollator, pretokenize, token_columns
 from .resume import check_same_run, fast_data_skip, find_checkpoint, resume_command
+from .speed import SpeedPlan, decide
 
 log = logging.getLogger("matryoshka_train")
 
@@ -50,6 +52,7 @@ class Plan:
     evaluator: Any
     precision: str
     batch_sampler: str
+    speed: SpeedPlan
 
 
 def run(
@@ -129,7 +132,7 @@ def run(
         grid_before = plan.evaluator.last_grid
         metrics_log.write({"event": "eval_before", "step": 0, "results": before})
 
-    nan_guard = NanGuard()
+    nan_guard = NanGuard(plan.speed.nan_check)
     preemption = PreemptionGuard()
     trainer = SentenceTransformerTrainer(
         model=plan.model,
@@ -142,8 +145,11 @@ def run(
     )
     nan_guard.attach(trainer)
     if tokenized:
-        trainer.data_collator = PretokenizedCollator(trainer.data_collator, plan.model[0].tokenizer,
-                                                     sorted({c for t in tokenized.values() for c in token_columns(t.dataset)}))
+        trainer.data_collator = PretokenizedCollator(
+            trainer.data_collator, plan.model[0].tokenizer,
+            sorted({c for t in tokenized.values() for c in token_columns(t.dataset)}),
+            pad_to_multiple_of=plan.speed.pad_to_multiple_of, max_width=plan.model.max_seq_length,
+        )
     make_checkpoints_atomic(trainer)
 
     def on_abort() -> None:
@@ -151,10 +157,11 @@ def run(
         if main:
             redact.scrub_tree(out)
 
-    chunked = sorted_forward.install(plan.model, config.training.forward_chunk_tokens) \
-        if config.training.sorted_forward else None
+    chunked = sorted_forward.install(plan.model, config.training.forward_chunk_tokens,
+                                     plan.speed.forward_chunk_min_tokens) if plan.speed.sorted_forward else None
     try:
-        with training_faults(config, trainer, plan.model, out, on_abort=on_abort), preemption.installed(), fast_data_skip():
+        with training_faults(config, trainer, plan.model, out, on_abort=on_abort), preemption.installed(), \
+                fast_data_skip(), no_host_reads(trainer):
             train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     finally:
         sorted_forward.uninstall(plan.model, chunked)
@@ -198,6 +205,7 @@ def run(
         "precision": plan.precision,
         "batch_sampler": plan.batch_sampler,
         "padding": padding_summary(chunked),
+        "speed": plan.speed.summary(),
         "pretokenize": {name: {"seconds": round(t.seconds, 3), "from_cache": t.cached} for name, t in tokenized.items()} or None,
         "world_size": world,
         "resumed_from": str(checkpoint) if checkpoint is not None else None,
@@ -282,7 +290,8 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
         losses = anchor_losses(config, model, losses)
     evaluator = build_evaluator(config, datasets, dims)
     precision = resolve_precision(config.training.precision, torch.cuda.is_available(), echo)
-    return Plan(config, model, dims, datasets, losses, evaluator, precision, resolve_batch_sampler(config))
+    return Plan(config, model, dims, datasets, losses, evaluator, precision, resolve_batch_sampler(config),
+                decide(config.training))
 
 
 def _loss_for(config: RunConfig, index: int, model: Any, dims: list[int]) -> Any:
@@ -387,7 +396,12 @@ def training_arguments(plan: Plan) -> Any:
         "load_best_model_at_end": t.load_best_model_at_end,
         "metric_for_best_model": t.metric_for_best_model,
         "report_to": t.report_to,
-        "dataloader_pin_memory": torch.cuda.is_available(),
+        # no host read of the loss every step: our NanGuard checks it (faults.py), per training.nan_check
+        "logging_nan_inf_filter": False,
+        "dataloader_pin_memory": plan.speed.pin_memory,
+        "dataloader_num_workers": plan.speed.dataloader_num_workers,
+        "dataloader_prefetch_factor": t.dataloader_prefetch_factor,
+        **({"accelerator_config": {"non_blocking": True}} if plan.speed.non_blocking else {}),
         **t.extra,
     }
     if distributed.world_size() > 1:
@@ -414,7 +428,7 @@ def training_datasets(plan: Plan, echo: Callable[[str], None] = print) -> tuple[
     (see :mod:`matryoshka_train.pretokenize`). Returns ``({name: dataset}, {name: Pretokenized})``."""
     datasets = {d.name: d.train for d in plan.datasets}
     tokenized = {}
-    if plan.config.training.pretokenize:
+    if plan.speed.pretokenize:
         for name, dataset in datasets.items():
             done = pretokenize(dataset, plan.model, echo)
             if done is None:
@@ -475,7 +489,7 @@ def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str
             else:
                 lines.append(f"  {dcfg.name}: {local} negatives per anchor ({kinds})"
                              + (" · gather_across_devices on: more with several devices" if lcfg.gather_across_devices else ""))
-    return lines
+    return [*lines, *decide(t).lines(), SpeedPlan.sampler_line(t.batch_sampler, resolve_batch_sampler(config))]
 
 
 def guard_output_dir(out: Path, overwrite: bool) -> None:
@@ -546,6 +560,7 @@ def padding_summary(forward: Any) -> dict[str, Any] | None:
         "padded_tokens_run": forward.run_tokens,
         "pad_share_plain": round(1 - forward.real_tokens / forward.padded_tokens, 4),
         "pad_share_run": round(1 - forward.real_tokens / forward.run_tokens, 4),
+        "forwards_without_host_lengths": forward.uncarried,
     }
 
 
