@@ -137,6 +137,7 @@ def test_summarize_profile_counts_syncs_shapes_and_data_time():
             bool(a.sum() > 0)
     s = benchlib.summarize_profile(prof, steps=2)
     assert s["local_scalar_dense_per_step"] == 3  # two item() and one bool() outside "collate"
+    assert s["host_device_syncs_per_step"] == 3  # bool()'s aten::is_nonzero is not counted twice
     assert s["sync_ops_in_data_loading_per_step"] == {"aten::_local_scalar_dense": 1}
     assert s["distinct_gemm_shapes_by_op"]["aten::mm"] == 2  # (8x16, 16x4) and (4x16, 16x4)
     assert s["gemm_calls_by_op_per_step"]["aten::mm"] == 2

@@ -393,9 +393,10 @@ class ReadbackTally:
                 "top_callers": [{"where": k, "per_step": v / steps} for k, v in self.callers.most_common(12)]}
 
 
-# ops whose result size or value the host needs: each one waits for the device on a GPU
+# ops whose result size or value the host needs: each one waits for the device on a GPU (item(),
+# bool(), int() … all end in _local_scalar_dense, counted once: not their aten::item / is_nonzero too)
 SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
-            "aten::unique_dim", "aten::unique_consecutive", "aten::equal", "aten::is_nonzero")
+            "aten::unique_dim", "aten::unique_consecutive", "aten::equal")
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul",
             "aten::scaled_dot_product_attention")
 GEMM_PREFIXES = ("aten::_scaled_dot_product_", "aten::_flash_attention", "aten::_efficient_attention")
