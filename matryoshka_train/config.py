@@ -275,7 +275,11 @@ class TrainingConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    optim: str = "adamw_torch"
+    optim: str = Field(
+        "auto",
+        description="Optimizer name as transformers knows it (adamw_torch_fused, adamw_torch, adafactor, …). "
+        "'auto': the trainer's own default (adamw_torch_fused with torch >= 2.8), as a plain script gets.",
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="'auto': bf16 where the GPU supports it, else fp32. On CPU always fp32."
     )

@@ -379,7 +379,7 @@ def training_arguments(plan: Plan) -> Any:
         "warmup_steps": float(t.warmup_ratio) if t.warmup_ratio > 0 else 0,
         "weight_decay": t.weight_decay,
         "max_grad_norm": t.max_grad_norm,
-        "optim": t.optim,
+        **({} if t.optim == "auto" else {"optim": t.optim}),
         "bf16": plan.precision == "bf16",
         "fp16": plan.precision == "fp16",
         "batch_sampler": plan.batch_sampler,
