@@ -118,6 +118,8 @@ def test_gpu_profile_json(suite):
     pad64 = next(r for r in record["runs"] if r["variant"] == "pad64")
     plain = next(r for r in record["runs"] if r["variant"] == "plain")
     assert pad64["pad_share"] >= plain["pad_share"]  # wider batches, same real tokens
+    probe = record["shape_probe"]
+    assert len(probe["widths"]) == len(probe["first_pass_s"]) == len(probe["second_pass_s"]) == 4
     cached = _one(out, "gpu-tiny-cached-smoke-cpu-*.json")
     assert cached["settings"]["batch"] == 12 and [r["variant"] for r in cached["runs"]] == ["sorted-gpu"]
 

@@ -243,6 +243,55 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
     return result  # the model, optimizer and batches go with this frame; the caller frees the memory
 
 
+def shape_probe(p: dict, args, hf_dir: Path, device: str) -> dict:
+    """First-use cost of a new input shape: forward + backward of the bare encoder at --shape-probe
+    distinct widths (64 rows each), every width twice in this process. If the first pass is much
+    slower than the second, each new shape pays a one-off (cuBLAS/attention kernel choice, allocator
+    growth): a run whose batches keep bringing new widths (the sorted forward's chunks) pays it every
+    step until the shapes repeat. Synchronises around each call: it measures latency, not throughput."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
+
+    cuda = device == "cuda"
+    spec = benchlib.MODELS[p["model"]]
+    transformer = modules.Transformer(str(hf_dir), max_seq_length=benchlib.MAX_POSITIONS)
+    model = SentenceTransformer(modules=[transformer, modules.Pooling(spec["hidden"], pooling_mode="mean")], device=device)
+    rows = min(p["batch"], 64)
+    low, high = p["min_len"] + 2, p["max_len"] + 2
+    count = min(args.shape_probe, high - low + 1)
+    widths = sorted({low + round(i * (high - low) / max(count - 1, 1)) for i in range(count)})
+    generator = torch.Generator().manual_seed(args.seed)
+
+    def call(width: int) -> float:
+        ids = torch.randint(4, benchlib.WORDS_IN_TOKENIZER, (rows, width), generator=generator)
+        features = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+        if cuda:
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cuda):
+            out = model(features)["sentence_embedding"].float().pow(2).mean()
+        out.backward()
+        model.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - began
+
+    call(widths[0])  # the model's own first call is not a shape's cost
+    passes, allocs = [], []
+    for _ in range(2):
+        before = benchlib.cuda_memory_counters() if cuda else None
+        passes.append([call(w) for w in widths])
+        if cuda:
+            after = benchlib.cuda_memory_counters()
+            allocs.append({k: after[k] - before[k] for k in ("num_device_alloc", "num_alloc_retries")})
+    first, second = passes
+    return {"rows": rows, "widths": widths, "first_pass_s": [round(x, 5) for x in first],
+            "second_pass_s": [round(x, 5) for x in second], "first_pass_total_s": sum(first),
+            "second_pass_total_s": sum(second), "first_over_second": sum(first) / max(sum(second), 1e-9),
+            "allocator_per_pass": allocs or None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="bert-base")
@@ -251,6 +300,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     parser.add_argument("--profile-steps", type=int, default=0, help="profiled steps per variant after the timed ones")
     parser.add_argument("--batch", type=int, default=None, help="override the profile's batch size")
+    parser.add_argument("--shape-probe", type=int, default=0, metavar="N",
+                        help="also time forward+backward at N distinct widths, twice each (first-use cost of a shape)")
     parser.add_argument("--mini-batch", type=int, default=64, help="CachedMNRL mini-batch (the -cached profiles, xlmr-large)")
     parser.add_argument("--chunk-tokens", type=int, default=8192, help="sorted: most padded tokens per chunk (the config default)")
     parser.add_argument("--gpu-chunk-tokens", type=int, default=65536, help="sorted-gpu: most padded tokens per chunk")
@@ -303,6 +354,12 @@ def main() -> None:
             print(f"{args.profile} {variant}: {r['real_tokens_per_s']:,.0f} real tokens/s, {r['samples_per_s']:.1f} samples/s, "
                   f"{r['model_tflops_per_s']:.1f} TFLOP/s, MFU {100 * r['mfu']:.1f}%, {mem}, "
                   f"median step {r['median_step_s']:.3f}s, warm-up {r['warmup_s']:.1f}s{extra}", flush=True)
+        probe = None
+        if args.shape_probe:
+            probe = shape_probe(p, args, Path(tmp) / "hf", device)
+            gc.collect()
+            print(f"shape probe: {len(probe['widths'])} widths x {probe['rows']} rows, first pass {probe['first_pass_total_s']:.2f}s, "
+                  f"second {probe['second_pass_total_s']:.2f}s ({probe['first_over_second']:.2f}x)", flush=True)
     base = next((r for r in runs if r["variant"] == "plain"), None)
     if base is not None:
         for r in runs:
@@ -314,7 +371,8 @@ def main() -> None:
               "date": dt.datetime.now().isoformat(timespec="seconds"), "setup_s": setup_s, "code": benchlib.code_version(REPO),
               "machine": {"platform": platform.platform(), "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
                           "cpus": os.cpu_count()},
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__}, "runs": runs}
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__}, "runs": runs,
+              "shape_probe": probe}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"gpu-{args.profile}{'-' + args.label if args.label else ''}-{device}-{dt.date.today().isoformat()}.json"
     path.write_text(json.dumps(record, indent=2))

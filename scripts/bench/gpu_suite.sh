@@ -25,7 +25,8 @@
 #                 optimizer, ours defaults to adamw_torch); profiles of theirs, ours and the sorted variant (3 steps)
 #   train-short   train.py, 5-40 tokens, batch 512, ours first in the process, profiles (3 steps)
 #   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): plain / sorted /
-#                 sorted-gpu / pad64 forward, tokens/s, MFU, peak memory, 2 profiled steps each
+#                 sorted-gpu / pad64 forward, tokens/s, MFU, peak memory, 2 profiled steps each; then a
+#                 shape probe: forward+backward at 24 distinct widths, each twice (the first-use cost of a shape)
 #   profile-bert-cached  gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250)
 #   profile-xlmr  gpu_profile.py xlmr-large (CachedMNRL, batch 2048), plain and sorted-gpu: only if >= 100 s are left
 # Time estimate (from issue #14's H100 figures: ~0.5 s/step plain at batch 128 on 16-256 tokens, 2.2 s/step
@@ -59,7 +60,7 @@ if [ $smoke = 1 ]; then
   DEV=cpu; MODEL=tiny; PROFILE=tiny
   LONG=(--words 4 40 --batch 8 --steps 2 --warmup 1 --repeats 2 --profile-steps 1)
   SHORT=(--words 2 10 --batch 16 --steps 2 --warmup 1 --repeats 2)
-  GPROF=(--steps 1 --warmup 1 --profile-steps 1)
+  GPROF=(--steps 1 --warmup 1 --profile-steps 1 --shape-probe 4)
   CACHED=(--profile tiny --batch 12 --steps 1 --warmup 0 --variants sorted-gpu --label cached-smoke)
   XLMR=(--profile tiny --steps 1 --warmup 0 --variants plain --label xlmr-smoke)
   MIN_PART=${MIN_PART_S:-5}; XLMR_MIN=100000  # always skipped: exercises the budget check
@@ -67,7 +68,7 @@ else
   DEV=cuda; MODEL=bert-base; PROFILE=bert-base
   LONG=(--words 16 256 --batch 128 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
   SHORT=(--words 5 40 --batch 512 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
-  GPROF=(--steps 6 --warmup 2 --profile-steps 2)
+  GPROF=(--steps 6 --warmup 2 --profile-steps 2 --shape-probe 24)
   CACHED=(--profile bert-base-cached --steps 4 --warmup 1 --profile-steps 1)
   XLMR=(--profile xlmr-large --steps 2 --warmup 1 --variants plain,sorted-gpu)
   XLMR_MIN=100  # ~15 s imports, ~15 s building 560M parameters, 2 variants x 3 steps of ~5 s, loads

@@ -67,6 +67,10 @@ def profile_lines(record: dict) -> list[str]:
                      f"  vs plain {_f(r.get('vs_plain_real_tokens_per_s'))}x"
                      + (f"  syncs/step {_f(p.get('host_device_syncs_per_step'), '.1f')} kernels/step {_f(p.get('kernels_per_step'), '.0f')}"
                         f" GEMM shapes {p.get('distinct_gemm_shapes')}" if p else ""))
+    probe = record.get("shape_probe")
+    if probe:
+        lines.append(f"  shape probe: {len(probe['widths'])} widths x {probe['rows']} rows: first pass {probe['first_pass_total_s']:.2f}s,"
+                     f" second {probe['second_pass_total_s']:.2f}s ({probe['first_over_second']:.2f}x); allocator {probe.get('allocator_per_pass')}")
     return lines
 
 
