@@ -71,7 +71,7 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     for which in ("first", "warm"):
         assert record["ratios"][which]["samples_per_s"] > 0
     # each variant ran once, or says why not (a config key the installed matryoshka_train lacks)
-    for label in ("sorted", "pad64", "fused_adamw"):
+    for label in ("sorted", "pad64", "nan_every_step", "foreach_adamw"):
         side = f"ours:{label}"
         assert (len(record["runs"].get(side, [])) == 1) or side in record["variants_invalid"] or side in record["variants_failed"]
     assert record["variant_ratios"].get("ours:sorted", {}).get("first") or "ours:sorted" in record["variants_invalid"]

@@ -19,6 +19,12 @@ words of about one word piece each); bert-base / tiny = random-weight encoders b
 transformers config with a word-level tokenizer built here (no hub; a word is one token), saved as a
 sentence-transformers directory that our config points at.
 
+Variants of ours: --ours-set KEY=VALUE changes our config (dotted keys, YAML values); each
+--ours-variant LABEL:KEY=VALUE adds a side "ours:LABEL" timed in the same process after theirs and
+ours (--variant-repeats of them; a variant whose config does not validate is reported and skipped).
+One side failing does not lose the others: the JSON is rewritten after every run (exit status 3 if
+theirs or ours failed).
+
 It then checks that our speed-up does not change what is computed: one batch goes through the
 plain forward and through the sorted-chunk forward on the chosen device, and the loss values and
 gradients must match to float tolerance (dropout off for both). Exit status 1 if they do not.
@@ -33,6 +39,8 @@ kernel count and kernel time. --trace-dir also writes the chrome traces.
     python scripts/bench/train.py --words 5 30 --steps 6   # short texts: little padding to save
     python scripts/bench/train.py --device cuda --model bert-base --words 16 256 --batch 128 --profile-steps 3
     python scripts/bench/train.py --model tiny --sides ours --ours-set training.sorted_forward=false --label plain
+    python scripts/bench/train.py --model tiny --profile-steps 3 --ours-variant gpu:training.sorted_forward=false \
+        --ours-variant gpu:training.nan_check=logging_steps       # our GPU choices, timed and profiled here
 
 Raw figures go to scripts/bench/results/train-<model>-<device>-words<a>-<b>[-label]-<date>.json.
 """
