@@ -16,12 +16,14 @@ call does not), it says so and training tokenizes per batch as before.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .sorted_forward import first_transformer
@@ -168,25 +170,26 @@ class PretokenizedCollator:
         return batch
 
     def pad(self, rows: list[dict[str, Any]], column: str) -> dict[str, Any]:
+        """One column of a batch as the tokenizer would pad it, built with array operations (no
+        per-row tensor work: this runs for every batch, in the training process)."""
         ids = [row[_column(column, "input_ids")] for row in rows]
-        width = self.width(max(len(x) for x in ids))
-        out: dict[str, Any] = {}
-        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        types = None
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        width = self.width(int(lengths.max()) if len(ids) else 0)
+        positions = np.arange(width)
+        if self.left:
+            filled = positions[None, :] >= (width - lengths)[:, None]
+        else:
+            filled = positions[None, :] < lengths[:, None]
+
+        def padded(values: list[list[int]], fill: int) -> torch.Tensor:
+            out = np.full((len(values), width), fill, dtype=np.int64)
+            out[filled] = np.fromiter(itertools.chain.from_iterable(values), dtype=np.int64, count=int(lengths.sum()))
+            return torch.from_numpy(out)
+
+        out: dict[str, Any] = {"input_ids": padded(ids, self.pad_id)}
         if _column(column, "token_type_ids") in rows[0]:
-            types = torch.full((len(ids), width), self.pad_type, dtype=torch.long)
-        for i, row_ids in enumerate(ids):
-            n = len(row_ids)
-            where = slice(width - n, width) if self.left else slice(0, n)
-            input_ids[i, where] = torch.tensor(row_ids, dtype=torch.long)
-            mask[i, where] = 1
-            if types is not None:
-                types[i, where] = torch.tensor(rows[i][_column(column, "token_type_ids")], dtype=torch.long)
-        out["input_ids"] = input_ids
-        if types is not None:
-            out["token_type_ids"] = types
-        out["attention_mask"] = mask
+            out["token_type_ids"] = padded([row[_column(column, "token_type_ids")] for row in rows], self.pad_type)
+        out["attention_mask"] = torch.from_numpy(filled.astype(np.int64))
         out["modality"] = "text"
         return out
 

@@ -241,3 +241,24 @@ def test_the_sdpa_mask_check_never_reads_a_device_mask():
     patched = _mask_kept_without_reading(original)
     assert patched(device_mask, 7) is False
     assert patched(torch.ones(2, 3, dtype=torch.bool), 3) == original(torch.ones(2, 3, dtype=torch.bool), 3)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_vectorised_padding_equals_the_tokenizers_own(tiny_model_dir, side):
+    """The collator pads with array operations; it must give exactly the tokenizer's batch output."""
+    from sentence_transformers import SentenceTransformer
+
+    from matryoshka_train.pretokenize import PretokenizedCollator
+
+    tokenizer = SentenceTransformer(str(tiny_model_dir), device="cpu").tokenizer
+    tokenizer.padding_side = side
+    texts = ["alpha beta", "a much longer text with many more words than the others", "x", "gamma delta epsilon"]
+    rows = []
+    for text in texts:
+        encoded = tokenizer(text)
+        rows.append({f"__tok__t__{k}": encoded[k] for k in ("input_ids", "token_type_ids") if k in encoded})
+    ours = PretokenizedCollator(None, tokenizer).pad(rows, "t")
+    theirs = tokenizer(texts, padding=True, return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        if key in theirs:
+            assert torch.equal(ours[key], theirs[key]), key
