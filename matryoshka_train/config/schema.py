@@ -269,7 +269,11 @@ class TrainingConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    optim: str = "adamw_torch"
+    optim: str = Field(
+        "auto",
+        description="Optimizer name as transformers knows it (adamw_torch_fused, adamw_torch, adafactor, …). "
+        "'auto': the trainer's own default (adamw_torch_fused with torch >= 2.8), as a plain script gets.",
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="'auto': bf16 where the GPU supports it, else fp32. On CPU always fp32."
     )
@@ -299,18 +303,43 @@ class TrainingConfig(Section):
         le=1,
         description="Layer i of L gets learning_rate × decay^(L−i); embeddings decay^(L+1). null: one rate.",
     )
-    sorted_forward: bool = Field(
-        True,
+    sorted_forward: bool | Literal["auto"] = Field(
+        "auto",
         description="Run each forward pass over length-sorted chunks, each trimmed to its own longest text: "
-        "far less compute on padding, the same loss up to float rounding. Transformer models only.",
+        "far less compute on padding, the same loss up to float rounding. Transformer models only. "
+        "'auto': on where measured faster (CPU), off on GPUs (`mtrain check` says why).",
     )
-    pretokenize: bool = Field(
-        True,
+    pretokenize: bool | Literal["auto"] = Field(
+        "auto",
         description="Tokenize the training texts once before training (datasets.map, cached with the data) "
-        "instead of in every batch; checked against the model's own preprocessing, else skipped.",
+        "instead of in every batch; checked against the model's own preprocessing, else skipped. 'auto': on.",
     )
     forward_chunk_tokens: int = Field(
         8192, ge=64, description="Most padded tokens (rows × width) in one chunk of the sorted forward pass."
+    )
+    forward_chunk_min_tokens: int | Literal["auto"] = Field(
+        "auto",
+        description="Fewest padded tokens in one chunk of the sorted forward pass before it may close "
+        "(smaller chunks cost more in per-call overhead than the padding they save). 'auto': 1024.",
+    )
+    pad_to_multiple_of: int | None | Literal["auto"] = Field(
+        "auto",
+        description="Pad each batch's token width up to a multiple of this (fewer distinct shapes, "
+        "tensor-core friendly widths); pre-tokenized data only. 'auto': off until measured faster.",
+    )
+    nan_check: Literal["auto", "every_step", "logging_steps"] = Field(
+        "auto",
+        description="When the NaN/inf guard reads the loss on the host. every_step: the bad step's update "
+        "is dropped (a host sync each step); logging_steps: read on logging and save steps only, no "
+        "sync in between. 'auto': every_step on CPU, logging_steps on GPUs.",
+    )
+    dataloader_num_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader worker processes that collate batches ahead of training. 'auto': 0 "
+        "(not yet measured faster on any device).",
+    )
+    dataloader_prefetch_factor: int | None = Field(
+        None, gt=0, description="Batches each DataLoader worker prepares ahead (needs dataloader_num_workers > 0)."
     )
     extra: dict[str, Any] = Field(
         default_factory=dict,

@@ -16,6 +16,7 @@ call does not), it says so and training tokenizes per batch as before.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Value
 from sentence_transformers.base.data_collator import (
@@ -141,8 +143,11 @@ class PretokenizedCollator:
     The token-id columns are also reported as label-like columns (``valid_label_columns``), which
     is what sentence-transformers' samplers leave out when they compare texts."""
 
-    def __init__(self, inner: Any, tokenizer: Any, extra_label_columns: list[str] = ()):
+    def __init__(self, inner: Any, tokenizer: Any, extra_label_columns: list[str] = (),
+                 pad_to_multiple_of: int | None = None, max_width: int | None = None):
         self.inner = inner
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.max_width = max_width  # rounding up never pads past this (the model's max_seq_length)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.pad_type = getattr(tokenizer, "pad_token_type_id", 0) or 0
         self.left = tokenizer.padding_side == "left"
@@ -171,27 +176,36 @@ class PretokenizedCollator:
         return batch
 
     def pad(self, rows: list[dict[str, Any]], column: str) -> dict[str, Any]:
+        """One column of a batch as the tokenizer would pad it, built with array operations (no
+        per-row tensor work: this runs for every batch, in the training process)."""
         ids = [row[_column(column, "input_ids")] for row in rows]
-        width = max(len(x) for x in ids)
-        out: dict[str, Any] = {}
-        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        types = None
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        width = self.width(int(lengths.max()) if len(ids) else 0)
+        positions = np.arange(width)
+        if self.left:
+            filled = positions[None, :] >= (width - lengths)[:, None]
+        else:
+            filled = positions[None, :] < lengths[:, None]
+
+        def padded(values: list[list[int]], fill: int) -> torch.Tensor:
+            out = np.full((len(values), width), fill, dtype=np.int64)
+            out[filled] = np.fromiter(itertools.chain.from_iterable(values), dtype=np.int64, count=int(lengths.sum()))
+            return torch.from_numpy(out)
+
+        out: dict[str, Any] = {"input_ids": padded(ids, self.pad_id)}
         if _column(column, "token_type_ids") in rows[0]:
-            types = torch.full((len(ids), width), self.pad_type, dtype=torch.long)
-        for i, row_ids in enumerate(ids):
-            n = len(row_ids)
-            where = slice(width - n, width) if self.left else slice(0, n)
-            input_ids[i, where] = torch.tensor(row_ids, dtype=torch.long)
-            mask[i, where] = 1
-            if types is not None:
-                types[i, where] = torch.tensor(rows[i][_column(column, "token_type_ids")], dtype=torch.long)
-        out["input_ids"] = input_ids
-        if types is not None:
-            out["token_type_ids"] = types
-        out["attention_mask"] = mask
+            out["token_type_ids"] = padded([row[_column(column, "token_type_ids")] for row in rows], self.pad_type)
+        out["attention_mask"] = torch.from_numpy(filled.astype(np.int64))
         out["modality"] = "text"
         return out
+
+    def width(self, longest: int) -> int:
+        """The batch's padded width: its longest row, rounded up to ``pad_to_multiple_of`` if set."""
+        m = self.pad_to_multiple_of
+        if not m:
+            return longest
+        rounded = -(-longest // m) * m
+        return min(rounded, max(longest, self.max_width)) if self.max_width else rounded
 
     def mismatch(self, dataset: Any, model: Any, columns: list[str], rows: int = 64) -> str | None:
         """Compare padding our ids with the model's own preprocessing on the first rows."""

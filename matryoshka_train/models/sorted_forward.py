@@ -22,9 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from sentence_transformers.sentence_transformer.modules import Transformer
 from torch import Tensor
+
+from .host_reads import HOST_LENGTHS_ATTR, row_lengths
 
 # keys whose second axis is the token axis, in the model's inputs and outputs
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "token_embeddings")
@@ -57,23 +60,27 @@ def plan_chunks(
 class SortedChunkForward:
     """``model.forward`` over length-sorted, individually trimmed chunks (see the module docstring)."""
 
-    def __init__(self, forward: Callable[..., dict[str, Any]], max_tokens: int = 8192, min_saving: float = 0.1):
+    def __init__(self, forward: Callable[..., dict[str, Any]], max_tokens: int = 8192, min_saving: float = 0.1,
+                 min_tokens: int = 1024):
         self.forward = forward
         self.max_tokens = max_tokens
+        self.min_tokens = min_tokens
         self.min_saving = min_saving
         self.padded_tokens = 0  # what the plain forward would have run (rows x width), summed
         self.run_tokens = 0  # what was run instead
         self.real_tokens = 0
+        self.uncarried = 0  # forwards whose mask came without host lengths: on a GPU each is a device read
 
     def __call__(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         mask = features.get("attention_mask") if isinstance(features, dict) else None
         if not isinstance(mask, Tensor) or mask.ndim != 2 or "cu_seq_lens_q" in features:
             return self.forward(features, **kwargs)
         rows, width = mask.shape
-        lengths = mask.sum(dim=1)
-        order = torch.argsort(lengths, descending=True, stable=True)
-        sorted_lengths = lengths[order].tolist()
-        chunks = plan_chunks(sorted_lengths, self.max_tokens)
+        self.uncarried += getattr(mask, HOST_LENGTHS_ATTR, None) is None
+        lengths = row_lengths(mask)  # on the host: read there before the batch moved, never waited for
+        order_host = np.argsort(-lengths, kind="stable")
+        sorted_lengths = lengths[order_host].tolist()
+        chunks = plan_chunks(sorted_lengths, self.max_tokens, self.min_tokens)
         run = sum((end - start) * max(sorted_lengths[start], 1) for start, end in chunks)
         self.padded_tokens += rows * width
         self.real_tokens += int(sum(sorted_lengths))
@@ -86,12 +93,14 @@ class SortedChunkForward:
                 return _into(features, output)
             return self.forward(features, **kwargs)
         self.run_tokens += run
+        order = torch.from_numpy(order_host).to(mask.device, non_blocking=True)
         outputs = []
         for start, end in chunks:
             index = order[start:end]
             outputs.append(self.forward(_take(features, index, max(sorted_lengths[start], 1), rows, width), **kwargs))
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(rows, device=order.device)
+        inverse_host = np.empty_like(order_host)
+        inverse_host[order_host] = np.arange(rows)
+        inverse = torch.from_numpy(inverse_host).to(mask.device, non_blocking=True)
         return _into(features, _merge(outputs, [end - start for start, end in chunks], inverse, width, rows))
 
     @property
@@ -156,13 +165,13 @@ def _merge(outputs: list[dict[str, Any]], sizes: list[int], inverse: Tensor, wid
     return merged
 
 
-def install(model: Any, max_tokens: int) -> SortedChunkForward | None:
+def install(model: Any, max_tokens: int, min_tokens: int = 1024) -> SortedChunkForward | None:
     """Give ``model`` (this one instance) the sorted-chunk forward and return it (its counters say
     how much padding was saved); ``uninstall`` undoes it. Only models whose first module is a
     transformer encoder qualify; for anything else nothing changes and None is returned."""
     if first_transformer(model) is None:
         return None
-    patched = SortedChunkForward(model.forward, max_tokens)
+    patched = SortedChunkForward(model.forward, max_tokens, min_tokens=min_tokens)
     model.forward = patched
     return patched
 

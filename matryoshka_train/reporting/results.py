@@ -49,6 +49,7 @@ def padding_summary(forward: Any) -> dict[str, Any] | None:
         "padded_tokens_run": forward.run_tokens,
         "pad_share_plain": round(1 - forward.real_tokens / forward.padded_tokens, 4),
         "pad_share_run": round(1 - forward.real_tokens / forward.run_tokens, 4),
+        "forwards_without_host_lengths": forward.uncarried,
     }
 
 

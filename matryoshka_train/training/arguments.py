@@ -29,7 +29,7 @@ def training_arguments(plan: Plan) -> Any:
         "warmup_steps": float(t.warmup_ratio) if t.warmup_ratio > 0 else 0,
         "weight_decay": t.weight_decay,
         "max_grad_norm": t.max_grad_norm,
-        "optim": t.optim,
+        **({} if t.optim == "auto" else {"optim": t.optim}),
         "bf16": plan.precision == "bf16",
         "fp16": plan.precision == "fp16",
         "batch_sampler": plan.batch_sampler,
@@ -46,7 +46,12 @@ def training_arguments(plan: Plan) -> Any:
         "load_best_model_at_end": t.load_best_model_at_end,
         "metric_for_best_model": t.metric_for_best_model,
         "report_to": t.report_to,
-        "dataloader_pin_memory": torch.cuda.is_available(),
+        # no host read of the loss every step: our NanGuard checks it (faults.py), per training.nan_check
+        "logging_nan_inf_filter": False,
+        "dataloader_pin_memory": plan.speed.pin_memory,
+        "dataloader_num_workers": plan.speed.dataloader_num_workers,
+        "dataloader_prefetch_factor": t.dataloader_prefetch_factor,
+        **({"accelerator_config": {"non_blocking": True}} if plan.speed.non_blocking else {}),
         **t.extra,
     }
     if distributed.world_size() > 1:

@@ -73,6 +73,21 @@ def any_process(flag: bool) -> bool:
     return bool(t.item())
 
 
+def first_flagged_step(step: int) -> int:
+    """The smallest non-negative ``step`` over all processes, or -1 when none flagged one."""
+    dist = _dist()
+    if dist is None:
+        return step
+    import torch  # heavy; only with several processes
+
+    never = 2**62
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([step if step >= 0 else never], dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    found = int(t.item())
+    return -1 if found == never else found
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

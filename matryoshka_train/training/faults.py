@@ -41,28 +41,45 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # disk fu
 
 
 def weights_finite(model: Any) -> bool:
-    """True when no parameter holds a NaN or an infinity."""
+    """True when no parameter holds a NaN or an infinity (one host read for all of them)."""
 
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
+    checks = [torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 class NanGuard(TrainerCallback):
-    """Stops training at the first step whose loss is NaN/inf, before that step changes the weights.
+    """Stops training at the first step whose loss is NaN/inf.
 
-    :meth:`attach` wraps the trainer's ``training_step`` (this trainer instance only): when the
-    loss of a micro-batch is not finite, the gradients are dropped (set to None, so the optimizer
-    step that follows leaves every weight as it was) and training stops at the end of the step.
-    :attr:`step` is the (1-based) optimizer step that failed, or None.
+    :meth:`attach` wraps the trainer's ``training_step`` (this trainer instance only). How it reads
+    the loss depends on ``mode`` (``training.nan_check``, resolved per device in
+    :mod:`matryoshka_train.training.speed`):
+
+    * ``every_step``: the loss is read on the host after every micro-batch. When it is not finite,
+      the gradients are dropped (set to None, so the optimizer step that follows leaves every weight
+      as it was) and training stops at the end of the step. Free on a CPU; on a GPU each read waits
+      for the device queue to drain.
+    * ``logging_steps``: a flag and the first bad step are kept *on the device* (no host read), and
+      read on logging steps, before any checkpoint is written, and at the end of training. Training
+      then stops; the steps after the bad one are thrown away with the final model, and no
+      checkpoint is written from weights after it.
+
+    Either way :attr:`step` is the (1-based) optimizer step that failed, or None.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "every_step") -> None:
+        self.mode = mode
         self.step: int | None = None
         self.what = ""
+        self.seen = ""
+        self._trainer: Any = None
+        self._first_bad: Any = None  # logging_steps mode: on the device, -1 while every loss was finite
+        self._bad_value: Any = None
 
     def attach(self, trainer: Any) -> NanGuard:
         original = trainer.training_step
+        self._trainer = trainer
 
-        def training_step(model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        def every_step(model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
             loss = original(model, inputs, *args, **kwargs)
             bad = not bool(torch.isfinite(loss).all())
             if distributed.world_size() > 1:  # a NaN on one process stops all of them at the same step
@@ -74,15 +91,51 @@ class NanGuard(TrainerCallback):
                 trainer.control.should_training_stop = True
             return loss
 
-        trainer.training_step = training_step
+        def deferred(model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+            loss = original(model, inputs, *args, **kwargs)
+            value = loss.detach().float().reshape(-1)[:1].reshape(())
+            finite = torch.isfinite(loss.detach()).all()
+            if self._first_bad is None:
+                self._first_bad = torch.full((), -1, dtype=torch.long, device=value.device)
+                self._bad_value = torch.zeros((), dtype=torch.float32, device=value.device)
+            new = (~finite) & (self._first_bad < 0)  # first bad loss: remember its step and value, on the device
+            self._first_bad = torch.where(new, trainer.state.global_step + 1, self._first_bad)
+            self._bad_value = torch.where(new, value, self._bad_value)
+            return loss
+
+        trainer.training_step = every_step if self.mode == "every_step" else deferred
         return self
 
+    def read(self) -> None:
+        """logging_steps mode: bring the device-side flag to the host (one read; all processes agree)."""
+        if self.step is not None or self._first_bad is None:
+            return
+        first = int(self._first_bad)
+        if distributed.world_size() > 1:
+            first = distributed.first_flagged_step(first)
+        if first >= 0:
+            self.step = first
+            value = float(self._bad_value) if int(self._first_bad) >= 0 else float("nan")
+            self.what = f"the loss became {value}"
+            seen = self._trainer.state.global_step if self._trainer is not None else first
+            if seen > first:  # the steps in between ran on; they are discarded with the final model
+                self.seen = (f" (found at step {seen}: with training.nan_check logging_steps the loss is read "
+                             "on logging steps)")
+
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if self.mode != "every_step" and (control.should_log or control.should_save or control.should_evaluate
+                                          or control.should_training_stop or state.global_step >= state.max_steps):
+            self.read()
         if self.step is None and control.should_save and model is not None and not weights_finite(model):
             self.step, self.what = state.global_step, "the weights became NaN/inf"
         self._stop_if_bad(control)
 
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.read()
+
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.mode != "every_step":
+            self.read()
         self._stop_if_bad(control)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
@@ -101,7 +154,8 @@ class NanGuard(TrainerCallback):
         kept = last_checkpoint(output_dir)
         kept_text = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been saved"
         return (
-            f"{self.what} at step {self.step}; training stopped, the final model was NOT written and {kept_text}. "
+            f"{self.what} at step {self.step}{self.seen}; training "
+            f"stopped, the final model was NOT written and {kept_text}. "
             "Lower training.learning_rate, raise warmup_ratio, use precision fp32 or bf16 instead of fp16, "
             "or check the data for broken rows"
         )

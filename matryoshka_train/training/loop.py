@@ -28,6 +28,7 @@ from ..config.schema import RunConfig
 from ..data.pretokenize import PretokenizedCollator, token_columns
 from ..errors import ConfigError, TrainingAborted
 from ..models import sorted_forward
+from ..models.host_reads import no_host_reads
 from ..reporting import redact
 from ..reporting.carbon import CarbonMeter
 from ..reporting.report import add_model_card_section, results_table
@@ -170,7 +171,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
     """The sentence-transformers trainer over the plan; a NaN, a signal or a fault ends the run
     with one message (:class:`TrainingAborted`) after the cleanup."""
     config, plan, out = state.config, state.plan, state.out
-    nan_guard = NanGuard()
+    nan_guard = NanGuard(plan.speed.nan_check)
     preemption = PreemptionGuard()
     trainer = state.trainer = SentenceTransformerTrainer(
         model=plan.model,
@@ -186,11 +187,17 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
     nan_guard.attach(trainer)
     if state.tokenized:
         columns = sorted({c for t in state.tokenized.values() for c in token_columns(t.dataset)})
-        trainer.data_collator = PretokenizedCollator(trainer.data_collator, plan.model[0].tokenizer, columns)
+        trainer.data_collator = PretokenizedCollator(
+            trainer.data_collator,
+            plan.model[0].tokenizer,
+            columns,
+            pad_to_multiple_of=plan.speed.pad_to_multiple_of,
+            max_width=plan.model.max_seq_length,
+        )
     make_checkpoints_atomic(trainer)
     state.chunked = (
-        sorted_forward.install(plan.model, config.training.forward_chunk_tokens)
-        if config.training.sorted_forward
+        sorted_forward.install(plan.model, config.training.forward_chunk_tokens, plan.speed.forward_chunk_min_tokens)
+        if plan.speed.sorted_forward
         else None
     )
     checkpoint = str(state.checkpoint) if state.checkpoint is not None else None
@@ -199,6 +206,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
             training_faults(config, trainer, plan.model, out, on_abort=state.abort),
             preemption.installed(),
             fast_data_skip(),
+            no_host_reads(trainer),
         ):
             state.train_output = trainer.train(resume_from_checkpoint=checkpoint)
     finally:
@@ -257,6 +265,7 @@ def report(state: Run) -> dict[str, Any]:
         "precision": plan.precision,
         "batch_sampler": plan.batch_sampler,
         "padding": padding_summary(state.chunked),
+        "speed": plan.speed.summary(),
         "pretokenize": {name: {"seconds": round(t.seconds, 3), "from_cache": t.cached} for name, t in tokenized.items()}
         or None,
         "world_size": state.world,

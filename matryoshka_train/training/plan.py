@@ -23,6 +23,7 @@ from ..losses.build import build_loss
 from ..models.loading import freeze
 from . import distributed
 from .prepare import Preparation, prepare
+from .speed import SpeedPlan, decide
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Plan:
     evaluator: Any
     precision: str
     batch_sampler: str
+    speed: SpeedPlan
 
 
 def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
@@ -52,7 +54,9 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
         losses = anchor_losses(prep, losses)
     evaluator = build_evaluator(config, prep, dims)
     precision = resolve_precision(config.training.precision, torch.cuda.is_available(), echo)
-    return Plan(config, model, dims, prep.datasets, losses, evaluator, precision, resolve_batch_sampler(config))
+    batch_sampler = resolve_batch_sampler(config)
+    speed = decide(config.training)
+    return Plan(config, model, dims, prep.datasets, losses, evaluator, precision, batch_sampler, speed)
 
 
 def _teacher_labels(prep: Preparation, echo: Callable[[str], None]) -> None:
@@ -131,7 +135,7 @@ def training_datasets(plan: Plan, echo: Callable[[str], None] = print) -> tuple[
     (see :mod:`matryoshka_train.pretokenize`). Returns ``({name: dataset}, {name: Pretokenized})``."""
     datasets = {d.name: d.train for d in plan.datasets}
     tokenized = {}
-    if plan.config.training.pretokenize:
+    if plan.speed.pretokenize:
         for name, dataset in datasets.items():
             done = pretokenize(dataset, plan.model, echo)
             if done is None:
@@ -181,7 +185,7 @@ def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str
             else:
                 more = " · gather_across_devices on: more with several devices" if lcfg.gather_across_devices else ""
                 lines.append(f"  {dcfg.name}: {local} negatives per anchor ({kinds}){more}")
-    return lines
+    return [*lines, *decide(t).lines(), SpeedPlan.sampler_line(t.batch_sampler, resolve_batch_sampler(config))]
 
 
 def anchor_cost(plan: Plan) -> dict[str, Any] | None:

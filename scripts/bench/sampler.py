@@ -84,9 +84,14 @@ def main() -> None:
     )
 
     datasets.disable_progress_bars()
-    report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "sentence_transformers": sentence_transformers.__version__,
-              "batch_size": args.batch_size, "runs": []}
+    report = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "sentence_transformers": sentence_transformers.__version__,
+        "batch_size": args.batch_size,
+        "runs": [],
+    }
     for n in args.rows:
         repeats = args.repeats if n <= 2_000_000 else 1  # at 10M one ST epoch alone takes a minute
         print(f"\n{n:,} triplet rows, batch {args.batch_size}, median of {repeats} run(s)")
@@ -107,31 +112,49 @@ def main() -> None:
                 if r == 0:
                     check_sample(list(iter(ours)), ds)
                 wait_for_cache_writes()
-                later = FastNoDuplicatesBatchSampler(datasets.load_from_disk(f"{tmp}/data"), args.batch_size,
-                                                     drop_last=False, seed=0)
+                later = FastNoDuplicatesBatchSampler(
+                    datasets.load_from_disk(f"{tmp}/data"), args.batch_size, drop_last=False, seed=0
+                )
                 times["cached"].append(one_epoch(later, 0)[0])  # a later run over the same data: ids from the cache
                 for name, hashed in variants:
                     if name == "plain" and r > 0:
                         continue  # half a minute per epoch at 1M rows: once is enough
                     # datasets.map caches ST's hashes next to the data: remove them so its first run hashes
                     removed = datasets.load_from_disk(f"{tmp}/data").cleanup_cache_files()
-                    theirs = NoDuplicatesBatchSampler(datasets.load_from_disk(f"{tmp}/data"), args.batch_size,
-                                                      drop_last=False, seed=0, precompute_hashes=hashed)
+                    theirs = NoDuplicatesBatchSampler(
+                        datasets.load_from_disk(f"{tmp}/data"),
+                        args.batch_size,
+                        drop_last=False,
+                        seed=0,
+                        precompute_hashes=hashed,
+                    )
                     t_cold, _ = one_epoch(theirs, 0)
                     times[f"{name}_cold"].append(t_cold)
                     times[f"{name}_warm"].append(one_epoch(theirs, 1)[0] if hashed else t_cold)
                     if hashed:  # a later run: datasets.map loads the hashes it cached
-                        again = NoDuplicatesBatchSampler(datasets.load_from_disk(f"{tmp}/data"), args.batch_size,
-                                                         drop_last=False, seed=0, precompute_hashes=True)
+                        again = NoDuplicatesBatchSampler(
+                            datasets.load_from_disk(f"{tmp}/data"),
+                            args.batch_size,
+                            drop_last=False,
+                            seed=0,
+                            precompute_hashes=True,
+                        )
                         times[f"{name}_cached"].append(one_epoch(again, 0)[0])
                         times[f"{name}_cache_files_removed_before"].append(float(removed))
             med = {k: float(np.median(v)) for k, v in times.items()}
             first, cached, warm = med["first"], med["cached"], med["warm"]
-            run = {"rows": n, "repeats": repeats, "timings_s": times,
-                   "ours": {"first_run_s": first, "cached_run_s": cached, "epoch_s": warm, "rows_yielded": rows}}
+            run = {
+                "rows": n,
+                "repeats": repeats,
+                "timings_s": times,
+                "ours": {"first_run_s": first, "cached_run_s": cached, "epoch_s": warm, "rows_yielded": rows},
+            }
             for name, _ in variants:
-                run[f"st_{name}"] = {"first_epoch_s": med[f"{name}_cold"], "later_epoch_s": med[f"{name}_warm"],
-                                     "later_run_s": med.get(f"{name}_cached", med[f"{name}_cold"])}
+                run[f"st_{name}"] = {
+                    "first_epoch_s": med[f"{name}_cold"],
+                    "later_epoch_s": med[f"{name}_warm"],
+                    "later_run_s": med.get(f"{name}_cached", med[f"{name}_cold"]),
+                }
         report["runs"].append(run)
         print(f"  {'sampler (rows/s)':<30}{'first run':>12}{'later run':>12}{'later epoch':>13}")
         print(f"  {'ours':<30}{n / first:>12,.0f}{n / cached:>12,.0f}{n / warm:>13,.0f}")

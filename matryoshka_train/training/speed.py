@@ -1,0 +1,179 @@
+"""Which speed features a run uses on its device, and why.
+
+Every speed feature of ours is judged on the device a run trains on: a trick that saves compute on
+a CPU (where the model is the whole cost) can lose on a GPU (where small kernels, extra host work
+and synchronisations are the cost). Each feature's training key takes ``auto``, and :func:`decide`
+turns ``auto`` into on or off for the device from what the benchmarks measured there
+(docs/benchmarks.md). A feature that has not been measured faster on a device stays off there.
+``mtrain check`` and ``mtrain run`` print the decisions with their reasons; results.json keeps them.
+
+The evidence, in one place (update it when a benchmark on that device says otherwise):
+
+* sorted forward: CPU 1.71-1.91x samples/s on 5-200-word texts (``scripts/bench/train.py``,
+  2026-11-23); GPU (one H100, issue #14): the forward ran at 0.33x the plain one's tokens/s, so off.
+* GPU-sized chunks / padding to a multiple: not measured anywhere yet, so off unless asked for.
+* pre-tokenization and our no-duplicates sampler: work on the host before or beside training,
+  measured on the host (``scripts/bench/train.py`` tokenize-once timing, ``scripts/bench/sampler.py``
+  >= 10x); they do not run on the accelerator, so they stay on for every device.
+* NaN check: reading the loss on the host every step costs nothing on a CPU (there is no device
+  queue to drain) but stalls a GPU's queue every step; there it runs on logging and save steps.
+* DataLoader workers: not measured on a GPU yet, so 0 (the main process collates; with the
+  synchronisations gone it does so while the GPU runs the previous step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+DEFAULT_CHUNK_MIN_TOKENS = 1024  # the CPU-measured floor of one sorted-forward chunk (docs/benchmarks.md)
+
+
+def training_device() -> str:
+    """The device ``mtrain run`` trains on here: cuda, mps or cpu (what the trainer will pick)."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@dataclass(frozen=True)
+class SpeedPlan:
+    """The resolved speed settings of one run (see the module docstring for the evidence)."""
+
+    device: str
+    sorted_forward: bool
+    forward_chunk_min_tokens: int
+    pretokenize: bool
+    pad_to_multiple_of: int | None
+    nan_check: str  # "every_step" | "logging_steps"
+    dataloader_num_workers: int
+    pin_memory: bool
+    non_blocking: bool
+    reasons: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def lines(self) -> list[str]:
+        """Human-readable lines for `mtrain check` / `mtrain run`."""
+
+        def state(value: Any) -> str:
+            if isinstance(value, bool):
+                return "on" if value else "off"
+            return "off" if value is None else str(value)
+
+        out = [f"Speed features on {self.device}:"]
+        for key in (
+            "sorted_forward",
+            "forward_chunk_min_tokens",
+            "pretokenize",
+            "pad_to_multiple_of",
+            "nan_check",
+            "dataloader_num_workers",
+            "non_blocking",
+        ):
+            if key == "forward_chunk_min_tokens" and not self.sorted_forward:
+                continue
+            out.append(f"  {key}: {state(getattr(self, key))} ({self.reasons.get(key, 'set in the config')})")
+        return out
+
+    @staticmethod
+    def sampler_line(asked: str, resolved: str) -> str:
+        """The batch sampler's line: which one, and why (chosen by the loss, not the device)."""
+        if asked != "auto":
+            why = "set in the config"
+        elif resolved == "no_duplicates_fast":
+            why = (
+                "auto: in-batch negatives need batches without duplicate texts; ours measured >= 10x "
+                "sentence-transformers' hashed sampler on the host (docs/benchmarks.md), on every device"
+            )
+        else:
+            why = "auto: no in-batch negatives, so plain batches"
+        return f"  batch_sampler: {resolved} ({why})"
+
+    def summary(self) -> dict[str, Any]:
+        """What results.json records."""
+        return {
+            "device": self.device,
+            "sorted_forward": self.sorted_forward,
+            "forward_chunk_min_tokens": self.forward_chunk_min_tokens if self.sorted_forward else None,
+            "pretokenize": self.pretokenize,
+            "pad_to_multiple_of": self.pad_to_multiple_of,
+            "nan_check": self.nan_check,
+            "dataloader_num_workers": self.dataloader_num_workers,
+            "pin_memory": self.pin_memory,
+            "non_blocking": self.non_blocking,
+        }
+
+
+def decide(training: Any, device: str | None = None) -> SpeedPlan:
+    """Resolve every ``auto`` speed key of a ``training`` config section for ``device`` (default: this
+    machine's training device). Values set explicitly in the config are kept, with reason "set in the
+    config"."""
+    device = device or training_device()
+    accelerator = device != "cpu"
+    reasons: dict[str, str] = {}
+
+    def pick(key: str, value: Any, auto_value: Any, why: str) -> Any:
+        if value == "auto":
+            reasons[key] = f"auto: {why}"
+            return auto_value
+        reasons[key] = "set in the config"
+        return value
+
+    sorted_forward = pick(
+        "sorted_forward",
+        training.sorted_forward,
+        not accelerator,
+        "measured 0.33x the plain forward's tokens/s on an H100 (issue #14), so off on GPUs"
+        if accelerator
+        else "measured 1.7-1.9x samples/s on CPU with texts of mixed length (docs/benchmarks.md)",
+    )
+    chunk_min = pick(
+        "forward_chunk_min_tokens",
+        training.forward_chunk_min_tokens,
+        DEFAULT_CHUNK_MIN_TOKENS,
+        f"{DEFAULT_CHUNK_MIN_TOKENS} padded tokens, the floor measured on CPU"
+        + ("; GPU-sized chunks are not measured yet" if accelerator else ""),
+    )
+    pretokenize = pick(
+        "pretokenize",
+        training.pretokenize,
+        True,
+        "host-side work moved out of the training loop; measured on the host (tokenize once vs every batch)",
+    )
+    pad = pick("pad_to_multiple_of", training.pad_to_multiple_of, None, "not measured faster on any device yet")
+    nan_check = pick(
+        "nan_check",
+        training.nan_check,
+        "logging_steps" if accelerator else "every_step",
+        "a host read of the loss every step would stall the GPU queue; checked on logging and save steps"
+        if accelerator
+        else "reading the loss on a CPU costs nothing, so every step",
+    )
+    workers = pick(
+        "dataloader_num_workers",
+        training.dataloader_num_workers,
+        0,
+        "not measured on GPU yet; the main process collates while the device runs the previous step"
+        if accelerator
+        else "on CPU the workers would compete with training for the same cores",
+    )
+    cuda = device == "cuda"
+    reasons["non_blocking"] = (
+        "pinned batches are copied to the GPU without waiting for it" if cuda else "no GPU: nothing to copy"
+    )
+    return SpeedPlan(
+        device=device,
+        sorted_forward=bool(sorted_forward),
+        forward_chunk_min_tokens=int(chunk_min),
+        pretokenize=bool(pretokenize),
+        pad_to_multiple_of=pad,
+        nan_check=nan_check,
+        dataloader_num_workers=int(workers),
+        pin_memory=cuda,
+        non_blocking=cuda,
+        reasons=reasons,
+    )

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The GPU benchmark suite of issue #14 in one command: under 8 minutes on one H100, raw JSON into OUTDIR.
+#
+# How a GPU session runs it (the device `run` tool starts in the repo root; what lands in $OUT comes back):
+#   1. Here, before calling `run`: the GPU image lacks sentence-transformers 6.2, transformers 5.23,
+#      datasets 5.2 and 20 smaller wheels (the list and why: /work/shared/LIBRARY-NOTES.md). Build the
+#      wheel folder (~35 MB, under the 64 MiB that travels) in the repo's git-ignored .whl/:
+#          bash /work/shared/gpu/prepare-wheels.sh .whl
+#   2. `run` with carry [".whl"], timeout_s 560 (the suite stops itself at SUITE_BUDGET_S=440 s plus
+#      the wheel install), and exactly this command:
+#          python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; bash scripts/bench/gpu_suite.sh $OUT
+#   3. The figures: $OUT/*.json (raw, one file per part), $OUT/suite.json (which parts ran, failed or
+#      were skipped, and how long each took), $OUT/<part>.log, $OUT/env.txt (nvidia-smi -q, pip freeze),
+#      $OUT/summary.txt (one screen of the main figures, also printed last).
+#
+# Usage: bash scripts/bench/gpu_suite.sh OUTDIR           # CUDA: the whole suite (bert-base built from a config)
+#        bash scripts/bench/gpu_suite.sh --smoke OUTDIR   # CPU: the same parts on the tiny model, tiny step counts
+#                                                         # (profile-xlmr is always skipped there: it tests the budget check)
+#
+# Parts, in priority order (each under `timeout -s KILL`, capped at what is left of the budget; a part
+# that fails is recorded and the suite goes on; a part that would get under MIN_PART_S is skipped):
+#   train-long    train.py, 16-256 tokens, batch 128: ours (defaults) vs plain ST, alternating, 2 repeats,
+#                 plus ours variants in the same process, one run each after theirs and ours, each turning
+#                 one #14 decision back: sorted_forward=true, pad_to_multiple_of=64, nan_check=every_step
+#                 (a host read of the loss every step), optim=adamw_torch (the old foreach default);
+#                 profiles of theirs, ours and the sorted variant (3 steps)
+#   train-short   train.py, 5-40 tokens, batch 512, ours first in the process, profiles (3 steps)
+#   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): plain / sorted /
+#                 sorted-gpu / pad64 forward, tokens/s, MFU, peak memory, 2 profiled steps each; then a
+#                 shape probe: forward+backward at 24 distinct widths, each twice (the first-use cost of a shape)
+#   profile-bert-cached  gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250)
+#   profile-xlmr  gpu_profile.py xlmr-large (CachedMNRL, batch 2048), plain and sorted-gpu: only if >= 100 s are left
+# Time estimate (from issue #14's H100 figures: ~0.5 s/step plain at batch 128 on 16-256 tokens, 2.2 s/step
+# in ours' first run, ~0.4 s/step at batch 512 on short texts; plus ~15 s of imports and ~5 s of model
+# building per process, ~5 s of set-up per plain run and ~8 s per `mtrain run`, ~15 s per profiled side):
+#   train-long   8 timed runs x 8 steps (theirs 2 x 9 s, ours 26 + 12 s, 4 variants ~12-20 s each)
+#                + 3 profiles x ~15 s + 25 s start/loss check                          ~185 s (cap 230)
+#   train-short  4 timed runs (~8-12 s each) + 2 profiles + 25 s                       ~100 s (cap 130)
+#   profile-bert 4 variants x (2 s load + 10 steps x 0.2-0.6 s + 3 s profile) + 20 s   ~60 s  (cap 100)
+#   profile-bert-cached 4 variants x (2 s + 6 steps x ~0.6 s + 3 s) + 20 s             ~55 s  (cap 100)
+#   env.txt ~10 s: ~410 s in all, under the 440 s budget; xlmr-large (~100 s) runs only if time is left.
+set -u
+
+smoke=0
+if [ "${1:-}" = "--smoke" ]; then smoke=1; shift; fi
+OUTDIR=${1:?usage: gpu_suite.sh [--smoke] OUTDIR}
+mkdir -p "$OUTDIR"
+OUTDIR=$(cd "$OUTDIR" && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$HERE/../.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+BUDGET=${SUITE_BUDGET_S:-440}
+MIN_PART=${MIN_PART_S:-40}
+started=$(date +%s)
+status="$OUTDIR/suite.jsonl"
+: > "$status"
+
+if [ $smoke = 1 ]; then
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # tiny CPU work: spinning OpenMP threads only slow a busy machine down
+  DEV=cpu; MODEL=tiny; PROFILE=tiny
+  LONG=(--words 4 40 --batch 8 --steps 2 --warmup 1 --repeats 2 --profile-steps 1)
+  SHORT=(--words 2 10 --batch 16 --steps 2 --warmup 1 --repeats 2)
+  GPROF=(--steps 1 --warmup 1 --profile-steps 1 --shape-probe 4)
+  CACHED=(--profile tiny --batch 12 --steps 1 --warmup 0 --variants sorted-gpu --label cached-smoke)
+  XLMR=(--profile tiny --steps 1 --warmup 0 --variants plain --label xlmr-smoke)
+  MIN_PART=${MIN_PART_S:-5}; XLMR_MIN=100000  # always skipped: exercises the budget check
+else
+  DEV=cuda; MODEL=bert-base; PROFILE=bert-base
+  LONG=(--words 16 256 --batch 128 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
+  SHORT=(--words 5 40 --batch 512 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
+  GPROF=(--steps 6 --warmup 2 --profile-steps 2 --shape-probe 24)
+  CACHED=(--profile bert-base-cached --steps 4 --warmup 1 --profile-steps 1)
+  XLMR=(--profile xlmr-large --steps 2 --warmup 1 --variants plain,sorted-gpu)
+  XLMR_MIN=100  # ~15 s imports, ~15 s building 560M parameters, 2 variants x 3 steps of ~5 s, loads
+fi
+
+{
+  echo "== date"; date -u
+  echo "== git"; git rev-parse HEAD 2>/dev/null; git status --short 2>/dev/null | head -50
+  echo "== nvidia-smi -q"; timeout -s KILL 20 nvidia-smi -q 2>&1 || echo "(no nvidia-smi)"
+  echo "== python"; "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" 2>&1
+  echo "== pip freeze"; timeout -s KILL 30 "$PY" -m pip freeze 2>&1
+  echo "== PYTHONPATH=${PYTHONPATH:-}"
+} > "$OUTDIR/env.txt" 2>&1
+
+part() {  # part NAME CAP_SECONDS MIN_SECONDS COMMAND...: skipped when less than MIN_SECONDS is left
+  local name=$1 cap=$2 min=$3; shift 3
+  local now left limit began rc secs
+  now=$(date +%s); left=$(( BUDGET - (now - started) )); limit=$(( cap < left ? cap : left ))
+  if [ "$min" -lt "$MIN_PART" ]; then min=$MIN_PART; fi
+  if [ "$limit" -lt "$min" ]; then
+    echo "== $name: SKIPPED ($left s of the budget left)"
+    printf '{"part": "%s", "status": "skipped", "budget_left_s": %d}\n' "$name" "$left" >> "$status"
+    return
+  fi
+  echo "== $name (limit ${limit}s): $*"
+  began=$(date +%s)
+  timeout -s KILL "$limit" "$@" > "$OUTDIR/$name.log" 2>&1
+  rc=$?
+  secs=$(( $(date +%s) - began ))
+  grep -E "^ *(theirs|ours)|ours/theirs|first run|/theirs:|loss equality|profiled|MFU|vs plain|raw results|skipping|failed|Error|error:" \
+    "$OUTDIR/$name.log" | grep -v "USDT" | tail -40
+  local state=ok
+  if [ $rc -eq 137 ] || [ $rc -eq 124 ]; then state=timeout; elif [ $rc -ne 0 ]; then state=failed; tail -5 "$OUTDIR/$name.log"; fi
+  echo "== $name: $state (rc $rc, ${secs}s)"
+  printf '{"part": "%s", "status": "%s", "rc": %d, "seconds": %d, "limit_s": %d}\n' "$name" "$state" "$rc" "$secs" "$limit" >> "$status"
+}
+
+TRAIN=("$PY" scripts/bench/train.py --device "$DEV" --model "$MODEL" --out "$OUTDIR" --skip-tokenize-timing)
+GPU_PROFILE=("$PY" scripts/bench/gpu_profile.py --out "$OUTDIR")
+
+part train-long 230 60 "${TRAIN[@]}" "${LONG[@]}" --label long --variant-repeats 1 \
+  --ours-variant sorted:training.sorted_forward=true \
+  --ours-variant pad64:training.pad_to_multiple_of=64 \
+  --ours-variant nan_every_step:training.nan_check=every_step \
+  --ours-variant foreach_adamw:training.optim=adamw_torch \
+  --profile-sides theirs,ours,ours:sorted
+part train-short 130 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours
+part profile-bert 100 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}"
+part profile-bert-cached 100 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
+part profile-xlmr 150 $XLMR_MIN "${GPU_PROFILE[@]}" "${XLMR[@]}"
+
+total=$(( $(date +%s) - started ))
+"$PY" - "$status" "$OUTDIR/suite.json" "$total" "$BUDGET" "$smoke" <<'EOF'
+import json, sys
+parts = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+json.dump({"parts": parts, "total_s": int(sys.argv[3]), "budget_s": int(sys.argv[4]), "smoke": sys.argv[5] == "1",
+           "failed": [p["part"] for p in parts if p["status"] in ("failed", "timeout")],
+           "skipped": [p["part"] for p in parts if p["status"] == "skipped"]}, open(sys.argv[2], "w"), indent=2)
+EOF
+timeout -s KILL 30 "$PY" scripts/bench/suite_summary.py "$OUTDIR" || echo "(no summary)"
+echo "== suite done in ${total}s (budget ${BUDGET}s); raw JSON in $OUTDIR"
+ls -la "$OUTDIR"
+if grep -q '"status": "\(failed\|timeout\)"' "$status"; then exit 1; fi
+exit 0

@@ -1,0 +1,268 @@
+"""Smoke tests of the benchmark scripts (scripts/bench/): they run on the CPU at toy sizes and write
+the JSON a GPU session will read. Speed is measured by the benchmarks themselves; these tests only
+check that every figure is there and that the loss-equality check passes.
+
+One run of ``gpu_suite.sh --smoke`` (train.py with --profile-steps and an --ours-variant, gpu_profile.py
+on every variant, the budget check skipping a part) is shared by the tests below."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "scripts" / "bench"
+sys.path.insert(0, str(BENCH))
+
+import benchlib  # noqa: E402 - after the path insert
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("suite")
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    done = subprocess.run(
+        ["bash", str(BENCH / "gpu_suite.sh"), "--smoke", str(out)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return out, done
+
+
+def _one(out: Path, pattern: str) -> dict:
+    files = sorted(out.glob(pattern))
+    assert len(files) == 1, f"{pattern}: {files}"
+    return json.loads(files[0].read_text())
+
+
+def test_suite_smoke_runs_every_part(suite):
+    out, done = suite
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    status = json.loads((out / "suite.json").read_text())
+    assert status["failed"] == []
+    assert [p["part"] for p in status["parts"] if p["status"] == "ok"] == [
+        "train-long",
+        "train-short",
+        "profile-bert",
+        "profile-bert-cached",
+    ]
+    assert status["skipped"] == ["profile-xlmr"]  # the smoke gives it no budget: the skip path is exercised
+    assert "pip freeze" in (out / "env.txt").read_text()
+    summary = (out / "summary.txt").read_text()
+    assert "ours/theirs warm" in summary and "gpu_profile.py tiny batch 8" in summary
+
+
+def test_train_json_first_warm_ratios_and_loss_equality(suite):
+    out, _ = suite
+    record = _one(out, "train-tiny-cpu-words4-40-long-*.json")
+    assert record["loss_equality"]["passed"] is True
+    for side in ("theirs", "ours"):
+        assert len(record["runs"][side]) == 2
+        assert [r["repeat"] for r in record["runs"][side]] == [0, 1]
+        for which in ("first", "warm"):
+            figures = record["summary"][side][which]
+            for key in ("samples_per_s", "real_tokens_per_s", "pad_share", "median_step_s"):
+                assert figures[key] is not None and figures[key] >= 0
+        run = record["runs"][side][0]
+        assert run["timed_steps"] == 1 and len(run["step_s"]) == 1
+        assert run["encoder_calls_per_step"] > 0 and run["optimizer"]["class"]
+    # alternating order: repeat 0 theirs first, repeat 1 ours first
+    assert record["runs"]["theirs"][0]["position_in_process"] < record["runs"]["ours"][0]["position_in_process"]
+    assert record["runs"]["ours"][1]["position_in_process"] < record["runs"]["theirs"][1]["position_in_process"]
+    for which in ("first", "warm"):
+        assert record["ratios"][which]["samples_per_s"] > 0
+    # each variant ran once, or says why not (a config key the installed matryoshka_train lacks)
+    for label in ("sorted", "pad64", "nan_every_step", "foreach_adamw"):
+        side = f"ours:{label}"
+        assert (
+            (len(record["runs"].get(side, [])) == 1)
+            or side in record["variants_invalid"]
+            or side in record["variants_failed"]
+        )
+    assert record["variant_ratios"].get("ours:sorted", {}).get("first") or "ours:sorted" in record["variants_invalid"]
+
+
+def test_train_first_ours_goes_first(suite):
+    out, _ = suite
+    record = _one(out, "train-tiny-cpu-words2-10-short-*.json")
+    assert record["runs"]["ours"][0]["position_in_process"] == 0  # --first ours
+    assert record["runs"]["theirs"][1]["position_in_process"] == 2  # then alternating
+    assert record["complete"] is True and record["failed"] == {}
+
+
+def test_train_profile_summary(suite):
+    out, _ = suite
+    record = _one(out, "train-tiny-cpu-words4-40-long-*.json")
+    profiled = record["profile"]
+    assert {"theirs", "ours"} <= set(profiled)
+    for p in profiled.values():
+        assert "profile_error" not in p, p.get("profile_error")
+        assert p["steps"] == 1 and len(p["host_step_s"]) == 1
+        assert p["aten_ops_per_step"] > p["top_level_aten_ops_per_step"] > 0
+        assert p["top_level_aten_ops_by_name_per_step"]
+        assert p["gemm_calls_per_step"] > 0 and p["distinct_gemm_shapes"] > 0
+        assert p["distinct_gemm_shapes"] == sum(p["distinct_gemm_shapes_by_op"].values())
+        for key in (
+            "host_device_syncs_per_step",
+            "sync_ops_per_step",
+            "local_scalar_dense_per_step",
+            "collate_s_per_step",
+            "next_batch_wait_s_per_step",
+        ):
+            assert p[key] >= 0, key
+        assert p["collate_calls"] == 1  # one batch collated in the profiled step, timed by the wrapper
+        assert set(p["readbacks"]) >= {
+            "per_step",
+            "by_method_per_step",
+            "top_callers",
+            "optimizer_host_scalars_per_step",
+        }
+
+
+def test_gpu_profile_json(suite):
+    out, _ = suite
+    record = _one(out, "gpu-tiny-cpu-*.json")
+    assert [r["variant"] for r in record["runs"]] == ["plain", "sorted", "sorted-gpu", "pad64"]
+    for r in record["runs"]:
+        assert r["real_tokens_per_s"] > 0 and r["mfu"] >= 0 and "peak_memory_gib" in r
+        assert r["profile"]["distinct_gemm_shapes"] > 0 and "host_device_syncs_per_step" in r["profile"]
+        assert r["vs_plain_real_tokens_per_s"] > 0
+    chunking = {r["variant"]: r["chunking"] for r in record["runs"]}
+    assert chunking["plain"] is None and chunking["pad64"] is None
+    assert chunking["sorted-gpu"]["min_tokens"] == 16384 and chunking["sorted-gpu"]["min_tokens_passed_by"]
+    pad64 = next(r for r in record["runs"] if r["variant"] == "pad64")
+    plain = next(r for r in record["runs"] if r["variant"] == "plain")
+    assert pad64["pad_share"] >= plain["pad_share"]  # wider batches, same real tokens
+    probe = record["shape_probe"]
+    assert len(probe["widths"]) == len(probe["first_pass_s"]) == len(probe["second_pass_s"]) == 4
+    cached = _one(out, "gpu-tiny-cached-smoke-cpu-*.json")
+    assert cached["settings"]["batch"] == 12 and [r["variant"] for r in cached["runs"]] == ["sorted-gpu"]
+
+
+def test_summarize_profile_counts_syncs_shapes_and_data_time():
+    """The profiler summary on a window whose contents are known."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(2):  # two "steps"
+            with record_function("collate"):
+                torch.ones(3).sum().item()  # host data: counted apart
+            (a @ b).sum().item()
+            torch.mm(a[:4], b).sum().item()
+            bool(a.sum() > 0)
+    s = benchlib.summarize_profile(prof, steps=2)
+    assert s["local_scalar_dense_per_step"] == 3  # two item() and one bool() outside "collate"
+    assert s["host_device_syncs_per_step"] == 3  # bool()'s aten::is_nonzero is not counted twice
+    assert s["sync_ops_in_data_loading_per_step"] == {"aten::_local_scalar_dense": 1}
+    assert s["distinct_gemm_shapes_by_op"]["aten::mm"] == 2  # (8x16, 16x4) and (4x16, 16x4)
+    assert s["gemm_calls_by_op_per_step"]["aten::mm"] == 2
+    assert s["collate_s_per_step_profiled"] > 0
+    assert "kernels_per_step" not in s  # CPU only
+
+
+def test_readback_tally_names_callers():
+    import torch
+
+    tally = benchlib.ReadbackTally("cpu", REPO)
+    x = torch.arange(4)
+    tally.start()
+    try:
+        x.tolist()
+        x.sum().item()
+        int(x[0])
+    finally:
+        tally.stop()
+    assert "tolist" not in torch.Tensor.__dict__  # the methods are restored
+    s = tally.summary(steps=1)
+    assert s["by_method_per_step"] == {"__int__": 1.0, "item": 1.0, "tolist": 1.0}
+    assert all("test_bench_scripts.py" in c["where"] for c in s["top_callers"])
+
+
+def test_step_clock_and_flops():
+    clock = benchlib.StepClock("cpu")
+    clock.start()
+    clock.mark()
+    clock.stop()
+    assert clock.steps == 2 and len(clock.step_seconds()) == 2 and clock.seconds >= 0
+    assert benchlib.train_flops(10, 2, 4, real_tokens=3, sum_sq_lengths=5) == 6 * 10 * 3 + 12 * 2 * 4 * 5
+    assert benchlib.matryoshka_dims(768) == [768, 512, 256, 128, 64]
+    assert benchlib.matryoshka_dims(64) == [64, 32, 16, 8]
+
+
+class _Event:
+    """A stand-in for a kineto event (the CUDA branch of the summary cannot run on a CPU)."""
+
+    def __init__(self, name, start, end, device="CPU", activity="cpu_op", shapes=()):
+        self._v = (name, start, end, device, activity, list(shapes))
+
+    def name(self):
+        return self._v[0]
+
+    def start_ns(self):
+        return self._v[1]
+
+    def end_ns(self):
+        return self._v[2]
+
+    def duration_ns(self):
+        return self._v[2] - self._v[1]
+
+    def device_type(self):
+        return f"DeviceType.{self._v[3]}"
+
+    def activity_type(self):
+        return self._v[4]
+
+    def start_thread_id(self):
+        return 1
+
+    def shapes(self):
+        return self._v[5]
+
+
+def test_summarize_profile_cuda_events():
+    import types
+
+    events = [
+        _Event("aten::linear", 0, 10, shapes=[[4, 8], [8, 8], [8]]),
+        _Event("aten::addmm", 1, 9, shapes=[[8], [4, 8], [8, 8]]),
+        _Event("aten::item", 20, 30),
+        _Event("aten::_local_scalar_dense", 21, 29),
+        _Event("cudaLaunchKernel", 2, 3, activity="cuda_runtime"),
+        _Event("cudaMemcpyAsync", 22, 23, activity="cuda_runtime"),
+        _Event("cudaStreamSynchronize", 23, 28, activity="cuda_runtime"),
+        _Event("cudaDeviceSynchronize", 40, 41, activity="cuda_runtime"),  # the window's own
+        _Event("cudaMalloc", 4, 5, activity="cuda_runtime"),
+        _Event("ampere_sgemm_64x64", 5, 1005, device="CUDA", activity="kernel"),
+        _Event("Memcpy DtoH (Device -> Pageable)", 24, 25, device="CUDA", activity="gpu_memcpy"),
+        _Event("collate", 50, 60, device="CUDA", activity="gpu_user_annotation"),
+    ]
+    prof = types.SimpleNamespace(
+        profiler=types.SimpleNamespace(kineto_results=types.SimpleNamespace(events=lambda: events))
+    )
+    s = benchlib.summarize_profile(prof, steps=1, own_device_syncs=1)
+    assert s["kernels_per_step"] == 1 and s["kernel_time_s_per_step"] == 1000 / 1e9
+    assert s["memcpy_dtoh_per_step"] == 1 and s["kernel_launches_per_step"] == 1
+    assert s["runtime_sync_calls_per_step"] == {"cudaStreamSynchronize": 1}
+    assert s["host_device_syncs_per_step"] == 1 and s["local_scalar_dense_per_step"] == 1
+    assert s["runtime_alloc_calls_per_step"] == {"cudaMalloc": 1}
+    assert s["top_level_aten_ops_per_step"] == 2 and s["aten_ops_per_step"] == 4
+    assert s["distinct_gemm_shapes"] == 2

@@ -1,0 +1,301 @@
+"""Device-aware speed features (issue #14): what `auto` resolves to per device, that `check` says so,
+that a run records it, and that the training hot loop reads nothing back from the device except on
+logging steps."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from matryoshka_train.config import validate
+from matryoshka_train.training.entry import run
+from matryoshka_train.training.speed import decide
+
+# --------------------------------------------------------------------------------------------
+# auto decisions per device
+
+
+def _training(**keys):
+    return validate(
+        {
+            "model": {"name_or_path": "x"},
+            "datasets": [{"name": "a", "source": {"path": "a.jsonl"}}],
+            "loss": {"name": "mnrl"},
+            "training": keys,
+        }
+    ).training
+
+
+def test_auto_turns_the_cpu_measured_features_on_for_cpu():
+    plan = decide(_training(), "cpu")
+    assert plan.sorted_forward and plan.pretokenize
+    assert plan.forward_chunk_min_tokens == 1024
+    assert plan.nan_check == "every_step"
+    assert plan.pad_to_multiple_of is None and plan.dataloader_num_workers == 0
+    assert not plan.pin_memory and not plan.non_blocking
+    assert plan.reasons["sorted_forward"].startswith("auto: measured")
+
+
+def test_auto_keeps_unmeasured_or_slower_features_off_on_a_gpu():
+    plan = decide(_training(), "cuda")
+    assert not plan.sorted_forward  # measured slower on an H100
+    assert plan.nan_check == "logging_steps"  # no host read every step
+    assert plan.pin_memory and plan.non_blocking
+    assert plan.pad_to_multiple_of is None and plan.dataloader_num_workers == 0
+    assert plan.pretokenize  # host-side work
+    assert "0.33x" in plan.reasons["sorted_forward"]
+
+
+def test_explicit_values_win_over_auto_on_every_device():
+    keys = {
+        "sorted_forward": True,
+        "pretokenize": False,
+        "pad_to_multiple_of": 64,
+        "nan_check": "every_step",
+        "dataloader_num_workers": 2,
+        "forward_chunk_min_tokens": 4096,
+    }
+    for device in ("cpu", "cuda"):
+        plan = decide(_training(**keys), device)
+        assert (plan.sorted_forward, plan.pretokenize, plan.pad_to_multiple_of, plan.nan_check) == (
+            True,
+            False,
+            64,
+            "every_step",
+        )
+        assert (plan.dataloader_num_workers, plan.forward_chunk_min_tokens) == (2, 4096)
+        assert plan.reasons["sorted_forward"] == "set in the config"
+
+
+def test_a_bad_speed_value_is_one_config_error(write_config, tiny_config, capsys):
+    from matryoshka_train.cli import main
+
+    bad = copy.deepcopy(tiny_config)
+    bad["training"]["nan_check"] = "sometimes"
+    assert main(["check", str(write_config(bad))]) == 2
+    err = capsys.readouterr()
+    assert "training.nan_check" in err.out + err.err
+    assert "Traceback" not in err.out + err.err
+
+
+def test_check_prints_each_speed_decision_and_why(write_config, tiny_config, capsys):
+    from matryoshka_train.cli import main
+
+    assert main(["check", str(write_config(tiny_config))]) == 0
+    out = capsys.readouterr().out
+    assert "Speed features on cpu:" in out
+    for key in (
+        "sorted_forward: on (auto:",
+        "pretokenize: on (auto:",
+        "nan_check: every_step (auto:",
+        "pad_to_multiple_of: off (auto:",
+        "dataloader_num_workers: 0 (auto:",
+        "batch_sampler: no_duplicates_fast (auto:",
+    ):
+        assert key in out, key
+
+
+# --------------------------------------------------------------------------------------------
+# a run uses and records the decisions
+
+
+def test_a_config_without_speed_keys_trains_with_the_device_defaults(tiny_config):
+    config = validate(tiny_config)
+    assert config.training.sorted_forward == "auto"
+    results = run(config, echo=lambda _: None)
+    assert results["speed"] == {
+        "device": "cpu",
+        "sorted_forward": True,
+        "forward_chunk_min_tokens": 1024,
+        "pretokenize": True,
+        "pad_to_multiple_of": None,
+        "nan_check": "every_step",
+        "dataloader_num_workers": 0,
+        "pin_memory": False,
+        "non_blocking": False,
+    }
+    saved = json.loads((Path(config.training.output_dir) / "results.json").read_text())
+    assert saved["speed"]["sorted_forward"] is True
+
+
+# --------------------------------------------------------------------------------------------
+# no host reads of device values in the hot loop
+
+READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+
+
+class HostReads(TrainerCallback):
+    """Counts reads of tensor values on the host (`.item()`, `bool(t)`, …) between a step's begin and
+    end, per step, except the optimizer's own step counters (kept on the CPU by design)."""
+
+    def __init__(self):
+        self.per_step: dict[int, list[str]] = {}
+        self.logging_steps: set[int] = set()
+        self.step: int | None = None
+        self.originals = {name: getattr(torch.Tensor, name) for name in READS}
+
+    def __enter__(self):
+        for name, original in self.originals.items():
+
+            def counted(tensor, *args, _original=original, _name=name, **kwargs):
+                if self.step is not None:
+                    caller = sys._getframe(1).f_code.co_filename
+                    where = caller.replace("\\", "/")
+                    # the optimizer's step counters live on the CPU by design; transformers' SDPA mask
+                    # check reads only CPU masks once no_host_reads is installed (tested below)
+                    if "torch/optim" not in where and "transformers/masking_utils" not in where:
+                        self.per_step[self.step].append(f"{_name} in {caller}:{sys._getframe(1).f_lineno}")
+                return _original(tensor, *args, **kwargs)
+
+            setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self.originals.items():
+            setattr(torch.Tensor, name, original)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step = state.global_step + 1
+        self.per_step[self.step] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_log or control.should_save or control.should_training_stop:
+            self.logging_steps.add(self.step)
+        self.step = None
+
+
+def _reads_per_step(tiny_config: dict, tmp_path: Path, **training) -> HostReads:
+    raw = copy.deepcopy(tiny_config)
+    raw["training"].update({"output_dir": str(tmp_path / "out"), "max_steps": 6, "logging_steps": 3, **training})
+    raw["evaluation"]["before"] = raw["evaluation"]["after"] = False
+    counter = HostReads()
+    with counter:
+        run(validate(raw), echo=lambda _: None, callbacks=[counter])
+    return counter
+
+
+def test_no_host_reads_between_logging_steps(tiny_config, tmp_path):
+    """With the GPU settings (deferred NaN check, lengths carried from the collator), the steps
+    between logging steps read nothing back from the device: the GPU queue never drains mid-run."""
+    counter = _reads_per_step(tiny_config, tmp_path, nan_check="logging_steps", sorted_forward=True)
+    quiet = {s: r for s, r in counter.per_step.items() if s not in counter.logging_steps}
+    assert quiet, counter.per_step  # there were steps between logging steps
+    assert all(not reads for reads in quiet.values()), quiet
+
+
+def test_the_read_counter_sees_a_per_step_nan_check(tiny_config, tmp_path):
+    """The counter above is not blind: the every-step NaN check reads the loss on every step."""
+    counter = _reads_per_step(tiny_config, tmp_path, nan_check="every_step", sorted_forward=False)
+    assert all(reads for reads in counter.per_step.values()), counter.per_step
+
+
+def test_sorted_forward_gets_every_length_from_the_host(tiny_config, tmp_path):
+    """Triplets: the anchor forward and the merged positive+negative forward both use the lengths
+    the collator read on the host, never a read of the device mask."""
+    raw = copy.deepcopy(tiny_config)
+    raw["training"].update({"sorted_forward": True, "forward_chunk_tokens": 64})
+    results = run(validate(raw), echo=lambda _: None)
+    assert results["padding"]["padded_tokens_plain"] > 0
+    assert results["padding"]["forwards_without_host_lengths"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# the deferred NaN check still stops a broken run and keeps nothing from after the bad step
+
+
+@pytest.mark.parametrize("mode", ["logging_steps", "every_step"])
+def test_nan_stops_the_run_in_both_check_modes(tiny_config, tmp_path, capsys, mode):
+    from matryoshka_train.cli import main
+
+    raw = copy.deepcopy(tiny_config)
+    raw["training"].update(
+        {
+            "learning_rate": 1e30,
+            "max_steps": 8,
+            "logging_steps": 4,
+            "nan_check": mode,
+            "output_dir": str(tmp_path / mode),
+        }
+    )
+    raw["evaluation"]["before"] = raw["evaluation"]["after"] = False
+    path = tmp_path / f"{mode}.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw))
+    code = main(["run", str(path)])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert code != 0
+    assert "the final model was NOT written" in text, text
+    assert "Traceback" not in text
+    assert not (tmp_path / mode / "model.safetensors").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# padding to a multiple: same loss, fewer distinct widths
+
+
+def test_pad_to_multiple_of_gives_the_same_embeddings(tiny_model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from matryoshka_train.data.pretokenize import PretokenizedCollator
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    model.eval()
+    texts = ["a short one", "a somewhat longer text with several more words in it", "x"]
+    rows = [{"__tok__t__input_ids": model.tokenizer(t, truncation=True)["input_ids"]} for t in texts]
+    plain = PretokenizedCollator(None, model.tokenizer).pad(rows, "t")
+    rounded = PretokenizedCollator(None, model.tokenizer, pad_to_multiple_of=8, max_width=model.max_seq_length).pad(
+        rows, "t"
+    )
+    assert rounded["input_ids"].shape[1] % 8 == 0 and rounded["input_ids"].shape[1] > plain["input_ids"].shape[1]
+    with torch.no_grad():
+        a = model(dict(plain))["sentence_embedding"]
+        b = model(dict(rounded))["sentence_embedding"]
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    capped = PretokenizedCollator(None, model.tokenizer, pad_to_multiple_of=1000, max_width=model.max_seq_length)
+    assert capped.width(5) == model.max_seq_length
+
+
+def test_the_sdpa_mask_check_never_reads_a_device_mask():
+    """transformers reads ``padding_mask.all()`` to decide whether SDPA may drop the mask; on a device
+    our replacement keeps the mask without reading (a meta tensor stands in for a GPU tensor: any
+    read of it raises)."""
+    from transformers import masking_utils
+
+    from matryoshka_train.models.host_reads import _mask_kept_without_reading
+
+    original = masking_utils._ignore_bidirectional_mask_sdpa
+    device_mask = torch.ones(4, 7, dtype=torch.bool, device="meta")
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        original(device_mask, 7)
+    patched = _mask_kept_without_reading(original)
+    assert patched(device_mask, 7) is False
+    assert patched(torch.ones(2, 3, dtype=torch.bool), 3) == original(torch.ones(2, 3, dtype=torch.bool), 3)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_vectorised_padding_equals_the_tokenizers_own(tiny_model_dir, side):
+    """The collator pads with array operations; it must give exactly the tokenizer's batch output."""
+    from sentence_transformers import SentenceTransformer
+
+    from matryoshka_train.data.pretokenize import PretokenizedCollator
+
+    tokenizer = SentenceTransformer(str(tiny_model_dir), device="cpu").tokenizer
+    tokenizer.padding_side = side
+    texts = ["alpha beta", "a much longer text with many more words than the others", "x", "gamma delta epsilon"]
+    rows = []
+    for text in texts:
+        encoded = tokenizer(text)
+        rows.append({f"__tok__t__{k}": encoded[k] for k in ("input_ids", "token_type_ids") if k in encoded})
+    ours = PretokenizedCollator(None, tokenizer).pad(rows, "t")
+    theirs = tokenizer(texts, padding=True, return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        if key in theirs:
+            assert torch.equal(ours[key], theirs[key]), key
