@@ -1,4 +1,4 @@
-"""The package's imports flow one way (docs/design.md, "Direction of imports").
+"""The package's imports flow one way (docs/design.md, "The map and the direction of imports").
 
 The import graph is read from the source with ``ast``: every ``import``/``from ... import`` of
 our own package, wherever it is written (``if TYPE_CHECKING:`` blocks included). The test fails
