@@ -132,7 +132,7 @@ def resolve_batch_sampler(config: RunConfig) -> str:
 
 def training_datasets(plan: Plan, echo: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any]]:
     """The training split of each dataset, with token ids added when ``training.pretokenize`` is on
-    (see :mod:`matryoshka_train.pretokenize`). Returns ``({name: dataset}, {name: Pretokenized})``."""
+    (see :mod:`matryoshka_train.data.pretokenize`). Returns ``({name: dataset}, {name: Pretokenized})``."""
     datasets = {d.name: d.train for d in plan.datasets}
     tokenized = {}
     if plan.speed.pretokenize:
