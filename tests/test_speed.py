@@ -299,3 +299,21 @@ def test_vectorised_padding_equals_the_tokenizers_own(tiny_model_dir, side):
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         if key in theirs:
             assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_check_refuses_trainer_arguments_the_trainer_refuses(write_config, tiny_config, capsys):
+    """A prefetch factor without DataLoader workers is refused by the trainer's own arguments: check
+    says so (it used to pass, and run then stopped), with the same first line as run."""
+    from matryoshka_train.cli import main
+
+    raw = copy.deepcopy(tiny_config)
+    raw["training"]["dataloader_prefetch_factor"] = 2
+    path = write_config(raw)
+    assert main(["check", str(path)]) == 2
+    checked = capsys.readouterr()
+    assert main(["run", str(path)]) == 2
+    ran = capsys.readouterr()
+    first_error = [line for line in (checked.out + checked.err).splitlines() if line.startswith("error:")][0]
+    assert "prefetch" in first_error
+    assert first_error in ran.out + ran.err
+    assert "Traceback" not in checked.out + checked.err + ran.out + ran.err

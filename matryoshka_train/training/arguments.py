@@ -9,10 +9,12 @@ import torch
 from sentence_transformers import SentenceTransformerTrainingArguments
 
 from ..data.sampler import FastNoDuplicatesBatchSampler
-from ..errors import ConfigError
+from ..errors import ConfigError, Problem
 from ..models.loading import layerwise_learning_rates
 from . import distributed
-from .plan import Plan
+from .plan import Plan, resolve_batch_sampler, resolve_precision
+from .prepare import Preparation
+from .speed import decide
 
 
 def training_arguments(plan: Plan) -> Any:
@@ -69,3 +71,19 @@ def training_arguments(plan: Plan) -> Any:
         raise ConfigError(f"the trainer rejected these arguments: {exc}", where="training") from None
 
 
+
+
+def argument_problems(prep: Preparation) -> list[Problem]:
+    """`mtrain check`: build the trainer's arguments as `run` will, and report the trainer's own
+    refusal of them (the same message `run` stops with)."""
+    config = prep.config
+    if prep.model is None and config.training.layerwise_lr_decay is not None:
+        return []  # layer-wise rates need the model: not verifiable without it
+    precision = resolve_precision(config.training.precision, torch.cuda.is_available(), lambda _: None)
+    plan = Plan(config, prep.model, prep.dims or [], prep.datasets, {}, None, precision,
+                resolve_batch_sampler(config), decide(config.training))
+    try:
+        training_arguments(plan)
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []

@@ -16,6 +16,7 @@ from ..config.registry import LOSSES
 from ..config.schema import RunConfig
 from ..data.sources import long_text_counts
 from ..errors import Problem
+from .arguments import argument_problems
 from .plan import batch_lines, loss_problems
 from .prepare import prepare
 
@@ -34,7 +35,7 @@ class CheckReport:
 def check(config: RunConfig) -> CheckReport:
     """Verify a validated config against its model and data; never raises for user errors."""
     prep = prepare(config, check=True)
-    report = CheckReport(problems=prep.problems + loss_problems(prep))
+    report = CheckReport(problems=prep.problems + loss_problems(prep) + argument_problems(prep))
     report.lines.append("Resolved config:\n" + _indent(dump_resolved(config)))
     model_lines = [line for line in prep.lines if line.startswith(("Model:", "Matryoshka dims:"))]
     report.lines += model_lines
