@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set training.learning_rate=3e-5 (repeatable)")
         p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+        loudness(p)
+
+    def loudness(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--quiet", action="store_true", help="no progress bars")
+        group.add_argument("--verbose", action="store_true",
+                           help="library warnings and logs too; check: the whole report even when it fails")
 
     run = sub.add_parser("run", help="train the model a config describes")
     with_config(run)
@@ -53,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config, its data and model, without training")
     with_config(check)
+    check.add_argument("--show-config", action="store_true",
+                       help="also print the resolved config (every default filled in) as YAML")
 
     ev = sub.add_parser("eval", help="evaluate any sentence-transformers model at every dim (and precision)")
     ev.add_argument("model", help="local directory, hub id, or package:<module>")
@@ -61,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value (repeatable)")
     ev.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    loudness(ev)
 
     sw = sub.add_parser("sweep", help="hyperparameter search on Optuna: one mtrain run process per trial")
     sw.add_argument("sweep", help="path to the sweep YAML (base config, search space, objective)")
@@ -123,17 +133,30 @@ def _check(args: argparse.Namespace) -> int:
         report = check_stages(config)
     else:
         report = check(config)
-    for line in report.lines:
-        print(redact(line))
-    if not online:
-        print("Hub: unreachable, so hub models and datasets were not verified (offline check)")
-    for warning in report.warnings:
-        print(redact(f"warning: {warning}"))
+    if args.show_config:
+        print("Resolved config:")
+        for line in report.resolved.rstrip().splitlines():
+            print(redact("  " + line))
+    hub_line = [] if online else ["Hub: unreachable, so hub models and datasets were not verified (offline check)"]
     if report.problems:
+        # the problems first, and the report short enough to keep them on the screen
         for problem in report.problems:
             print(redact(f"error: {problem}"), file=sys.stderr)
         print(f"{len(report.problems)} problem(s): a run would not start.", file=sys.stderr)
+        sys.stderr.flush()
+        shown = report.lines if args.verbose else [
+            line for line in report.lines if not line.startswith((" ", "Speed features"))]
+        for line in shown + hub_line:
+            print(redact(line))
+        for warning in report.warnings:
+            print(redact(f"warning: {warning}"))
+        if not args.verbose:
+            print("(the whole report: mtrain check CONFIG --verbose; the resolved config: --show-config)")
         return 2
+    for line in report.lines + hub_line:
+        print(redact(line))
+    for warning in report.warnings:
+        print(redact(f"warning: {warning}"))
     print("OK: a run would start.")
     return 0
 
