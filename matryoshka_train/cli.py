@@ -21,7 +21,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from . import hub
+from . import __version__, hub
 from .errors import ConfigError, UserError
 from .reporting.redact import install_log_filter, redact, redacted_output
 from .training import distributed
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtrain", description="Train Matryoshka sentence encoders from a YAML config."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def with_config(p: argparse.ArgumentParser) -> None:
@@ -83,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories holding results.json (several: compared)")
     rep.add_argument("--output", help="where report.md and the plots go (default FIRST_RUN_DIR/report)")
     rep.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    init = sub.add_parser("init", help="copy a shipped recipe (configs/RECIPE.yaml) to start a config from")
+    init.add_argument("recipe", help="the recipe's name, e.g. quickstart")
+    init.add_argument("dest", nargs="?", help="where to write it (default RECIPE.yaml here; a directory: inside it)")
+    init.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    schema = sub.add_parser("schema", help="write the config's JSON Schema (for editors)")
+    schema.add_argument("out", nargs="?", help="the file to write (default: print it)")
+    schema.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -90,7 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
-    _quiet_libraries(args.debug)
+    if getattr(args, "quiet", False):
+        # training.arguments.PROGRESS_BARS (not imported here: it imports torch); an environment
+        # variable, so the processes --nproc launches see it too
+        os.environ["MTRAIN_PROGRESS_BARS"] = "0"
+    _quiet_libraries(args.debug or getattr(args, "verbose", False))
     install_log_filter()
     with redacted_output():
         return _dispatch(args)
@@ -106,6 +120,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _report(args)
         if args.verb == "sweep":
             return _sweep(args)
+        if args.verb == "init":
+            return _init(args)
+        if args.verb == "schema":
+            return _schema(args)
         return _run(args)
     except UserError as exc:
         if distributed.is_main() or not exc.same_on_every_process:
@@ -238,6 +256,27 @@ def _sweep(args: argparse.Namespace) -> int:
     sweep = load(args.sweep, storage=args.storage)
     summary = run_sweep(sweep, workers=args.workers)
     return 0 if summary["best"] else 1
+
+
+def _init(args: argparse.Namespace) -> int:
+    from .config.recipes import init_recipe  # light (pydantic, yaml): see the module docstring
+
+    target = init_recipe(args.recipe, args.dest)
+    print(f"Wrote {target}; check it with: mtrain check {target}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .config.recipes import json_schema_text  # light (pydantic): see the module docstring
+
+    text = json_schema_text()
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        print(f"Wrote the config's JSON Schema to {args.out}")
+    return 0
 
 
 def _quiet_libraries(debug: bool) -> None:

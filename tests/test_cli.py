@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 from conftest import REPO
 
 from matryoshka_train.cli import main
+from matryoshka_train.config.schema import RunConfig
 
 
 def _mtrain(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
@@ -60,3 +63,102 @@ def test_check_verbose_keeps_the_whole_report_when_it_fails(tiny_config, write_c
     full = capsys.readouterr()
     assert "Speed features on cpu:" in full.out
     assert "matryoshka.dims: dims [64] exceed the model's embedding size 32" in full.err
+
+
+def test_version_prints_the_package_version(capsys):
+    import matryoshka_train
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mtrain {matryoshka_train.__version__}"
+
+
+def test_the_committed_schema_is_what_mtrain_schema_writes(tmp_path, capsys):
+    out = tmp_path / "schema.json"
+    assert main(["schema", str(out)]) == 0
+    committed = (REPO / "docs" / "config.schema.json").read_text(encoding="utf-8")
+    assert out.read_text(encoding="utf-8") == committed, "run: mtrain schema docs/config.schema.json"
+    capsys.readouterr()
+    assert main(["schema"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == committed
+    schema = json.loads(printed)
+    assert schema["additionalProperties"] is False and "extends" in schema["properties"]
+    assert schema["required"] == ["model", "datasets"]
+    training = schema["$defs"]["TrainingConfig"]["properties"]
+    assert training["learning_rate"]["default"] == RunConfig.model_fields["training"].default_factory().learning_rate
+
+
+def test_shipped_run_configs_point_editors_at_the_schema():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        if path.name.startswith("sweep-"):  # a sweep file has a schema of its own
+            assert "yaml-language-server" not in first
+            continue
+        assert first == "# yaml-language-server: $schema=../docs/config.schema.json", path.name
+        assert (path.parent / "../docs/config.schema.json").resolve().is_file()
+
+
+def test_every_shipped_config_passes_the_schema_it_points_to():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((REPO / "docs" / "config.schema.json").read_text(encoding="utf-8"))
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        if not path.name.startswith("sweep-"):
+            jsonschema.validate(yaml.safe_load(path.read_text(encoding="utf-8")), schema)
+
+
+def test_init_copies_a_recipe_and_never_overwrites(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "quickstart"]) == 0
+    copied = tmp_path / "quickstart.yaml"
+    assert copied.read_text() == (REPO / "configs" / "quickstart.yaml").read_text()
+    assert "Wrote quickstart.yaml; check it with: mtrain check quickstart.yaml" in capsys.readouterr().out
+
+    copied.write_text("# mine\n")
+    assert main(["init", "quickstart"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: init: quickstart.yaml already exists; give another destination or remove it first"]
+    assert copied.read_text() == "# mine\n"
+
+    (tmp_path / "mine").mkdir()
+    assert main(["init", "static", "mine"]) == 0
+    assert (tmp_path / "mine" / "static.yaml").read_text() == (REPO / "configs" / "static.yaml").read_text()
+    assert main(["init", "distill-offline", "other.yaml"]) == 0
+    assert (tmp_path / "other.yaml").is_file()
+
+
+def test_init_an_unknown_recipe_is_one_line_listing_the_recipes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "quickstrat"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    names = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    assert err == [f"error: init: unknown recipe 'quickstrat'; the recipes are: {', '.join(names)}"]
+    assert "quickstart" in names and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, disabled", [([], False), (["--quiet"], True)])
+def test_the_training_progress_bar_is_on_unless_quiet(flags, disabled, tiny_config, write_config, monkeypatch):
+    from matryoshka_train.training import arguments, loop
+
+    monkeypatch.delenv(arguments.PROGRESS_BARS, raising=False)
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")  # what the CLI sets to keep library warnings quiet
+    resolved = []
+
+    def recording(plan):
+        args = arguments.training_arguments(plan)
+        resolved.append(args.disable_tqdm)
+        return args
+
+    monkeypatch.setattr(loop, "training_arguments", recording)
+    tiny_config["training"]["max_steps"] = 1
+    tiny_config["evaluation"].update(before=False, after=False)
+    assert main(["run", str(write_config(tiny_config)), *flags]) == 0
+    assert resolved == [disabled]
+
+
+def test_quiet_and_verbose_are_flags_of_run_check_and_eval(capsys):
+    for verb in (["run", "c.yaml"], ["check", "c.yaml"], ["eval", "m", "--config", "c.yaml"]):
+        with pytest.raises(SystemExit):
+            main([*verb, "--quiet", "--verbose"])
+        assert "not allowed with argument" in capsys.readouterr().err
