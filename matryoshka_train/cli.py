@@ -21,7 +21,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from . import hub
+from . import __version__, hub
 from .errors import ConfigError, UserError
 from .reporting.redact import install_log_filter, redact, redacted_output
 from .training import distributed
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtrain", description="Train Matryoshka sentence encoders from a YAML config."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def with_config(p: argparse.ArgumentParser) -> None:
@@ -38,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set training.learning_rate=3e-5 (repeatable)")
         p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+        loudness(p)
+
+    def loudness(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--quiet", action="store_true", help="no progress bars")
+        group.add_argument("--verbose", action="store_true",
+                           help="library warnings and logs too; check: the whole report even when it fails")
 
     run = sub.add_parser("run", help="train the model a config describes")
     with_config(run)
@@ -53,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config, its data and model, without training")
     with_config(check)
+    check.add_argument("--show-config", action="store_true",
+                       help="also print the resolved config (every default filled in) as YAML")
 
     ev = sub.add_parser("eval", help="evaluate any sentence-transformers model at every dim (and precision)")
     ev.add_argument("model", help="local directory, hub id, or package:<module>")
@@ -61,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value (repeatable)")
     ev.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    loudness(ev)
 
     sw = sub.add_parser("sweep", help="hyperparameter search on Optuna: one mtrain run process per trial")
     sw.add_argument("sweep", help="path to the sweep YAML (base config, search space, objective)")
@@ -73,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories holding results.json (several: compared)")
     rep.add_argument("--output", help="where report.md and the plots go (default FIRST_RUN_DIR/report)")
     rep.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    init = sub.add_parser("init", help="copy a shipped recipe (configs/RECIPE.yaml) to start a config from")
+    init.add_argument("recipe", help="the recipe's name, e.g. quickstart")
+    init.add_argument("dest", nargs="?", help="where to write it (default RECIPE.yaml here; a directory: inside it)")
+    init.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    schema = sub.add_parser("schema", help="write the config's JSON Schema (for editors)")
+    schema.add_argument("out", nargs="?", help="the file to write (default: print it)")
+    schema.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -80,7 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
-    _quiet_libraries(args.debug)
+    if getattr(args, "quiet", False):
+        # training.arguments.PROGRESS_BARS (not imported here: it imports torch); an environment
+        # variable, so the processes --nproc launches see it too
+        os.environ["MTRAIN_PROGRESS_BARS"] = "0"
+    _quiet_libraries(args.debug or getattr(args, "verbose", False))
     install_log_filter()
     with redacted_output():
         return _dispatch(args)
@@ -96,6 +120,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _report(args)
         if args.verb == "sweep":
             return _sweep(args)
+        if args.verb == "init":
+            return _init(args)
+        if args.verb == "schema":
+            return _schema(args)
         return _run(args)
     except UserError as exc:
         if distributed.is_main() or not exc.same_on_every_process:
@@ -123,17 +151,30 @@ def _check(args: argparse.Namespace) -> int:
         report = check_stages(config)
     else:
         report = check(config)
-    for line in report.lines:
-        print(redact(line))
-    if not online:
-        print("Hub: unreachable, so hub models and datasets were not verified (offline check)")
-    for warning in report.warnings:
-        print(redact(f"warning: {warning}"))
+    if args.show_config:
+        print("Resolved config:")
+        for line in report.resolved.rstrip().splitlines():
+            print(redact("  " + line))
+    hub_line = [] if online else ["Hub: unreachable, so hub models and datasets were not verified (offline check)"]
     if report.problems:
+        # the problems first, and the report short enough to keep them on the screen
         for problem in report.problems:
             print(redact(f"error: {problem}"), file=sys.stderr)
         print(f"{len(report.problems)} problem(s): a run would not start.", file=sys.stderr)
+        sys.stderr.flush()
+        shown = report.lines if args.verbose else [
+            line for line in report.lines if not line.startswith((" ", "Speed features"))]
+        for line in shown + hub_line:
+            print(redact(line))
+        for warning in report.warnings:
+            print(redact(f"warning: {warning}"))
+        if not args.verbose:
+            print("(the whole report: mtrain check CONFIG --verbose; the resolved config: --show-config)")
         return 2
+    for line in report.lines + hub_line:
+        print(redact(line))
+    for warning in report.warnings:
+        print(redact(f"warning: {warning}"))
     print("OK: a run would start.")
     return 0
 
@@ -215,6 +256,27 @@ def _sweep(args: argparse.Namespace) -> int:
     sweep = load(args.sweep, storage=args.storage)
     summary = run_sweep(sweep, workers=args.workers)
     return 0 if summary["best"] else 1
+
+
+def _init(args: argparse.Namespace) -> int:
+    from .config.recipes import init_recipe  # light (pydantic, yaml): see the module docstring
+
+    target = init_recipe(args.recipe, args.dest)
+    print(f"Wrote {target}; check it with: mtrain check {target}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .config.recipes import json_schema_text  # light (pydantic): see the module docstring
+
+    text = json_schema_text()
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        print(f"Wrote the config's JSON Schema to {args.out}")
+    return 0
 
 
 def _quiet_libraries(debug: bool) -> None:

@@ -37,6 +37,9 @@ reported at once with its YAML path, and `mtrain check CONFIG` verifies the data
   (`--set datasets.0.limit=100`). Values are typed by the schema; use YAML for lists
   (`--set matryoshka.dims=[256,64]`).
 - Relative paths to data files and `output_dir` are relative to the directory you run `mtrain` in.
+- `docs/config.schema.json` is this reference as a JSON Schema (`mtrain schema` writes it): start a
+  config with `# yaml-language-server: $schema=PATH/TO/config.schema.json` and editors with the
+  YAML language server complete and check its keys. `mtrain init RECIPE` copies a shipped config.
 """
 
 

@@ -3,6 +3,7 @@ training section and the plan (precision, sampler, several processes, layer-wise
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -15,6 +16,16 @@ from . import distributed
 from .plan import Plan, resolve_batch_sampler, resolve_precision
 from .prepare import Preparation
 from .speed import decide
+
+# `mtrain run --quiet` sets this to 0 (an environment variable, so processes started by --nproc and
+# accelerate launch see it too)
+PROGRESS_BARS = "MTRAIN_PROGRESS_BARS"
+
+
+def progress_bars() -> bool:
+    """The trainer's progress bar: on unless switched off (transformers would switch it off whenever
+    its log level is above WARNING, which is how the CLI keeps library warnings quiet)."""
+    return os.environ.get(PROGRESS_BARS, "1") != "0"
 
 
 def training_arguments(plan: Plan) -> Any:
@@ -48,6 +59,7 @@ def training_arguments(plan: Plan) -> Any:
         "load_best_model_at_end": t.load_best_model_at_end,
         "metric_for_best_model": t.metric_for_best_model,
         "report_to": t.report_to,
+        "disable_tqdm": not progress_bars(),
         # no host read of the loss every step: our NanGuard checks it (faults.py), per training.nan_check
         "logging_nan_inf_filter": False,
         "dataloader_pin_memory": plan.speed.pin_memory,

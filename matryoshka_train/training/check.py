@@ -26,6 +26,7 @@ class CheckReport:
     lines: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    resolved: str = ""  # the config with every default filled in (printed by `mtrain check --show-config`)
 
     @property
     def ok(self) -> bool:
@@ -35,8 +36,9 @@ class CheckReport:
 def check(config: RunConfig) -> CheckReport:
     """Verify a validated config against its model and data; never raises for user errors."""
     prep = prepare(config, check=True)
-    report = CheckReport(problems=prep.problems + loss_problems(prep) + argument_problems(prep))
-    report.lines.append("Resolved config:\n" + _indent(dump_resolved(config)))
+    report = CheckReport(
+        problems=prep.problems + loss_problems(prep) + argument_problems(prep), resolved=dump_resolved(config)
+    )
     model_lines = [line for line in prep.lines if line.startswith(("Model:", "Matryoshka dims:"))]
     report.lines += model_lines
     report.warnings += [w for w in prep.unverified if w.startswith("model:")]
@@ -84,7 +86,3 @@ def long_text_lines(prepared: Any, index: int, model: Any) -> list[str]:
         (f"  {prepared.name}: {over} of {counted} rows{sampled} have a text longer than max_seq_length {limit} tokens "
          f"(longest {longest}); they will be truncated. Raise model.max_seq_length to keep more of them")
     ]
-
-
-def _indent(text: str) -> str:
-    return "\n".join("  " + line for line in text.rstrip().splitlines())

@@ -12,6 +12,7 @@ evaluator functions for the parts it has.)
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,7 +176,34 @@ def config_problems(config: RunConfig) -> list[Problem]:
                 f"{where}.kwargs.mini_batch_size",
                 f"mini_batch_size {mini} is larger than the batch ({t.per_device_train_batch_size}); make it smaller",
             ))
-    return problems + _training_argument_problems(config) + _best_metric_problems(config)
+    return (problems + _training_argument_problems(config) + _best_metric_problems(config)
+            + tracker_problems(config.training.report_to))
+
+
+# training.report_to values whose package is an extra of ours: the modules transformers' callback
+# imports (any one of them will do), and the extra that installs it
+TRACKERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "wandb": (("wandb",), "wandb"),
+    "mlflow": (("mlflow",), "mlflow"),
+    "trackio": (("trackio",), "trackio"),
+}
+
+
+def tracker_problems(report_to: list[str]) -> list[Problem]:
+    """A tracker whose package is missing would fail at trainer construction, after the data and
+    the model were loaded; say so up front, with the extra that installs it."""
+    problems = []
+    for name in report_to:
+        if name not in TRACKERS:
+            continue
+        modules, extra = TRACKERS[name]
+        if not any(importlib.util.find_spec(module) is not None for module in modules):
+            problems.append(Problem(
+                "training.report_to",
+                f"{name} is not installed; pip install 'matryoshka-train[{extra}]' (or pip install {modules[0]})",
+            ))
+    return problems
 
 
 def _best_metric_problems(config: RunConfig) -> list[Problem]:

@@ -149,10 +149,7 @@ def combine(per_stage: list[dict[str, Any]]) -> dict[str, Any]:
 def check_stages(config: RunConfig) -> Any:
     """`mtrain check` for every stage; one report, each stage's lines under a heading."""
 
-    report = CheckReport()
-    report.lines.append(
-        "Resolved config:\n" + "\n".join("  " + line for line in dump_resolved(config).rstrip().splitlines())
-    )
+    report = CheckReport(resolved=dump_resolved(config))
     for stage in expand(config, for_check=True):
         sub = check(stage.config)
         start = (
@@ -163,7 +160,7 @@ def check_stages(config: RunConfig) -> Any:
         report.lines.append(
             f"--- {stage.label.capitalize()}: starts from {start}; writes {stage.config.training.output_dir}"
         )
-        report.lines += [line for line in sub.lines if not line.startswith("Resolved config:")]
+        report.lines += sub.lines
         report.warnings += [f"stages.{stage.index}: {w}" for w in sub.warnings]
         report.problems += [
             Problem(f"stages.{stage.index}.{p.where}" if p.where else f"stages.{stage.index}", p.message)
