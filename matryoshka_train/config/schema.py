@@ -298,7 +298,11 @@ class TrainingConfig(Section):
     logging_steps: int = Field(10, gt=0)
     eval_strategy: Literal["no", "steps", "epoch"] = "no"
     eval_steps: int | None = Field(None, gt=0)
-    save_strategy: Literal["no", "steps", "epoch"] = "no"
+    save_strategy: Literal["no", "steps", "epoch"] = Field(
+        "steps",
+        description="'steps' (the default, as the transformers Trainer's): a checkpoint every save_steps and at "
+        "the end, so a run killed any way can be resumed with --resume. 'no': none (a SIGTERM still saves one).",
+    )
     save_steps: int = Field(500, gt=0)
     save_total_limit: int | None = Field(2, gt=0)
     save_only_model: bool = False
