@@ -87,6 +87,13 @@ class SourceConfig(Section):
     hub: str | None = Field(None, description="Hub dataset id, e.g. sentence-transformers/all-nli.")
     subset: str | None = Field(None, description="Hub dataset configuration (subset) name.")
     split: str = Field("train", description="Hub split to read.")
+    revision: str | None = Field(
+        None, description="Hub dataset revision (branch, tag or commit) to read; null: the newest (main)."
+    )
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="Hub dataset: only these files of the repository (a pattern, a list, or "
+        "split -> files), passed to datasets.load_dataset."
+    )
     format: Literal["json", "csv", "tsv", "parquet"] | None = Field(
         None, description="File format; inferred from the extension when omitted."
     )
@@ -100,11 +107,14 @@ class SourceConfig(Section):
     def _exactly_one(self) -> SourceConfig:
         if (self.path is None) == (self.hub is None):
             raise ValueError("give exactly one of 'path' (local files) or 'hub' (a hub dataset id)")
+        if self.path is not None and (self.revision is not None or self.data_files is not None):
+            raise ValueError("revision and data_files are for hub datasets; local files are read as they are")
         return self
 
     def describe(self) -> str:
         if self.hub:
-            return f"hub:{self.hub}" + (f"/{self.subset}" if self.subset else "") + f"[{self.split}]"
+            at = f"@{self.revision}" if self.revision else ""
+            return f"hub:{self.hub}" + (f"/{self.subset}" if self.subset else "") + at + f"[{self.split}]"
         return ", ".join(self.path or [])
 
 
@@ -288,7 +298,11 @@ class TrainingConfig(Section):
     logging_steps: int = Field(10, gt=0)
     eval_strategy: Literal["no", "steps", "epoch"] = "no"
     eval_steps: int | None = Field(None, gt=0)
-    save_strategy: Literal["no", "steps", "epoch"] = "no"
+    save_strategy: Literal["no", "steps", "epoch"] = Field(
+        "steps",
+        description="'steps' (the default, as the transformers Trainer's): a checkpoint every save_steps and at "
+        "the end, so a run killed any way can be resumed with --resume. 'no': none (a SIGTERM still saves one).",
+    )
     save_steps: int = Field(500, gt=0)
     save_total_limit: int | None = Field(2, gt=0)
     save_only_model: bool = False

@@ -88,9 +88,19 @@ def read_source(src: SourceConfig, where: str) -> Dataset:
     return ds
 
 
+def hub_dataset_kwargs(src: SourceConfig) -> dict[str, Any]:
+    """The pins of a hub source (revision, data_files) as ``datasets.load_dataset`` arguments."""
+    kwargs: dict[str, Any] = {}
+    if src.revision is not None:
+        kwargs["revision"] = src.revision
+    if src.data_files is not None:
+        kwargs["data_files"] = src.data_files
+    return kwargs
+
+
 def _read_hub(src: SourceConfig, where: str) -> Dataset:
     try:
-        return datasets.load_dataset(src.hub, src.subset, split=src.split)
+        return datasets.load_dataset(src.hub, src.subset, split=src.split, **hub_dataset_kwargs(src))
     except (ConnectionError, OfflineModeIsEnabled) as exc:
         raise HubUnavailable(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - hub clients raise many types; sorted by message below

@@ -153,7 +153,7 @@ def _static_model(cfg: ModelConfig, path: str, device: str | None) -> SentenceTr
     if cfg.embedding_dim is None:
         raise ConfigError("a static model needs embedding_dim (e.g. 1024)", where="model.embedding_dim")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=_offline())
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, local_files_only=_offline())
     except OSError as exc:
         raise ConfigError(_load_failure(cfg.name_or_path, exc), where="model.name_or_path") from None
     static = modules.StaticEmbedding(tokenizer, embedding_dim=cfg.embedding_dim)

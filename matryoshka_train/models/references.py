@@ -33,7 +33,8 @@ def reference_config(base: ModelConfig | None, name: str, keep_layers: bool = Fa
     like the model it anchors). Without ``base`` (an eval-only config): the model's own settings."""
     if base is None:
         return ModelConfig(name_or_path=name)
-    update: dict = {"name_or_path": name, "type": "pretrained"}
+    # the revision pins the base model's repository, not another model's
+    update: dict = {"name_or_path": name, "type": "pretrained", "revision": None}
     if not keep_layers:
         update["layers"] = None
     return base.model_copy(update=update)

@@ -33,6 +33,9 @@ class CheckReport:
         return not self.problems
 
 
+SAVE_STEPS_IGNORED = "training.save_steps is {steps} but training.save_strategy is 'no', so no checkpoints are saved"
+
+
 def check(config: RunConfig) -> CheckReport:
     """Verify a validated config against its model and data; never raises for user errors."""
     prep = prepare(config, check=True)
@@ -63,9 +66,21 @@ def check(config: RunConfig) -> CheckReport:
         if prep.model is not None:
             report.lines += long_text_lines(prepared, i, prep.model)
     report.warnings += prep.warnings + [w for w in prep.unverified if not w.startswith("model:")]
+    report.warnings += save_warnings(config)
     report.lines += [line for line in prep.lines if line not in model_lines]
     report.lines += batch_lines(config, columns)
     return report
+
+
+def save_warnings(config: RunConfig, explicit: set[str] | None = None) -> list[str]:
+    """Keys that ask for checkpoints a setting elsewhere turns off. ``explicit``: the training keys
+    the user wrote (default: those of ``config`` itself; a stage passes its own and the top level's)."""
+    t = config.training
+    written = t.model_fields_set if explicit is None else explicit
+    if t.save_strategy == "no" and "save_steps" in written:
+        return [f"{SAVE_STEPS_IGNORED.format(steps=t.save_steps)}; set training.save_strategy: steps (the default) "
+                "to save them"]
+    return []
 
 
 def long_text_lines(prepared: Any, index: int, model: Any) -> list[str]:

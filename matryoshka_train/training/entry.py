@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config.schema import RunConfig
-from ..errors import ConfigError
 from .loop import run_single
 from .stages import run_stages
 
@@ -31,10 +30,4 @@ def run(
     """
     if not config.stages:
         return run_single(config, overwrite, echo, resume, resume_force, resume_hint, callbacks)
-    if resume is not None:
-        raise ConfigError(
-            "--resume is not supported for multi-stage configs; resume a stage with a single-stage config "
-            "starting from the previous stage's model",
-            where="--resume",
-        )
-    return run_stages(config, overwrite, echo)
+    return run_stages(config, overwrite, echo, resume, resume_force, resume_hint)

@@ -22,13 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..config.loading import dump_resolved, merge_stage, validate
 from ..config.schema import RunConfig
-from ..errors import Problem
+from ..errors import ConfigError, Problem
 from ..reporting import redact
 from ..reporting.report import add_model_card_section, results_table
-from .check import CheckReport, check
+from . import distributed
+from .check import SAVE_STEPS_IGNORED, CheckReport, check, save_warnings
+from .checkpoints import last_checkpoint
 from .loop import guard_output_dir, run_single
+from .resume import RESOLVED, changed_keys
 
 # Files of a stage's run that describe that stage only; the final output_dir gets its own.
 _STAGE_ONLY = {"results.json", "metrics.jsonl", "emissions.csv", "config.resolved.yaml"}
@@ -69,19 +74,59 @@ def expand(config: RunConfig, for_check: bool = False) -> list[Stage]:
     return stages
 
 
-def run_stages(config: RunConfig, overwrite: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every stage in order, then write the final model and the combined results.json."""
-    out = Path(config.training.output_dir)
-    guard_output_dir(out, overwrite)
-    stages = expand(config)
-    per_stage = []
-    for stage in stages:
-        echo(f"\n=== {stage.label.capitalize()} of {len(stages)} → {stage.config.training.output_dir}")
-        results = run_single(stage.config, overwrite=overwrite, echo=echo)
-        per_stage.append(
-            {"stage": stage.index + 1, "name": stage.name, "output_dir": stage.config.training.output_dir, **results}
-        )
+def run_stages(
+    config: RunConfig,
+    overwrite: bool = False,
+    echo: Callable[[str], None] = print,
+    resume: str | bool | None = None,
+    resume_force: bool = False,
+    resume_hint: str | None = None,
+) -> dict[str, Any]:
+    """Run every stage in order, then write the final model and the combined results.json.
 
+    Under several processes every process runs every stage; a barrier after each stage keeps the
+    next one from loading a model the main process has not finished writing, and only the main
+    process prints and writes the combined outputs (the others return ``{}``).
+
+    ``resume``: the stages already complete (:func:`completed_stage`) are skipped, the first other
+    one resumes from its newest complete checkpoint (or ``resume`` when it is a path; or starts
+    again when it saved none), and the rest run as new."""
+    distributed.init()
+    main = distributed.is_main()
+    say = echo if main else (lambda _: None)
+    out = Path(config.training.output_dir)
+    stages = expand(config)
+    if resume is None:
+        guard_output_dir(out, overwrite)
+        done: dict[int, dict[str, Any]] = {}
+    else:
+        done = completed_stages(stages, resume_force, say)
+    distributed.barrier()  # every process has checked before the main one writes anything
+    per_stage = []
+    resumed = False
+    for stage in stages:
+        here = stage.config.training.output_dir
+        if stage.index in done:
+            say(f"\n=== {stage.label.capitalize()} of {len(stages)}: complete in {here}; skipped")
+            results = done[stage.index]
+        else:
+            say(f"\n=== {stage.label.capitalize()} of {len(stages)} → {here}")
+            kwargs: dict[str, Any] = {"overwrite": overwrite}
+            if resume is not None and not resumed:
+                resumed = True
+                if stage.index == 0 or isinstance(resume, str) or last_checkpoint(Path(here)) is not None:
+                    kwargs = {"resume": resume, "resume_force": resume_force}
+                else:  # stopped before its first checkpoint: this stage starts again
+                    say(f"{stage.label.capitalize()} saved no checkpoint; it starts again")
+                    kwargs = {"overwrite": True}
+            elif resume is not None:
+                kwargs = {"overwrite": True}  # a later stage of a resumed run: whatever is there is stale
+            results = run_single(stage.config, echo=echo, resume_hint=resume_hint, **kwargs)
+            distributed.barrier()  # the main process has written this stage's model before the next loads it
+        per_stage.append({"stage": stage.index + 1, "name": stage.name, "output_dir": here, **results})
+
+    if not main:
+        return {}
     final = Path(stages[-1].config.training.output_dir)
     copy_model(final, out)
     combined = combine(per_stage)
@@ -89,10 +134,49 @@ def run_stages(config: RunConfig, overwrite: bool = False, echo: Callable[[str],
     redact.write_text(out / "config.resolved.yaml", dump_resolved(config))
     add_model_card_section(out / "README.md", config, combined)
     redact.scrub_tree(out)  # the copied model card and files other libraries wrote
-    echo(f"\n=== All {len(stages)} stages: before = {stages[0].label}'s base model, after = the final model")
-    echo(results_table(combined))
-    echo(f"\nFinal model and combined results.json written to {out}; each stage's outputs are in its stage-N folder")
+    say(f"\n=== All {len(stages)} stages: before = {stages[0].label}'s base model, after = the final model")
+    say(results_table(combined))
+    say(f"\nFinal model and combined results.json written to {out}; each stage's outputs are in its stage-N folder")
     return combined
+
+
+def completed_stage(stage: Stage) -> dict[str, Any] | None:
+    """The results of ``stage`` when its run finished (results.json and the saved model are in its
+    directory), else None."""
+    here = Path(stage.config.training.output_dir)
+    try:
+        results = json.loads((here / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    weights = [p for p in here.rglob("*")
+               if p.suffix in (".safetensors", ".bin") and "checkpoint-" not in str(p.relative_to(here))]
+    if not isinstance(results, dict) or "dims" not in results or not weights or not (here / "modules.json").is_file():
+        return None
+    return results
+
+
+def completed_stages(stages: list[Stage], force: bool, echo: Callable[[str], None]) -> dict[int, dict[str, Any]]:
+    """The leading stages that finished, by index, with their results; each must have run with the
+    config it has now (as a resumed checkpoint must, see :func:`.resume.check_same_run`)."""
+    done: dict[int, dict[str, Any]] = {}
+    for stage in stages:
+        results = completed_stage(stage)
+        if results is None:
+            break
+        here = Path(stage.config.training.output_dir)
+        saved = yaml.safe_load((here / RESOLVED).read_text(encoding="utf-8")) if (here / RESOLVED).is_file() else {}
+        changes = changed_keys(saved or {}, yaml.safe_load(dump_resolved(stage.config)))
+        if changes and not force:
+            raise ConfigError(
+                f"the config of {stage.label} changed since it finished in {here}, so resuming would not "
+                "continue the same run: " + "; ".join(changes)
+                + ". Undo the change(s), or pass --resume-force to continue anyway",
+                where="--resume",
+            )
+        for change in changes:
+            echo(f"Warning: resuming with a changed key (--resume-force): {stage.label}: {change}")
+        done[stage.index] = results
+    return done
 
 
 def copy_model(src: Path, dst: Path) -> None:
@@ -161,7 +245,11 @@ def check_stages(config: RunConfig) -> Any:
             f"--- {stage.label.capitalize()}: starts from {start}; writes {stage.config.training.output_dir}"
         )
         report.lines += sub.lines
-        report.warnings += [f"stages.{stage.index}: {w}" for w in sub.warnings]
+        # a stage's config has every key written out: whether save_steps was set is read from the YAML
+        ignored = SAVE_STEPS_IGNORED.split("{")[0]
+        explicit = set(config.training.model_fields_set) | set(config.stages[stage.index].training or {})
+        warnings = [w for w in sub.warnings if not w.startswith(ignored)] + save_warnings(stage.config, explicit)
+        report.warnings += [f"stages.{stage.index}: {w}" for w in warnings]
         report.problems += [
             Problem(f"stages.{stage.index}.{p.where}" if p.where else f"stages.{stage.index}", p.message)
             for p in sub.problems
