@@ -93,8 +93,9 @@ class NanGuard(TrainerCallback):
 
         def deferred(model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
             loss = original(model, inputs, *args, **kwargs)
-            value = loss.detach().float().reshape(-1)[:1].reshape(())
-            finite = torch.isfinite(loss.detach()).all()
+            detached = loss.detach()
+            value = detached.float().reshape(-1)[:1].reshape(())
+            finite = torch.isfinite(detached).all()
             if self._first_bad is None:
                 self._first_bad = torch.full((), -1, dtype=torch.long, device=value.device)
                 self._bad_value = torch.zeros((), dtype=torch.float32, device=value.device)
@@ -110,12 +111,11 @@ class NanGuard(TrainerCallback):
         """logging_steps mode: bring the device-side flag to the host (one read; all processes agree)."""
         if self.step is not None or self._first_bad is None:
             return
-        first = int(self._first_bad)
-        if distributed.world_size() > 1:
-            first = distributed.first_flagged_step(first)
+        own = int(self._first_bad)  # this process's first bad step, -1 if none
+        first = distributed.first_flagged_step(own) if distributed.world_size() > 1 else own
         if first >= 0:
             self.step = first
-            value = float(self._bad_value) if int(self._first_bad) >= 0 else float("nan")
+            value = float(self._bad_value) if own >= 0 else float("nan")  # another process saw it
             self.what = f"the loss became {value}"
             seen = self._trainer.state.global_step if self._trainer is not None else first
             if seen > first:  # the steps in between ran on; they are discarded with the final model
