@@ -126,6 +126,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _schema(args)
         return _run(args)
     except UserError as exc:
+        _close_progress_bars()
         if distributed.is_main() or not exc.same_on_every_process:
             tag = "" if distributed.is_main() else f"[process {distributed.rank()}] "
             for problem in exc.problems:
@@ -277,6 +278,14 @@ def _schema(args: argparse.Namespace) -> int:
             handle.write(text)
         print(f"Wrote the config's JSON Schema to {args.out}")
     return 0
+
+
+def _close_progress_bars() -> None:
+    """A run stopped mid-training leaves the trainer's bar open, without its final newline: close
+    it, so the error lines that follow start on lines of their own."""
+    tqdm = sys.modules.get("tqdm")  # only if something opened a bar; never imported here for this
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
 
 
 def _quiet_libraries(debug: bool) -> None:
