@@ -52,6 +52,7 @@ from .report import (
     trial_summary,
     write_outputs,
 )
+from .storage import check_storage
 
 HEARTBEAT_S = 30
 STALE_AFTER_S = 300
@@ -95,6 +96,8 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> dict[str, Any]:
     """Run (or resume) the sweep with ``workers`` parallel trials; write the table, best.yaml and plots."""
     if workers < 1:
         raise UserError("--workers must be 1 or more", where="--workers")
+    _optuna()
+    check_storage(sweep.storage_url)  # a bad URL, a missing driver or an unreachable server: one line, nothing made
     sweep.out.mkdir(parents=True, exist_ok=True)
     _STOP.clear()
     study = open_study(sweep)
@@ -244,11 +247,30 @@ def _alive(pid: Any) -> bool:
 
 
 def counted(study: Any) -> int:
-    """Trials that use up n_trials: all but the interrupted ones and those still waiting."""
+    """Trials that use up n_trials: all but the interrupted and surplus ones and those still waiting."""
     from optuna.trial import TrialState  # optional extra (sweep)
 
     return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state != TrialState.WAITING and not t.user_attrs.get("interrupted"))
+               if t.state != TrialState.WAITING and not _not_counted(t))
+
+
+def _not_counted(t: Any) -> bool:
+    return bool(t.user_attrs.get("interrupted") or t.user_attrs.get("surplus"))
+
+
+def _beyond_n_trials(study: Any, trial: Any, c: SweepConfig) -> bool:
+    """Whether a just-asked trial would go past ``n_trials`` (it is then recorded as surplus, not run).
+
+    A driver checks the count before it asks, but drivers on other machines may check at the same
+    moment and all ask. The storage numbers trials in the order it made them (under a lock on the
+    study), so the trials numbered before this one decide: when they already make ``n_trials``
+    (queued retries included, since they will run), this one is one too many. A queued retry always
+    runs: it takes the place of an interrupted trial.
+    """
+    if "retry_of" in trial.user_attrs:
+        return False
+    before = sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and not _not_counted(t))
+    return before >= c.n_trials
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,6 +287,10 @@ def _worker(sweep: Sweep, study: Any) -> None:
             if (counted(study) >= c.n_trials or (c.sampler.type == "grid" and _grid_done(study, c))) and not waiting:
                 return
             trial = study.ask()
+            if _beyond_n_trials(study, trial, c):  # a driver elsewhere asked at the same moment
+                trial.set_user_attr("surplus", True)
+                study.tell(trial, state=TrialState.FAIL)
+                continue
             me = (("host", socket.gethostname()), ("pid", os.getpid()), ("heartbeat", time.time()),
                   ("worker", f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"))
             for key, value in me:
@@ -281,7 +307,7 @@ def _grid_done(study: Any, c: SweepConfig) -> bool:
         total *= len(p.grid or p.choices)
     finished = {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-                or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))}
+                or (t.state == TrialState.FAIL and not _not_counted(t))}
     return len(finished) >= total
 
 

@@ -92,8 +92,8 @@ def trial_summary(results_path: Path, c: SweepConfig) -> dict[str, Any]:
 def trial_rows(study: Any) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.state.name == "WAITING":
-            continue
+        if t.state.name == "WAITING" or t.user_attrs.get("surplus"):
+            continue  # not run yet, or never run: asked beyond n_trials by drivers starting together
         value = (
             t.value
             if t.values
