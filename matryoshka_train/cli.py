@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="hyperparameter search on Optuna: one mtrain run process per trial")
     sw.add_argument("sweep", help="path to the sweep YAML (base config, search space, objective)")
     sw.add_argument("--storage", help="Optuna RDB URL (default sqlite:///OUTPUT_DIR/study.db); "
-                                      "postgresql://... for many machines")
+                                      "postgresql+psycopg://USER@HOST/DB for many machines (docs/sweeps.md)")
     sw.add_argument("--workers", type=int, default=1, help="trials run in parallel by this process (default 1)")
     sw.add_argument("--debug", action="store_true", help="show tracebacks")
 

@@ -61,7 +61,8 @@ class _Cluster:
     def __init__(self, bindir: Path):
         self.bindir = bindir
         self.as_user: list[str] = []
-        self.dir = Path(tempfile.mkdtemp(prefix="mtrain-postgres-"))
+        # in /tmp rather than $TMPDIR: the postgres user must reach it, and a socket path is short
+        self.dir = Path(tempfile.mkdtemp(prefix="mtrain-postgres-", dir="/tmp" if os.path.isdir("/tmp") else None))
         if os.geteuid() == 0:  # initdb and postgres refuse to run as root
             try:
                 pw = pwd.getpwnam("postgres")
