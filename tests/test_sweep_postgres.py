@@ -234,22 +234,31 @@ def test_a_killed_drivers_trial_is_queued_again_and_the_study_resumes(machine_sw
     assert [r["state"] for r in rows] == ["interrupted", "complete", "complete"]
 
 
-def test_drivers_asking_at_the_same_moment_do_not_run_past_n_trials(machine_sweep, postgres_url):
-    """No trial processes: two drivers' checks both saw room for one more trial, and both asked."""
-    from matryoshka_train.sweep.driver import _beyond_n_trials, counted, load, open_study, suggest
+def test_drivers_asking_at_the_same_moment_do_not_run_past_n_trials(machine_sweep, postgres_url, monkeypatch):
+    """No trial processes: driver B counted the study just before driver A asked for the last trial,
+    so both see room for one more; B's trial comes out numbered past n_trials and is not run."""
+    from matryoshka_train.sweep import driver
+    from matryoshka_train.sweep.report import trial_rows
 
-    path = machine_sweep("machine-a", n_trials=2)
-    sweep = load(path, storage=postgres_url)
+    sweep = driver.load(machine_sweep("machine-b", n_trials=2), storage=postgres_url)
     sweep.out.mkdir(parents=True)
-    a, b = open_study(sweep), open_study(sweep, worker=1)
+    a, b = driver.open_study(sweep), driver.open_study(sweep, worker=1)
     done = a.ask()
-    suggest(done, sweep.config)
+    driver.suggest(done, sweep.config)
     a.tell(done, 0.5)
-    assert counted(a) == 1 and counted(b) == 1  # both drivers see room for one more, and ask
-    mine, theirs = a.ask(), b.ask()
-    assert (mine.number, theirs.number) == (1, 2)
-    assert not _beyond_n_trials(a, mine, sweep.config)
-    assert _beyond_n_trials(b, theirs, sweep.config)
+    stale = iter([driver.counted(b)])  # 1: what B saw before A's ask below
+    real_count = driver.counted
+    monkeypatch.setattr(driver, "counted", lambda study: next(stale, None) or real_count(study))
+    last = a.ask()  # A's trial: the study's second, running
+    assert not driver._beyond_n_trials(a, last, sweep.config)
+    driver._STOP.clear()
+    driver._worker(sweep, b)  # B asks (its count was stale), sees trial 2 is one too many, and stops
+
+    trials = driver.open_study(sweep).get_trials()
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "RUNNING"), (2, "FAIL")]
+    assert trials[2].user_attrs == {"surplus": True} and trials[2].params == {}  # never started
+    assert not (sweep.out / "trials").exists()
+    assert real_count(b) == 2 and [r["trial"] for r in trial_rows(b)] == [0, 1]
 
 
 def test_storage_url_problems_are_one_line_before_anything_starts(machine_sweep, tmp_path, capsys, monkeypatch):
@@ -277,11 +286,11 @@ def test_storage_url_problems_are_one_line_before_anything_starts(machine_sweep,
 
 
 def test_a_database_that_does_not_exist_is_one_line(machine_sweep, postgres_url, tmp_path, capsys):
-    url = postgres_url.replace(f"/{DATABASE}?", "/no_such_database?")
-    if url == postgres_url:
-        pytest.skip(f"{URL_ENV} does not name the database {DATABASE}")
-    assert main(["sweep", str(machine_sweep("machine-a")), "--storage", url]) == 2
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url).set(database="no_such_database")
+    assert main(["sweep", str(machine_sweep("machine-a")), "--storage", url.render_as_string(hide_password=False)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("error: --storage: cannot reach the database postgresql+psycopg://postgres@/no_such_database")
+    assert line.startswith(f"error: --storage: cannot reach the database {url.render_as_string(hide_password=True)}: ")
     assert 'database "no_such_database" does not exist' in line and "createdb NAME" in line
     assert not (tmp_path / "machine-a").exists()
