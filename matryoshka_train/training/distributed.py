@@ -60,16 +60,33 @@ def barrier() -> None:
         dist.barrier()
 
 
+_HOST_GROUP: list[Any] = []  # the CPU (gloo) process group for host-side flags, made on first use
+
+
+def host_group(dist: Any) -> Any:
+    """A process group whose collectives run on the host: the default group itself when it is gloo
+    (CPU training), else one gloo group made once (every process makes it at the same call, as
+    :func:`any_process` is called at the same step everywhere). ``None`` means the default group."""
+    if dist.get_backend() == "gloo":
+        return None
+    if not _HOST_GROUP:
+        _HOST_GROUP.append(dist.new_group(backend="gloo"))
+    return _HOST_GROUP[0]
+
+
 def any_process(flag: bool) -> bool:
-    """True on every process when it is True on at least one (one tiny all-reduce)."""
+    """True on every process when it is True on at least one (one tiny all-reduce).
+
+    Called every step (the signal check), so it runs on the host: a CPU tensor over a gloo group.
+    With NCCL, a CUDA tensor here would make every step wait for the GPU's queue to drain before
+    its ``.item()`` returns (issue #14: no synchronisation in the hot loop)."""
     dist = _dist()
     if dist is None:
         return bool(flag)
     import torch  # heavy; only with several processes
 
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=host_group(dist))
     return bool(t.item())
 
 
