@@ -161,3 +161,16 @@ def test_rotation_with_distillation_loss_is_refused(tiny_config, data_dir):
     cfg["matryoshka"]["rotation"] = {"enabled": True}
     report = check(validate(cfg))
     assert any("turn matryoshka.rotation off for distillation" in str(p) for p in report.problems)
+
+
+def test_bypassed_rotation_scores_the_base_model_and_restores_the_weight(tiny_model_dir):
+    from matryoshka_train.models.rotation import bypassed
+
+    texts = ["a river in winter", "coffee with pepper"]
+    base = torch.as_tensor(SentenceTransformer(str(tiny_model_dir)).encode(texts))
+    model, dense = _rotated(tiny_model_dir)
+    kept = dense.linear.weight.detach().clone()
+    with bypassed(dense):
+        assert torch.allclose(torch.as_tensor(model.encode(texts)), base, atol=1e-5)
+    assert torch.equal(dense.linear.weight.detach(), kept)
+    assert not torch.allclose(torch.as_tensor(model.encode(texts)), base, atol=1e-3)

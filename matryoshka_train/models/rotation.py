@@ -24,7 +24,8 @@ weight orthogonal with matrix products only, so no step waits on the device.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -146,3 +147,21 @@ def rotation_summary(dense: Dense | None, rcfg: Any) -> dict[str, Any] | None:
         return None
     return {"width": dense.in_features, "init": rcfg.init, "decouple": rcfg.decouple,
             "learning_rate": rcfg.learning_rate, "orthogonality_error": orthogonality_error(dense)}
+
+
+@contextmanager
+def bypassed(dense: Dense | None) -> Iterator[None]:
+    """Within the block the rotation is the identity (the model as it was before one was added):
+    the baseline evaluation scores the base model, not its rotated start."""
+    if dense is None:
+        yield
+        return
+    w = dense.linear.weight
+    kept = w.detach().clone()
+    with torch.no_grad():
+        w.copy_(torch.eye(w.shape[0], dtype=w.dtype, device=w.device))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            w.copy_(kept)

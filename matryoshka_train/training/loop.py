@@ -29,7 +29,7 @@ from ..data.pretokenize import PretokenizedCollator, token_columns
 from ..errors import ConfigError, TrainingAborted
 from ..models import sorted_forward
 from ..models.host_reads import no_host_reads
-from ..models.rotation import rotation_summary
+from ..models.rotation import bypassed, rotation_summary
 from ..reporting import redact
 from ..reporting.carbon import CarbonMeter
 from ..reporting.report import add_model_card_section, results_table
@@ -162,7 +162,8 @@ def baseline(state: Run) -> None:
     if not (state.main and state.checkpoint is None and plan.evaluator is not None and state.config.evaluation.before):
         return
     state.echo("Evaluating the base model at every dim …")
-    plan.evaluator(plan.model)
+    with bypassed(plan.rotation):  # the base model as given, not its PCA-rotated start
+        plan.evaluator(plan.model)
     state.before = plan.evaluator.last_results
     state.grid_before = plan.evaluator.last_grid
     state.metrics_log.write({"event": "eval_before", "step": 0, "results": state.before})
