@@ -204,6 +204,27 @@ class DatasetConfig(Section):
 # loss modifiers
 
 
+class RotationConfig(Section):
+    """A learned orthogonal rotation after pooling (see docs/quality.md and
+    matryoshka_train/models/rotation.py): it changes no full-size cosine but decides which
+    directions the truncated embeddings keep."""
+
+    enabled: bool = Field(False, description="Add the rotation (a square, bias-free Dense after pooling).")
+    init: Literal["pca", "identity"] = Field(
+        "pca", description="pca: start from the principal directions of the base model's embeddings of "
+        "training texts (largest variance first); identity: start from no rotation.",
+    )
+    pca_texts: int = Field(4096, gt=1, description="How many training texts the PCA start encodes.")
+    decouple: bool = Field(
+        True, description="true: the full-size loss term trains the encoder only and every smaller dim's term "
+        "trains the rotation only, so the full-size geometry is shaped by the full-size objective alone. "
+        "false: every term trains everything.",
+    )
+    learning_rate: float | None = Field(
+        None, gt=0, description="Learning rate of the rotation; null: training.learning_rate."
+    )
+
+
 class MatryoshkaConfig(Section):
     dims: list[int] | None = Field(
         None, description="Truncation dims, descending and unique; default: full size halved down to 32."
@@ -217,6 +238,7 @@ class MatryoshkaConfig(Section):
         "matryoshka", description="MatryoshkaLoss, Matryoshka2dLoss (dims and layers) or AdaptiveLayerLoss (layers)."
     )
     wrapper_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra args for the wrapper.")
+    rotation: RotationConfig = Field(default_factory=RotationConfig)
 
     @field_validator("dims")
     @classmethod

@@ -54,10 +54,14 @@ def matryoshka_weights(mcfg: MatryoshkaConfig, dims: list[int]) -> list[float]:
     return weights
 
 
-def build_loss(model: Any, cfg: LossConfig, mcfg: MatryoshkaConfig, dims: list[int], guide: Any = None) -> nn.Module:
+def build_loss(
+    model: Any, cfg: LossConfig, mcfg: MatryoshkaConfig, dims: list[int], guide: Any = None, rotation: Any = None
+) -> nn.Module:
     """Construct the inner loss and wrap it as the config says.
 
-    ``dims`` are the validated Matryoshka dims (see :func:`matryoshka_train.models.resolve_dims`).
+    ``dims`` are the validated Matryoshka dims (see :func:`matryoshka_train.models.resolve_dims`);
+    ``rotation`` is the model's decoupled rotation module, if any (the terms below full size then
+    train only it, see :mod:`matryoshka_train.models.rotation`).
     """
 
     kwargs = dict(cfg.kwargs)
@@ -72,7 +76,7 @@ def build_loss(model: Any, cfg: LossConfig, mcfg: MatryoshkaConfig, dims: list[i
     if mcfg.wrapper == "matryoshka":
         return PerDimMatryoshkaLoss(
             model, inner, matryoshka_dims=dims, matryoshka_weights=weights,
-            n_dims_per_step=mcfg.n_dims_per_step, **mcfg.wrapper_kwargs,
+            n_dims_per_step=mcfg.n_dims_per_step, rotation=rotation, **mcfg.wrapper_kwargs,
         )
     if mcfg.wrapper == "matryoshka_2d":
         extra = {"n_dims_per_step": mcfg.n_dims_per_step, **mcfg.wrapper_kwargs}

@@ -13,6 +13,9 @@ value being that dim's *weighted* term, so the logged values add up to the logge
   ``total − Σ other dims``, which equals that dim's term while keeping the gradient path intact.
 * With ``n_dims_per_step > 0`` the dims not drawn in a step report 0 for that step, so a logged
   value is that dim's average contribution over the logging window.
+* With a learned rotation (``matryoshka.rotation`` with ``decouple``), the terms below full size
+  see the embeddings through :func:`~matryoshka_train.models.rotation.regrad`: same values, a
+  gradient into the rotation only (see :mod:`matryoshka_train.models.rotation`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from sentence_transformers.sentence_transformer.losses.matryoshka import (
 )
 from torch import Tensor
 
+from ..models.rotation import regrad
+
 
 def dim_key(dim: int) -> str:
     """The loss-component name of one dim, as it appears in metrics.jsonl."""
@@ -39,9 +44,17 @@ def dim_key(dim: int) -> str:
 class _RecordingCachedDecorator(CachedLossDecorator):
     """sentence-transformers' per-dim loop for Cached* losses, remembering each dim's term."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, rotation: Any = None, full: int = 0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.last: dict[int, Tensor] = {}
+        self.rotation, self.full = rotation, full
+
+    def _view(self, rep: Tensor, dim: int) -> Tensor:
+        if self.rotation is not None and dim < self.full:
+            # the zero term keeps a (zero) gradient on the cached embedding: the cache refuses
+            # embeddings no term reached, e.g. when only smaller dims were drawn this step
+            rep = regrad(rep, self.rotation) + rep * 0.0
+        return shrink(rep, dim)
 
     def __call__(self, reps: list[list[Tensor]], *args: Any, **kwargs: Any) -> Tensor:
         indices = list(range(len(self.matryoshka_dims)))
@@ -51,7 +64,7 @@ class _RecordingCachedDecorator(CachedLossDecorator):
         loss: Any = 0.0
         for idx in indices:
             dim, weight = self.matryoshka_dims[idx], self.matryoshka_weights[idx]
-            truncated = [[shrink(r, dim) for r in minibatch] for minibatch in reps]
+            truncated = [[self._view(r, dim) for r in minibatch] for minibatch in reps]
             grads = torch.is_grad_enabled()
             leaves = [[r.detach().requires_grad_() for r in mb] for mb in truncated] if grads else truncated
             term = weight * self.fn(leaves, *args, **kwargs)
@@ -62,6 +75,37 @@ class _RecordingCachedDecorator(CachedLossDecorator):
                     for t, d in zip(t_mb, d_mb):
                         t.backward(weight * d.grad)
         return loss
+
+
+class _RotatedForward:
+    """sentence-transformers' ``ForwardDecorator`` (one model forward per step, reused for every
+    dim) for a model with a decoupled rotation: the full-size term gets the embeddings as they are,
+    every smaller dim gets them through :func:`regrad` (gradient into the rotation only)."""
+
+    def __init__(self, fn: Any, rotation: Any, full: int):
+        self.fn, self.rotation, self.full = fn, rotation, full
+        self.dim: int | None = None
+        self.first: int | None = None
+        self.cache: list[dict[str, Tensor]] = []
+        self.embeddings: list[Tensor] = []
+        self.idx = 0
+
+    def set_dim(self, dim: int) -> None:
+        self.dim, self.idx = dim, 0
+
+    def __call__(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.first is None or self.first == self.dim:
+            output = self.fn(features)
+            self.cache.append(output)
+            self.embeddings.append(output["sentence_embedding"])
+            self.first = self.dim
+        else:
+            output = self.cache[self.idx]
+        full = self.embeddings[self.idx]
+        view = full if self.dim >= self.full else regrad(full, self.rotation)
+        output["sentence_embedding"] = shrink(view, self.dim)
+        self.idx += 1
+        return output
 
 
 class PerDimMatryoshkaLoss(MatryoshkaLoss):
@@ -77,6 +121,8 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
         matryoshka_dims: The dims, largest first (e.g. ``[384, 256, 128, 64]``).
         matryoshka_weights: One weight per dim (default all 1).
         n_dims_per_step: ``-1`` for every dim every step; ``k > 0`` for k random dims per step.
+        rotation: The model's rotation module (``matryoshka.rotation`` with ``decouple``): the terms
+            below full size then train only it. ``None`` (default): every term trains everything.
 
     Returns:
         ``{"dim_<d>": weighted loss at dim d}`` for each dim used in the step.
@@ -93,12 +139,15 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
             loss = PerDimMatryoshkaLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=[384, 128, 32])
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, rotation: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.rotation = rotation
+        self.full = self.model.get_embedding_dimension() or max(self.matryoshka_dims)
         if self.uses_gradient_cache:
             plain = self.loss.calculate_loss.fn  # undo the parent's decorator, put ours in its place
             self.loss.calculate_loss = _RecordingCachedDecorator(
-                plain, self.matryoshka_dims, self.matryoshka_weights, self.n_dims_per_step
+                plain, self.matryoshka_dims, self.matryoshka_weights, self.n_dims_per_step,
+                rotation=rotation, full=self.full,
             )
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
@@ -107,7 +156,11 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
         original = self.model.forward
         terms: dict[int, Tensor] = {}
         try:
-            decorated = ForwardDecorator(original)
+            decorated = (
+                _RotatedForward(original, self.rotation, self.full)
+                if self.rotation is not None
+                else ForwardDecorator(original)
+            )
             self.model.forward = decorated
             indices = list(range(len(self.matryoshka_dims)))
             if 0 < self.n_dims_per_step < len(indices):

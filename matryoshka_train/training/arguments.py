@@ -77,6 +77,11 @@ def training_arguments(plan: Plan) -> Any:
         kwargs["batch_sampler"] = FastNoDuplicatesBatchSampler
     if t.layerwise_lr_decay is not None:
         kwargs["learning_rate_mapping"] = layerwise_learning_rates(plan.model, t.learning_rate, t.layerwise_lr_decay)
+    rotation_lr = plan.config.matryoshka.rotation.learning_rate
+    if plan.rotation is not None and rotation_lr is not None:
+        name = next(n for n, m in plan.model.named_children() if m is plan.rotation)
+        kwargs["learning_rate_mapping"] = {**kwargs.get("learning_rate_mapping", {}),
+                                           rf"(^|\.){name}\.linear\.weight$": rotation_lr}
     try:
         return SentenceTransformerTrainingArguments(**kwargs)
     except (TypeError, ValueError) as exc:

@@ -1,5 +1,5 @@
-"""Callbacks of our own: the metrics log (metrics.jsonl). The NaN guard and the preemption guard
-are in :mod:`.faults`."""
+"""Callbacks of our own: the metrics log (metrics.jsonl) and the rotation's orthogonality. The NaN
+guard and the preemption guard are in :mod:`.faults`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,19 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ..models.rotation import orthogonalize
 from ..reporting import redact
+
+
+class KeepOrthogonal(TrainerCallback):
+    """After every optimizer step, pull the rotation (matryoshka.rotation) back onto the orthogonal
+    matrices, so it never changes a full-size cosine (matrix products only: no device read)."""
+
+    def __init__(self, dense: Any):
+        self.dense = dense
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        orthogonalize(self.dense)
 
 
 class MetricsLog(TrainerCallback):

@@ -29,6 +29,7 @@ from ..data.pretokenize import PretokenizedCollator, token_columns
 from ..errors import ConfigError, TrainingAborted
 from ..models import sorted_forward
 from ..models.host_reads import no_host_reads
+from ..models.rotation import bypassed, rotation_summary
 from ..reporting import redact
 from ..reporting.carbon import CarbonMeter
 from ..reporting.report import add_model_card_section, results_table
@@ -40,7 +41,7 @@ from ..reporting.results import (
 )
 from . import distributed
 from .arguments import training_arguments
-from .callbacks import MetricsLog
+from .callbacks import KeepOrthogonal, MetricsLog
 from .checkpoints import STAGING_PREFIX, complete_checkpoints, make_checkpoints_atomic
 from .faults import (
     NanGuard,
@@ -161,10 +162,15 @@ def baseline(state: Run) -> None:
     if not (state.main and state.checkpoint is None and plan.evaluator is not None and state.config.evaluation.before):
         return
     state.echo("Evaluating the base model at every dim …")
-    plan.evaluator(plan.model)
+    with bypassed(plan.rotation):  # the base model as given, not its PCA-rotated start
+        plan.evaluator(plan.model)
     state.before = plan.evaluator.last_results
     state.grid_before = plan.evaluator.last_grid
     state.metrics_log.write({"event": "eval_before", "step": 0, "results": state.before})
+
+
+def _rotation(plan: Plan) -> list[Any]:
+    return [KeepOrthogonal(plan.rotation)] if plan.rotation is not None else []
 
 
 def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
@@ -182,7 +188,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
         evaluator=plan.evaluator if config.training.eval_strategy != "no" else None,
         # test hooks before the guards (a hook's signal is seen in the same step); the NaN guard
         # before the extras: it can veto a save
-        callbacks=[state.metrics_log, *testing.callbacks(), preemption, nan_guard, *callbacks],
+        callbacks=[state.metrics_log, *testing.callbacks(), preemption, nan_guard, *_rotation(plan), *callbacks],
     )
     nan_guard.attach(trainer)
     if state.tokenized:
@@ -262,6 +268,7 @@ def report(state: Run) -> dict[str, Any]:
         "quality_per_kwh": quality_per_kwh(state.before, state.after, primary, state.carbon),
         "train": train_summary(state.train_output, state.trainer),
         "anchor": anchor_cost(plan),
+        "rotation": rotation_summary(plan.rotation, state.config.matryoshka.rotation),
         "precision": plan.precision,
         "batch_sampler": plan.batch_sampler,
         "padding": padding_summary(state.chunked),

@@ -21,6 +21,7 @@ from ..evaluation.spec import build_matryoshka_evaluator
 from ..losses.anchor import AnchoredLoss
 from ..losses.build import build_loss
 from ..models.loading import freeze
+from ..models.rotation import Decoupling, add_rotation, find_rotation, pca_rotation
 from . import distributed
 from .prepare import Preparation, prepare
 from .speed import SpeedPlan, decide
@@ -39,6 +40,7 @@ class Plan:
     precision: str
     batch_sampler: str
     speed: SpeedPlan
+    rotation: Any = None  # the model's rotation Dense (matryoshka.rotation), kept orthogonal by the loop
 
 
 def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
@@ -49,14 +51,57 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     model, dims = prep.model, prep.dims
     if config.training.freeze_embeddings or config.training.freeze_layers:
         freeze(model, config.training.freeze_embeddings, config.training.freeze_layers)
-    losses = {d.name: _loss_for(prep, i, dims) for i, d in enumerate(prep.datasets)}
+    rotation = start_rotation(prep, echo) if config.matryoshka.rotation.enabled else None
+    decoupled = rotation if rotation is not None and config.matryoshka.rotation.decouple else None
+    losses = {d.name: _loss_for(prep, i, dims, decoupled) for i, d in enumerate(prep.datasets)}
     if config.anchor.weight > 0:
         losses = anchor_losses(prep, losses)
     evaluator = build_evaluator(config, prep, dims)
     precision = resolve_precision(config.training.precision, torch.cuda.is_available(), echo)
     batch_sampler = resolve_batch_sampler(config)
     speed = decide(config.training)
-    return Plan(config, model, dims, prep.datasets, losses, evaluator, precision, batch_sampler, speed)
+    return Plan(config, model, dims, prep.datasets, losses, evaluator, precision, batch_sampler, speed, rotation)
+
+
+def start_rotation(prep: Preparation, echo: Callable[[str], None]) -> Any:
+    """Give the model its orthogonal rotation (matryoshka.rotation): PCA of the base model's
+    embeddings of training texts, or the identity; a model that already ends in one keeps it."""
+    rcfg, model = prep.config.matryoshka.rotation, prep.model
+    found = find_rotation(model)
+    if found is not None:
+        echo(f"Rotation: the model already has one (module {found[0]}); training it further")
+        dense = found[1]
+    else:
+        width = prep.embedding_dim
+        if rcfg.init == "pca":
+            texts = _training_texts(prep.datasets, rcfg.pca_texts)
+            with torch.no_grad():
+                emb = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+            weight = pca_rotation(emb.float().cpu())
+            echo(f"Rotation: {width}×{width}, started from the principal directions of {len(texts)} training texts")
+        else:
+            weight = torch.eye(width)
+            echo(f"Rotation: {width}×{width}, started from the identity")
+        name = add_rotation(model, weight)
+        dense = getattr(model, name)
+    if rcfg.decouple:
+        Decoupling(dense)
+    return dense
+
+
+def _training_texts(datasets: list[PreparedDataset], limit: int) -> list[str]:
+    """Up to ``limit`` distinct texts from the training rows' text columns, datasets in turn."""
+    seen: dict[str, None] = {}
+    for prepared in datasets:
+        train = prepared.train
+        columns = [c for c, f in train.features.items() if getattr(f, "dtype", None) == "string"]
+        for row in train.select_columns(columns).select(range(min(len(train), limit))):
+            for text in row.values():
+                if isinstance(text, str) and text.strip():
+                    seen.setdefault(text, None)
+            if len(seen) >= limit:
+                return list(seen)[:limit]
+    return list(seen)
 
 
 def _teacher_labels(prep: Preparation, echo: Callable[[str], None]) -> None:
@@ -64,13 +109,13 @@ def _teacher_labels(prep: Preparation, echo: Callable[[str], None]) -> None:
     attach_teacher_labels(prep.config, prep.datasets, echo, model=prep.references.get("distill.teacher"))
 
 
-def _loss_for(prep: Preparation, index: int, dims: list[int]) -> Any:
+def _loss_for(prep: Preparation, index: int, dims: list[int], rotation: Any = None) -> Any:
     config = prep.config
     lcfg = config.loss_for(config.datasets[index])
     where = f"datasets.{index}.loss" if config.datasets[index].loss else "loss"
     guide = prep.references.get(f"{where}.guide_model")
     try:
-        return build_loss(prep.model, lcfg, config.matryoshka, dims, guide=guide)
+        return build_loss(prep.model, lcfg, config.matryoshka, dims, guide=guide, rotation=rotation)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"cannot build {lcfg.name}: {exc}", where=where) from None
 

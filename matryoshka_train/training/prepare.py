@@ -177,7 +177,26 @@ def config_problems(config: RunConfig) -> list[Problem]:
                 f"mini_batch_size {mini} is larger than the batch ({t.per_device_train_batch_size}); make it smaller",
             ))
     return (problems + _training_argument_problems(config) + _best_metric_problems(config)
-            + tracker_problems(config.training.report_to))
+            + tracker_problems(config.training.report_to) + rotation_problems(config))
+
+
+def rotation_problems(config: RunConfig) -> list[Problem]:
+    """The rotation keeps full-size cosines by construction, which only helps losses that compare
+    the model's embeddings with each other (not with fixed teacher vectors)."""
+    m = config.matryoshka
+    if not m.rotation.enabled:
+        return []
+    problems = []
+    if m.wrapper != "matryoshka":
+        problems.append(Problem("matryoshka.rotation", f"works with wrapper 'matryoshka' only, not '{m.wrapper}'; "
+                                                       "set matryoshka.wrapper: matryoshka or turn the rotation off"))
+    for i, dcfg in enumerate(config.datasets):
+        lcfg = config.loss_for(dcfg)
+        if LOSSES[lcfg.name].inputs == "embedding":
+            where = f"datasets.{i}.loss" if dcfg.loss else "loss"
+            problems.append(Problem(where, f"{lcfg.name} compares with teacher embeddings, which the rotation would "
+                                           "turn away from; turn matryoshka.rotation off for distillation"))
+    return problems
 
 
 # training.report_to values whose package is an extra of ours: the modules transformers' callback

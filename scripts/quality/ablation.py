@@ -1,14 +1,22 @@
-"""Ablation behind the quickstart's default: how the Matryoshka loss is combined over dims, and
-what anchoring to the base model (and the optional levers) does at every dim.
+"""Ablations behind the Matryoshka defaults: how the loss is combined over dims, anchoring to the
+base model, the learned rotation and the other levers, scored at every dim.
 
-Each variant is the shipped quickstart (configs/quickstart.yaml) run through `mtrain run` in its own
-process, with --set overrides that fully specify the variant. Every variant is scored at every dim
-on (a) the quickstart's held-out triplets and (b) data/sts-independent, 360 scored pairs written
-independently of the training data. Writes docs/quality.md (table + verdict), docs/quality.png and
-docs/quality/ablation.json.
+Two suites, each a config run through `mtrain run` in its own process per variant, with --set
+overrides that fully specify the variant:
 
-    python scripts/quality/ablation.py             # all variants (~15 min on 2 CPU cores)
-    python scripts/quality/ablation.py --only sum mean
+* ``realistic`` (scripts/quality/realistic.yaml): all-MiniLM-L6-v2 on data/realistic/train.jsonl
+  (NLI-style triplets written for this project), 7 dims 384…8, batch 64, lr 2e-5, 1 epoch, scored
+  on data/realistic/sts.jsonl and data/sts-independent (two STS sets written independently of the
+  training text) and on held-out triplets.
+* ``quickstart`` (configs/quickstart.yaml): the shipped quickstart (1,048 triplets), scored on its
+  held-out split and data/sts-independent. A demo-sized set: kept below the realistic one.
+
+Each suite stores its raw results (docs/quality/<suite>.json) and the script writes docs/quality.md
+from every stored suite, with a plot per suite.
+
+    python scripts/quality/ablation.py --suite realistic            # every variant of the suite
+    python scripts/quality/ablation.py --suite realistic --only defaults rotation
+    python scripts/quality/ablation.py --from-json                  # re-render docs from the JSON
 """
 
 from __future__ import annotations
@@ -20,42 +28,103 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
-TRIPLET, STS = "quickstart-heldout", "sts-independent"
-SMALL = ("64", "32")  # the dims the target speaks of (every dim <= 64)
 
-VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "sum": ("dims summed (the usual script)", ["matryoshka.reduction=sum", "anchor.weight=0"]),
-    "mean": ("dims averaged", ["matryoshka.reduction=mean", "anchor.weight=0"]),
-    "mean+anchor2": ("averaged + anchor, weight 2", ["matryoshka.reduction=mean", "anchor.weight=2"]),
-    "mean+anchor10": ("averaged + anchor, weight 10", ["matryoshka.reduction=mean", "anchor.weight=10"]),
-    "mean+anchor50": ("averaged + anchor, weight 50", ["matryoshka.reduction=mean", "anchor.weight=50"]),
-    "mean+anchor10+freeze-emb": (
-        "averaged + anchor 10 + frozen embeddings",
-        ["matryoshka.reduction=mean", "anchor.weight=10", "training.freeze_embeddings=true"],
+
+@dataclass(frozen=True)
+class Suite:
+    config: str
+    evaluators: tuple[str, str]  # the two sets the target speaks of, (a) and (b)
+    labels: tuple[str, str]  # axis labels of the plot
+    small: tuple[str, ...]  # the trained dims <= 64 the target speaks of
+    full: str
+    variants: dict[str, tuple[str, list[str]]]
+    description: str
+    plot: str
+    stored: str
+
+
+QUICKSTART = Suite(
+    config="configs/quickstart.yaml",
+    evaluators=("quickstart-heldout", "sts-independent"),
+    labels=("triplet accuracy (held-out quickstart split)", "Spearman ×100 (independent STS pairs)"),
+    small=("64", "32"),
+    full="384",
+    variants={
+        "sum": ("dims summed (the usual script)", ["matryoshka.reduction=sum", "anchor.weight=0"]),
+        "mean": ("dims averaged", ["matryoshka.reduction=mean", "anchor.weight=0"]),
+        "mean+anchor2": ("averaged + anchor, weight 2", ["matryoshka.reduction=mean", "anchor.weight=2"]),
+        "mean+anchor10": ("averaged + anchor, weight 10", ["matryoshka.reduction=mean", "anchor.weight=10"]),
+        "mean+anchor50": ("averaged + anchor, weight 50", ["matryoshka.reduction=mean", "anchor.weight=50"]),
+        "mean+anchor10+freeze-emb": (
+            "averaged + anchor 10 + frozen embeddings",
+            ["matryoshka.reduction=mean", "anchor.weight=10", "training.freeze_embeddings=true"],
+        ),
+        "mean+anchor10+llrd0.8": (
+            "averaged + anchor 10 + layer-wise LR decay 0.8",
+            ["matryoshka.reduction=mean", "anchor.weight=10", "training.layerwise_lr_decay=0.8"],
+        ),
+    },
+    description=(
+        "Each variant is `configs/quickstart.yaml` (all-MiniLM-L6-v2, 1,048 triplets, MNRL, batch 32, lr 2e-5, "
+        "1 epoch, dims 384/256/128/64/32) with the overrides listed. Scores ×100. (a) is the quickstart's held-out "
+        "split (250 triplets, cosine accuracy); (b) is `data/sts-independent` (360 pairs written independently of "
+        "the training data, other topics and styles; Spearman of cosine). Differences of about 1 point on (a) are "
+        "2–3 triplets."
     ),
-    "mean+anchor10+llrd0.8": (
-        "averaged + anchor 10 + layer-wise LR decay 0.8",
-        ["matryoshka.reduction=mean", "anchor.weight=10", "training.layerwise_lr_decay=0.8"],
+    plot="quality.png",
+    stored="ablation.json",
+)
+
+REALISTIC = Suite(
+    config="scripts/quality/realistic.yaml",
+    evaluators=("realistic-sts", "sts-independent"),
+    labels=("Spearman ×100 (data/realistic/sts.jsonl)", "Spearman ×100 (data/sts-independent)"),
+    small=("64", "32", "16", "8"),
+    full="384",
+    variants={
+        "defaults": ("framework defaults (dims summed, no anchor)", []),
+        "no-matryoshka": ("MNRL at full size only", ["loss.matryoshka=false"]),
+        "mean+anchor10": ("dims averaged + anchor, weight 10", ["matryoshka.reduction=mean", "anchor.weight=10"]),
+        "pca": ("PCA rotation, encoder trained at full size only",
+                ["matryoshka.rotation.enabled=true", "loss.matryoshka=false"]),
+        "rotation": ("learned rotation, PCA start, decoupled", ["matryoshka.rotation.enabled=true"]),
+        "rotation-lr1e-3": ("learned rotation, PCA start, decoupled, rotation lr 1e-3",
+                            ["matryoshka.rotation.enabled=true", "matryoshka.rotation.learning_rate=1e-3"]),
+        "rotation-coupled": ("learned rotation, PCA start, every term trains everything",
+                             ["matryoshka.rotation.enabled=true", "matryoshka.rotation.decouple=false"]),
+    },
+    description=(
+        "Each variant is `scripts/quality/realistic.yaml` (all-MiniLM-L6-v2; NLI-style triplets written for this "
+        "project, `data/realistic/train.jsonl`; MNRL; batch 64; lr 2e-5; 1 epoch; dims 384/256/128/64/32/16/8; "
+        "every other setting the framework's default) with the overrides listed. Scores are Spearman ×100 of "
+        "cosine: (a) `data/realistic/sts.jsonl`, scored pairs written for this project in other topics and "
+        "styles than the training text; (b) `data/sts-independent`, 360 pairs written independently earlier."
     ),
-}
+    plot="quality-realistic.png",
+    stored="realistic.json",
+)
+
+SUITES = {"realistic": REALISTIC, "quickstart": QUICKSTART}
 
 
-def run_variant(name: str, overrides: list[str], out_root: Path, reuse: bool = False) -> dict:
+def run_variant(suite: Suite, name: str, out_root: Path, reuse: bool = False) -> dict:
     out = out_root / name
     if reuse and (out / "results.json").is_file():
         print(f"[{name}] reusing {out / 'results.json'}", flush=True)
         return json.loads((out / "results.json").read_text())
-    cmd = [sys.executable, "-m", "matryoshka_train", "run", "configs/quickstart.yaml", "--overwrite",
+    overrides = suite.variants[name][1]
+    cmd = [sys.executable, "-m", "matryoshka_train", "run", suite.config, "--overwrite", "--quiet",
            "--set", f"training.output_dir={out}", *[x for o in overrides for x in ("--set", o)]]
     print(f"[{name}] {' '.join(cmd[2:])}", flush=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        sys.exit(f"[{name}] failed:\n{proc.stderr[-3000:]}")
+        sys.exit(f"[{name}] failed:\n{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
     return json.loads((out / "results.json").read_text())
 
 
@@ -64,116 +133,107 @@ def primary(results: dict, evaluator: str, phase: str) -> dict[str, float]:
     return {dim: m[metric] for dim, m in results[phase][evaluator].items()}
 
 
-def verdict(base: dict, row: dict) -> tuple[bool, str]:
-    """The issue's target: beat the base at every dim <= 64 on both sets, full size within 0.5 points."""
+def verdict(suite: Suite, base: dict, row: dict) -> tuple[bool, str]:
+    """The target: beat the base at every trained dim <= 64 on both sets, full size within 0.5 points."""
     misses = []
-    for ev in (TRIPLET, STS):
-        for dim in SMALL:
+    for ev in suite.evaluators:
+        for dim in suite.small:
             if row[ev][dim] <= base[ev][dim]:
                 misses.append(f"{ev}@{dim}")
-        if row[ev]["384"] < base[ev]["384"] - 0.005:
-            misses.append(f"{ev}@384 ({100 * (row[ev]['384'] - base[ev]['384']):+.2f})")
+        if row[ev][suite.full] < base[ev][suite.full] - 0.005:
+            misses.append(f"{ev}@{suite.full} ({100 * (row[ev][suite.full] - base[ev][suite.full]):+.2f})")
     return (not misses, "meets the target" if not misses else "misses: " + ", ".join(misses))
 
 
-def small_dim_score(base: dict, row: dict) -> float:
-    return sum(row[ev][d] - base[ev][d] for ev in (TRIPLET, STS) for d in SMALL)
+def small_dim_score(suite: Suite, base: dict, row: dict) -> float:
+    return sum(row[ev][d] - base[ev][d] for ev in suite.evaluators for d in suite.small)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=list(VARIANTS))
+    parser.add_argument("--suite", choices=list(SUITES), default="realistic")
+    parser.add_argument("--only", nargs="*")
     parser.add_argument("--out", default="outputs/ablation")
     parser.add_argument("--reuse", action="store_true", help="reuse a variant's results.json left by an earlier run")
-    parser.add_argument("--from-json", action="store_true", help="re-render the docs from docs/quality/ablation.json")
+    parser.add_argument("--from-json", action="store_true", help="re-render the docs from docs/quality/*.json")
     args = parser.parse_args()
-    saved = DOCS / "quality" / "ablation.json"
-
-    if args.from_json:
-        stored = json.loads(saved.read_text())
-        started = dt.datetime.fromisoformat(stored["date"])
-        raw = stored["results"]
-        names = list(raw)
-    else:
-        names = args.only or list(VARIANTS)
+    if not args.from_json:
+        suite = SUITES[args.suite]
+        names = args.only or list(suite.variants)
+        unknown = [n for n in names if n not in suite.variants]
+        if unknown:
+            sys.exit(f"unknown variant(s) {unknown} for suite {args.suite}; choose from {list(suite.variants)}")
         started = dt.datetime.now(dt.timezone.utc)
-        raw = {name: run_variant(name, VARIANTS[name][1], ROOT / args.out, args.reuse) for name in names}
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(
-            {"date": started.isoformat(timespec="seconds"), "variants": {n: VARIANTS[n] for n in names},
+        out_root = ROOT / args.out / args.suite
+        raw = {name: run_variant(suite, name, out_root, args.reuse) for name in names}
+        stored = DOCS / "quality" / suite.stored
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        stored.write_text(json.dumps(
+            {"date": started.isoformat(timespec="seconds"), "machine": f"{platform.machine()}, "
+             f"{os.cpu_count()} CPU cores, fp32", "variants": {n: suite.variants[n] for n in names},
              "results": raw}, indent=1))
-    rows = {name: {ev: primary(raw[name], ev, "after") for ev in (TRIPLET, STS)} for name in names}
-    base = {ev: primary(raw[names[0]], ev, "before") for ev in (TRIPLET, STS)}
-    dims = [str(d) for d in raw[names[0]]["dims"]]
-    plot(base, rows, dims)
-    write_markdown(base, rows, dims, names, raw, started)
+    write_docs()
     print((DOCS / "quality.md").read_text())
 
 
-def plot(base: dict, rows: dict, dims: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    xs = [int(d) for d in dims]
-    for ax, ev, label in ((axes[0], TRIPLET, "triplet accuracy (held-out quickstart split)"),
-                          (axes[1], STS, "Spearman ×100 (independent STS pairs)")):
-        scale = 100
-        ax.plot(xs, [scale * base[ev][d] for d in dims], "k--", marker="o", label="base model, truncated")
-        for name, row in rows.items():
-            ax.plot(xs, [scale * row[ev][d] for d in dims], marker=".", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, [str(x) for x in xs])
-        ax.set_xlabel("embedding dimensions kept (log scale)")
-        ax.set_ylabel(label)
-        ax.set_title(f"{ev}: quality vs. truncation dim")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(DOCS / "quality.png", dpi=110)
+def write_docs() -> None:
+    lines = [
+        "# Quality: the Matryoshka defaults, measured",
+        "",
+        "<!-- generated by scripts/quality/ablation.py: rerun it rather than editing the numbers -->",
+        "",
+    ]
+    for key, title in (("realistic", "The realistic set"), ("quickstart", "The quickstart (a demo-sized set)")):
+        suite = SUITES[key]
+        stored = DOCS / "quality" / suite.stored
+        if stored.is_file():
+            lines += [f"## {title}", "", *section(key, suite, json.loads(stored.read_text())), ""]
+        else:
+            lines += [f"## {title}", "", f"Not measured yet: `python scripts/quality/ablation.py --suite {key}`.", ""]
+    (DOCS / "quality.md").write_text("\n".join(lines), encoding="utf-8")
 
 
-def write_markdown(base: dict, rows: dict, dims: list[str], names: list[str], raw: dict, started: dt.datetime) -> None:
+def section(key: str, suite: Suite, stored: dict) -> list[str]:
+    raw = stored["results"]
+    names = list(raw)
+    started = dt.datetime.fromisoformat(stored["date"])
+    variants = {n: tuple(v) for n, v in stored.get("variants", {}).items()} or suite.variants
+    rows = {name: {ev: primary(raw[name], ev, "after") for ev in suite.evaluators} for name in names}
+    base = {ev: primary(raw[names[0]], ev, "before") for ev in suite.evaluators}
+    dims = [str(d) for d in raw[names[0]]["dims"]]
+    plot(suite, base, rows, dims)
+
     def cells(values: dict) -> str:
         return " | ".join(f"{100 * values[d]:.2f}" for d in dims)
 
     heads = " | ".join(f"(a) {d}" for d in dims) + " | " + " | ".join(f"(b) {d}" for d in dims)
+    machine = stored.get("machine", "x86_64, 2 CPU cores, fp32")
     lines = [
-        "# Quality: the Matryoshka default, measured",
+        f"Run on {started:%Y-%m-%d} with `python scripts/quality/ablation.py --suite {key}` ({machine}). "
+        + suite.description,
         "",
-        "<!-- generated by scripts/quality/ablation.py: rerun it rather than editing the numbers -->",
-        "",
-        (f"Run on {started:%Y-%m-%d} with `python scripts/quality/ablation.py` "
-         f"({platform.machine()}, {os.cpu_count()} CPU cores, fp32). Each variant is `configs/quickstart.yaml` "
-         "(all-MiniLM-L6-v2, 1,048 triplets, MNRL, batch 32, lr 2e-5, 1 epoch, dims 384/256/128/64/32) "
-         "with the overrides listed. Scores ×100. (a) is the quickstart's held-out split (250 triplets, cosine "
-         "accuracy); (b) is `data/sts-independent` (360 pairs written independently of the training data, "
-         "other topics and styles; Spearman of cosine). Differences of about 1 point on (a) are 2–3 triplets."),
-        "",
-        ("Target: beat the base model at every dim ≤ 64 on both sets, with the full-size score within 0.5 "
-         "points of the base's (or above)."),
+        (f"Target: beat the base model at every trained dim ≤ 64 ({', '.join(suite.small)}) on both sets, with the "
+         "full-size score within 0.5 points of the base's (or above)."),
         "",
         f"| variant | {heads} | verdict |",
         "|---|" + "---:|" * (2 * len(dims)) + "---|",
-        f"| base model, truncated | {cells(base[TRIPLET])} | {cells(base[STS])} | |",
+        f"| base model, truncated | {cells(base[suite.evaluators[0]])} | {cells(base[suite.evaluators[1]])} | |",
     ]
     scored = []
     for name in names:
-        ok, text = verdict(base, rows[name])
-        desc, _ = VARIANTS[name]
-        lines.append(f"| **{name}**: {desc} | {cells(rows[name][TRIPLET])} | {cells(rows[name][STS])} | {text} |")
-        scored.append((ok, round(small_dim_score(base, rows[name]), 4), name))
+        ok, text = verdict(suite, base, rows[name])
+        desc = variants.get(name, ("", []))[0]
+        a, b = suite.evaluators
+        lines.append(f"| **{name}**: {desc} | {cells(rows[name][a])} | {cells(rows[name][b])} | {text} |")
+        scored.append((ok, round(small_dim_score(suite, base, rows[name]), 4), name))
     top = max(scored)[:2]
     tied = [name for ok, score, name in scored if (ok, score) == top]
-    # on a tie, the simplest setting wins; 'mean' over 'sum' because it keeps other terms' weights per-dim
     best = (top[0], top[1], "mean" if "mean" in tied else tied[0])
     lines += [
         "",
-        "![quality vs dim](quality.png)",
+        f"![quality vs dim]({suite.plot})",
         "",
-        "## Cost",
+        "### Cost",
         "",
         "| variant | train time (s) | samples/s | anchor: reference forward s/step |",
         "|---|---:|---:|---:|",
@@ -184,10 +244,10 @@ def write_markdown(base: dict, rows: dict, dims: list[str], names: list[str], ra
         lines.append(f"| {name} | {t['runtime_s']:.0f} | {t['samples_per_second']:.1f} | "
                      f"{anchor.get('reference_forward_s_per_step', '—')} |")
     if "sum" in rows and "mean" in rows:
-        gap = max(abs(rows["sum"][ev][d] - rows["mean"][ev][d]) for ev in (TRIPLET, STS) for d in dims)
+        gap = max(abs(rows["sum"][ev][d] - rows["mean"][ev][d]) for ev in suite.evaluators for d in dims)
         lines += [
             "",
-            "## Sum or mean over dims",
+            "### Sum or mean over dims",
             "",
             (f"`sum` and `mean` differ by at most {100 * gap:.2f} points here. That is expected with AdamW and "
              "gradient clipping: dividing the loss by the number of dims scales every gradient by the same "
@@ -198,16 +258,39 @@ def write_markdown(base: dict, rows: dict, dims: list[str], names: list[str], ra
         ]
     lines += [
         "",
-        "## Verdict",
+        "### Verdict",
         "",
-        f"Best by the summed gain at dims 64 and 32 on both sets, among variants that meet the target "
+        f"Best by the summed gain at dims {', '.join(suite.small)} on both sets, among variants that meet the target "
         f"(or overall, if none does): **{best[2]}** ({'meets' if best[0] else 'does not meet'} the target)"
         + (f"; tied with {', '.join(t for t in tied if t != best[2])}, "
            "and the simplest of them is kept" if len(tied) > 1 else "")
-        + ". The shipped quickstart uses this setting.",
-        "",
+        + "."
+        + (" The shipped quickstart uses this setting." if key == "quickstart" else ""),
     ]
-    (DOCS / "quality.md").write_text("\n".join(lines), encoding="utf-8")
+    return lines
+
+
+def plot(suite: Suite, base: dict, rows: dict, dims: list[str]) -> None:
+    import matplotlib  # only the report needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after choosing the headless backend
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    xs = [int(d) for d in dims]
+    for ax, ev, label in zip(axes, suite.evaluators, suite.labels):
+        ax.plot(xs, [100 * base[ev][d] for d in dims], "k--", marker="o", label="base model, truncated")
+        for name, row in rows.items():
+            ax.plot(xs, [100 * row[ev][d] for d in dims], marker=".", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel("embedding dimensions kept (log scale)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{ev}: quality vs. truncation dim")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(DOCS / suite.plot, dpi=110)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""The learned orthogonal rotation (matryoshka.rotation, issue 17's rotation lever): the gradient
+split, the orthogonality, the PCA start, and a run whose saved model loads with plain
+sentence-transformers."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from datasets import load_dataset
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules.dense import Dense
+
+from matryoshka_train.config import LossConfig, MatryoshkaConfig, validate
+from matryoshka_train.losses import build_loss
+from matryoshka_train.models.rotation import (
+    Decoupling,
+    add_rotation,
+    find_rotation,
+    orthogonalize,
+    pca_rotation,
+)
+from matryoshka_train.training.entry import run
+
+DIMS = [32, 16, 8]
+
+
+def _batch(model, data_dir, n=8):
+    rows = load_dataset("json", data_files=str(data_dir / "triplets.jsonl"), split="train").select(range(n))
+    return [model.tokenize(list(rows[c])) for c in ("anchor", "positive", "negative")]
+
+
+def _rotated(tiny_model_dir, decouple=True):
+    model = SentenceTransformer(str(tiny_model_dir))
+    model.eval()  # no dropout: two forwards give the same numbers
+    q, _ = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(0)))
+    name = add_rotation(model, q)
+    dense = getattr(model, name)
+    if decouple:
+        Decoupling(dense)
+    return model, dense
+
+
+def _grads(model, dense, loss, batch):
+    model.zero_grad()
+    out = loss(batch, None)
+    sum(out.values()).backward()
+    encoder = sum(p.grad.abs().sum().item() for n, p in model.named_parameters()
+                  if p.grad is not None and not n.startswith(f"{_name(model, dense)}."))
+    rotation = dense.linear.weight.grad
+    return encoder, (0.0 if rotation is None else rotation.abs().sum().item())
+
+
+def _name(model, dense):
+    return next(n for n, m in model.named_children() if m is dense)
+
+
+@pytest.mark.parametrize("name", ["mnrl", "cmnrl"])
+def test_full_size_term_trains_the_encoder_only_and_small_dims_the_rotation_only(tiny_model_dir, data_dir, name):
+    model, dense = _rotated(tiny_model_dir)
+    kwargs = {"mini_batch_size": 4} if name == "cmnrl" else {}
+    batch = _batch(model, data_dir)
+    full_only = build_loss(model, LossConfig(name=name, kwargs=kwargs), MatryoshkaConfig(dims=[32]), [32],
+                           rotation=dense)
+    encoder, rotation = _grads(model, dense, full_only, batch)
+    assert encoder > 0 and rotation == 0.0
+    small_only = build_loss(model, LossConfig(name=name, kwargs=kwargs), MatryoshkaConfig(dims=[16, 8]), [16, 8],
+                            rotation=dense)
+    encoder, rotation = _grads(model, dense, small_only, batch)
+    assert encoder == 0.0 and rotation > 0
+
+
+def test_without_decoupling_every_term_trains_everything(tiny_model_dir, data_dir):
+    model, dense = _rotated(tiny_model_dir, decouple=False)
+    loss = build_loss(model, LossConfig(name="mnrl"), MatryoshkaConfig(dims=[16, 8]), [16, 8])
+    encoder, rotation = _grads(model, dense, loss, _batch(model, data_dir))
+    assert encoder > 0 and rotation > 0
+
+
+def test_decoupled_loss_has_the_same_value_as_the_plain_one(tiny_model_dir, data_dir):
+    model, dense = _rotated(tiny_model_dir, decouple=False)
+    batch = _batch(model, data_dir)
+    plain = build_loss(model, LossConfig(name="mnrl"), MatryoshkaConfig(dims=DIMS), DIMS)
+    expected = {k: v.item() for k, v in plain(batch, None).items()}
+    Decoupling(dense)
+    split = build_loss(model, LossConfig(name="mnrl"), MatryoshkaConfig(dims=DIMS), DIMS, rotation=dense)
+    got = {k: v.item() for k, v in split(batch, None).items()}
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_rotation_keeps_every_full_size_cosine_and_the_saved_module_is_a_plain_dense(tiny_model_dir, tmp_path):
+    base = SentenceTransformer(str(tiny_model_dir))
+    texts = ["a river in winter", "coffee with pepper", "the engine of a rocket", "a violin in the garden"]
+    before = base.similarity(base.encode(texts), base.encode(texts))
+    model, _ = _rotated(tiny_model_dir)
+    model.save(str(tmp_path / "m"))
+    types = [m["type"] for m in json.loads((tmp_path / "m" / "modules.json").read_text())]
+    assert types[-1] == "sentence_transformers.base.modules.dense.Dense"
+    loaded = SentenceTransformer(str(tmp_path / "m"))
+    after = loaded.similarity(loaded.encode(texts), loaded.encode(texts))
+    assert torch.allclose(before, after, atol=1e-5)
+    assert not torch.allclose(torch.as_tensor(base.encode(texts)), torch.as_tensor(loaded.encode(texts)), atol=1e-3)
+    assert find_rotation(loaded) is not None
+
+
+def test_orthogonalize_pulls_a_perturbed_weight_back():
+    dense = Dense(16, 16, bias=False, activation_function=None)
+    q, _ = torch.linalg.qr(torch.randn(16, 16))
+    with torch.no_grad():
+        dense.linear.weight.copy_(q + 1e-3 * torch.randn(16, 16))
+    orthogonalize(dense)
+    w = dense.linear.weight
+    assert (w @ w.T - torch.eye(16)).abs().max().item() < 1e-5
+
+
+def test_pca_rotation_orders_directions_by_variance():
+    gen = torch.Generator().manual_seed(0)
+    scales = torch.tensor([0.1, 5.0, 1.0, 0.5])
+    x = torch.randn(500, 4, generator=gen) * scales
+    w = pca_rotation(x)
+    assert torch.allclose(w @ w.T, torch.eye(4), atol=1e-5)
+    variances = (x @ w.T).var(dim=0)
+    assert list(variances) == sorted(variances, reverse=True)
+    assert abs(w[0, 1].item()) > 0.99  # the widest axis comes first
+
+
+def test_run_with_frozen_encoder_trains_only_the_rotation_and_keeps_full_size(tiny_config, tiny_model_dir, tmp_path):
+    """Everything but the rotation frozen: full-size similarities stay the base model's exactly,
+    the truncated ones change, and the saved model loads back with plain sentence-transformers."""
+    cfg = copy.deepcopy(tiny_config)
+    cfg["matryoshka"]["rotation"] = {"enabled": True, "learning_rate": 0.05}
+    cfg["training"].update(freeze_embeddings=True, freeze_layers=2, max_steps=6)
+    results = run(validate(cfg), echo=lambda _: None)
+    assert results["rotation"]["orthogonality_error"] < 1e-4
+    out = tmp_path / "out"
+    base, trained = SentenceTransformer(str(tiny_model_dir)), SentenceTransformer(str(out))
+    texts = ["river mountain coffee", "engine violin garden", "winter harbor pepper", "rocket tiger lantern"]
+    full_before = base.similarity(base.encode(texts), base.encode(texts))
+    full_after = trained.similarity(trained.encode(texts), trained.encode(texts))
+    assert torch.allclose(full_before, full_after, atol=1e-4)
+    start = SentenceTransformer(str(tiny_model_dir))
+    dense = find_rotation(trained)[1]
+    w = dense.linear.weight.detach()
+    assert (w @ w.T - torch.eye(32)).abs().max().item() < 1e-4
+    emb = torch.as_tensor(start.encode(texts))
+    small_trained = torch.nn.functional.normalize(torch.as_tensor(trained.encode(texts))[:, :8], dim=-1)
+    small_base = torch.nn.functional.normalize(emb[:, :8], dim=-1)
+    assert not torch.allclose(small_trained, small_base, atol=1e-3)
+
+
+def test_rotation_with_distillation_loss_is_refused(tiny_config, data_dir):
+    from matryoshka_train.training.check import check
+
+    cfg = copy.deepcopy(tiny_config)
+    source = {"path": str(data_dir / "distill.jsonl")}
+    cfg["datasets"] = [{"name": "d", "source": source, "columns": ["sentence", "label"]}]
+    cfg["loss"] = {"name": "mse"}
+    cfg["evaluation"] = {"evaluators": []}
+    cfg["matryoshka"]["rotation"] = {"enabled": True}
+    report = check(validate(cfg))
+    assert any("turn matryoshka.rotation off for distillation" in str(p) for p in report.problems)
+
+
+def test_bypassed_rotation_scores_the_base_model_and_restores_the_weight(tiny_model_dir):
+    from matryoshka_train.models.rotation import bypassed
+
+    texts = ["a river in winter", "coffee with pepper"]
+    base = torch.as_tensor(SentenceTransformer(str(tiny_model_dir)).encode(texts))
+    model, dense = _rotated(tiny_model_dir)
+    kept = dense.linear.weight.detach().clone()
+    with bypassed(dense):
+        assert torch.allclose(torch.as_tensor(model.encode(texts)), base, atol=1e-5)
+    assert torch.equal(dense.linear.weight.detach(), kept)
+    assert not torch.allclose(torch.as_tensor(model.encode(texts)), base, atol=1e-3)
