@@ -208,10 +208,11 @@ def test_openvino_static_int8(long_model_dir, tiny_model_dir, tmp_path):
                            calibration=calibration)
     assert done.file_name == "openvino/openvino_model_qint8_quantized.xml"
     assert (tmp_path / "q" / done.file_name).with_suffix(".bin").is_file()
-    assert done.calibration == f"--calibration {calibration}"
+    assert done.calibration == f"20 texts from {calibration}"
     got = _load(tmp_path / "q", "openvino", done.file_name).encode(TEXTS)
     assert got.shape == (3, 16)
     assert _cosines(got, _torch(long_model_dir, 16).encode(TEXTS)).min() > 0.9
     # 128 positions cannot take the helper's 384-token calibration batches: refused, one line
     with pytest.raises(UserError, match="pads every text to 384 tokens"):
         ex.export_model(tiny_model_dir, "openvino", dest=tmp_path / "short", quantize="int8")
+    assert not (tmp_path / "short").exists()  # refused before anything was written

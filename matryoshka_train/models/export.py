@@ -65,9 +65,9 @@ BACKENDS = {
                         "openvino/openvino_model.xml", ("int8",)),
 }
 
-# Texts the exported model is checked on, and the default calibration set of static quantization:
-# everyday sentences of different lengths and topics, so activation ranges are not taken from one
-# kind of input. For a domain model, calibrate on its own texts (--calibration FILE).
+# Everyday sentences of different lengths and topics: the first 24 are the default calibration set
+# of static quantization (so activation ranges are not taken from one kind of input; a domain model
+# is better calibrated on its own texts, --calibration FILE), the last 8 check the export.
 SAMPLE_TEXTS = [
     "The train to the coast leaves every hour from platform four.",
     "How do I reset my password if I no longer have the old phone?",
@@ -102,6 +102,8 @@ SAMPLE_TEXTS = [
     "Ocean currents carry warm water from the tropics towards the poles.",
     "The bakery on the corner sells out of sourdough by nine in the morning.",
 ]
+CALIBRATION_TEXTS = SAMPLE_TEXTS[:-8]
+CHECK_TEXTS = SAMPLE_TEXTS[-8:]
 
 
 @dataclass
@@ -152,6 +154,8 @@ def export_model(
             raise UserError(f"--truncate-dim {chosen} is larger than the model's embeddings ({full_dim} dims); "
                             f"give {full_dim} or less", where=WHERE)
         chosen = None  # a saved truncate_dim above the width cuts nothing
+    if quantize is not None and backend.name == "openvino":
+        _check_positions(torch_model)
 
     exported = _convert(source, backend, chosen)
     exported.save(str(out))
@@ -162,8 +166,11 @@ def export_model(
         if backend.name == "onnx":
             _dynamic_onnx(exported, quantize, out)
         else:
-            calibrated = "--calibration " + str(calibration) if texts else f"{len(SAMPLE_TEXTS)} built-in sentences"
-            _static_openvino(exported, texts or SAMPLE_TEXTS, out)
+            texts = texts or CALIBRATION_TEXTS
+            used = min(len(texts), CALIBRATION_MAX_TEXTS)
+            calibrated = f"{used} texts from {calibration}" if calibration is not None else \
+                f"{used} built-in sentences"
+            _static_openvino(exported, texts, out)
         added = sorted(_weights_files(out, backend) - before)
         file_name = added[0] if added else _quantized_name(out, backend, quantize)
 
@@ -263,12 +270,15 @@ def _dynamic_onnx(model: SentenceTransformer, preset: str, out: Path) -> None:
     export_dynamic_quantized_onnx_model(model, preset, str(out))
 
 
-def _static_openvino(model: SentenceTransformer, texts: list[str], out: Path) -> None:
+def _check_positions(model: SentenceTransformer) -> None:
     positions = getattr(getattr(model.transformers_model, "config", None), "max_position_embeddings", None)
     if isinstance(positions, int) and positions < CALIBRATION_PAD_TOKENS:
         raise UserError(f"static int8 calibration pads every text to {CALIBRATION_PAD_TOKENS} tokens "
                         f"(sentence-transformers' export_static_quantized_openvino_model), but this model takes "
                         f"at most {positions}; use --format onnx --quantize avx2 (dynamic) instead", where=WHERE)
+
+
+def _static_openvino(model: SentenceTransformer, texts: list[str], out: Path) -> None:
     if not logging.getLogger().isEnabledFor(logging.INFO):  # the CLI without --debug
         logging.getLogger("nncf").setLevel(logging.WARNING)  # its tables of compressed layers
     # The helper reads calibration texts with datasets.load_dataset(name, config, split): a local
@@ -329,8 +339,8 @@ def _quantized_name(out: Path, backend: Backend, quantize: str) -> str:
 def _compare(torch_model: SentenceTransformer, out: Path, backend: Backend, file_name: str) -> tuple[int, float]:
     """Load the export as a user would and compare it with the PyTorch model."""
     loaded = SentenceTransformer(str(out), device="cpu", backend=backend.name, model_kwargs={"file_name": file_name})
-    reference = np.asarray(torch_model.encode(SAMPLE_TEXTS[:8]), dtype=np.float64)
-    got = np.asarray(loaded.encode(SAMPLE_TEXTS[:8]), dtype=np.float64)
+    reference = np.asarray(torch_model.encode(CHECK_TEXTS), dtype=np.float64)
+    got = np.asarray(loaded.encode(CHECK_TEXTS), dtype=np.float64)
     if got.shape != reference.shape:
         return int(got.shape[-1]), math.nan
     dots = (reference * got).sum(axis=1)
