@@ -53,15 +53,21 @@ CALIBRATION_MAX_TEXTS = 300
 class Backend:
     name: str
     packages: str  # what the user installs, for the error message
-    modules: tuple[str, ...]  # what must import for sentence-transformers' backend to work
+    # what sentence-transformers' backend imports: (module, name); the names are loaded lazily by
+    # Optimum, so an install built for another transformers fails only when a name is read
+    imports: tuple[tuple[str, str], ...]
     base_file: str  # the fp32 weights inside an export, relative to it
     quantizations: tuple[str, ...]
 
 
 BACKENDS = {
-    "onnx": Backend("onnx", "optimum-onnx and onnxruntime", ("onnxruntime", "optimum.onnxruntime"),
+    "onnx": Backend("onnx", "optimum-onnx and onnxruntime",
+                    (("onnxruntime", "InferenceSession"), ("optimum.onnxruntime", "ORTModelForFeatureExtraction"),
+                     ("optimum.onnxruntime", "ORTQuantizer")),
                     "onnx/model.onnx", ("arm64", "avx2", "avx512", "avx512_vnni")),
-    "openvino": Backend("openvino", "optimum-intel and openvino", ("openvino", "optimum.intel.openvino"),
+    "openvino": Backend("openvino", "optimum-intel and openvino",
+                        (("openvino", "Core"), ("optimum.intel.openvino", "OVModelForFeatureExtraction"),
+                         ("optimum.intel.openvino", "OVQuantizer"), ("optimum.intel", "OVQuantizationConfig")),
                         "openvino/openvino_model.xml", ("int8",)),
 }
 
@@ -218,13 +224,13 @@ def _model_dir(model_dir: str | Path) -> Path:
 def _require(backend: Backend) -> None:
     """Import what sentence-transformers' backend imports, so a missing or broken extra is one line
     here rather than a traceback from inside the conversion."""
-    for module in backend.modules:
+    for module, name in backend.imports:
         try:
-            importlib.import_module(module)
+            getattr(importlib.import_module(module), name)
         except ModuleNotFoundError as exc:
             raise UserError(f"--format {backend.name} needs {backend.packages} ({exc.name} is not installed); "
                             f"pip install 'matryoshka-train[{backend.name}]'", where=WHERE) from None
-        except ImportError as exc:  # installed, but built for other library versions
+        except (ImportError, AttributeError) as exc:  # installed, but built for other library versions
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UserError(f"--format {backend.name}: {backend.packages} are installed but do not import "
                             f"with this transformers ({first}); install versions that match it with "
