@@ -109,6 +109,10 @@ def test_calibration_files(tmp_path):
         ex._calibration_texts(empty)
     with pytest.raises(UserError, match=r"give a \.txt file"):
         ex._calibration_texts(_touch(tmp_path / "texts.csv"))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café au lait\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"not valid UTF-8 text \(byte 3\)"):
+        ex._calibration_texts(latin)
     with pytest.raises(UserError, match="no such file"):
         ex._calibration_texts(tmp_path / "missing.txt")
 

@@ -309,8 +309,13 @@ def _calibration_texts(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".jsonl"):
         raise UserError(f"--calibration {path}: give a .txt file (one text per line) or a .jsonl file", where=WHERE)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--calibration {path}: not valid UTF-8 text (byte {exc.start}); re-save it as UTF-8",
+                        where=WHERE) from None
     texts: list[str] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         if suffix == ".txt":
