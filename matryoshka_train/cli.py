@@ -90,6 +90,20 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("dest", nargs="?", help="where to write it (default RECIPE.yaml here; a directory: inside it)")
     init.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    exp = sub.add_parser("export", help="export a trained model to ONNX or OpenVINO (optionally int8), "
+                                        "keeping its truncate_dim")
+    exp.add_argument("model", metavar="MODEL_DIR",
+                     help="a run's output_dir or any sentence-transformers model directory")
+    exp.add_argument("--format", required=True, metavar="FORMAT", help="onnx or openvino")
+    exp.add_argument("--quantize", metavar="Q", help="int8 variant too: onnx: arm64, avx2, avx512 or avx512_vnni "
+                                                     "(dynamic); openvino: int8 (static, calibrated)")
+    exp.add_argument("--truncate-dim", type=int, metavar="N",
+                     help="embeddings of N dims (default: the model's saved truncate_dim, else full)")
+    exp.add_argument("--dest", metavar="DIR", help="where to write (default MODEL_DIR-FORMAT[-dimN], beside it)")
+    exp.add_argument("--calibration", metavar="FILE",
+                     help="openvino int8: texts to calibrate on (.txt one per line, or .jsonl); default: built-in")
+    exp.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+
     schema = sub.add_parser("schema", help="write the config's JSON Schema (for editors)")
     schema.add_argument("out", nargs="?", help="the file to write (default: print it)")
     schema.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -124,6 +138,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _init(args)
         if args.verb == "schema":
             return _schema(args)
+        if args.verb == "export":
+            return _export(args)
         return _run(args)
     except UserError as exc:
         _close_progress_bars()
@@ -277,6 +293,27 @@ def _schema(args: argparse.Namespace) -> int:
         with open(args.out, "w", encoding="utf-8") as handle:
             handle.write(text)
         print(f"Wrote the config's JSON Schema to {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    hub.go_offline_if_unreachable()
+    from .models.export import export_model  # the training stack: see the module docstring
+
+    done = export_model(args.model, args.format, dest=args.dest, quantize=args.quantize,
+                        truncate_dim=args.truncate_dim, calibration=args.calibration)
+    kind = f"{done.backend}, int8 {'static' if done.backend == 'openvino' else 'dynamic ' + done.quantize}" \
+        if done.quantize else f"{done.backend}, float32"
+    print(f"Exported {args.model} to {done.dest} ({kind}): {done.file_name}")
+    cut = f"truncate_dim {done.truncate_dim}, saved in config_sentence_transformers.json" \
+        if done.truncate_dim is not None else "full width"
+    print(f"Embeddings: {done.width} of {done.full_dim} dims ({cut})")
+    if done.calibration:
+        print(f"Calibrated on: {done.calibration}")
+    print(f"Check: lowest cosine to the PyTorch model's embeddings of 8 sentences: {done.cosine:.4f}")
+    for note in done.notes:
+        print(f"note: {note}")
+    print(f"Load it with: {done.load_snippet()}")
     return 0
 
 
