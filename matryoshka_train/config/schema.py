@@ -491,7 +491,7 @@ class ReferenceConfig(Section):
     metrics: dict[str, float] = Field(
         min_length=1,
         description="results.json metric key '<evaluator>_dim<d>_<metric>' (an evaluator of this config, an "
-        "evaluated dim, e.g. vodex-dev_dim768_cosine_accuracy) -> the published value.",
+        "evaluated dim, e.g. tr-triplet-dev_dim768_cosine_accuracy) -> the published value.",
     )
 
 
