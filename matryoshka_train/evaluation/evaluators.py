@@ -226,6 +226,8 @@ METRIC_NAMES: dict[str, tuple[re.Pattern[str], str]] = {
     "sts": (re.compile(r"^(pearson|spearman)_(cosine|dot|euclidean|manhattan|max)$"), "spearman_cosine"),
     "mse": (re.compile(r"^negative_mse$"), "negative_mse"),
 }
+
+
 def reference_key_problem(key: str, types: dict[str, str], dims: list[int] | None) -> str | None:
     """Why an ``evaluation.reference`` key names no metric this config's evaluators produce (None
     when it can). ``types``: evaluator name -> type; ``dims``: the evaluated dims, when known."""
