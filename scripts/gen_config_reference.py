@@ -108,6 +108,7 @@ def render() -> str:
         ("training", C.TrainingConfig),
         ("evaluation", C.EvaluationConfig),
         ("evaluation.evaluators[]", C.EvaluatorConfig),
+        ("evaluation.reference", C.ReferenceConfig),
         ("carbon", C.CarbonConfig),
         ("distill", C.DistillConfig),
         ("stages[]", C.StageConfig),

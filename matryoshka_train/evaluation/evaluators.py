@@ -30,6 +30,7 @@ from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from sentence_transformers.util import quantize_embeddings
 
 from ..errors import ConfigError
+from ..reporting.results import split_per_dim_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
@@ -215,6 +216,36 @@ def metric_name_problem(metric: str, names: list[str], dims: list[int] | None, w
         return f"'{metric}' needs evaluation.dim_weights (one weight per evaluated dim)"
     if which.startswith("dim") and which[3:].isdigit() and dims is not None and int(which[3:]) not in dims:
         return f"'{metric}': dim {which[3:]} is not evaluated; evaluated dims: {dims}"
+    return None
+
+
+# The metric names sentence-transformers' evaluators return, by our evaluator type (the similarity
+# part follows the model's similarity function). Types not listed are not checked by name.
+METRIC_NAMES: dict[str, tuple[re.Pattern[str], str]] = {
+    "triplet": (re.compile(r"^(cosine|dot|euclidean|manhattan|max)_accuracy$"), "cosine_accuracy"),
+    "sts": (re.compile(r"^(pearson|spearman)_(cosine|dot|euclidean|manhattan|max)$"), "spearman_cosine"),
+    "mse": (re.compile(r"^negative_mse$"), "negative_mse"),
+}
+
+
+def reference_key_problem(key: str, types: dict[str, str], dims: list[int] | None) -> str | None:
+    """Why an ``evaluation.reference`` key names no metric this config's evaluators produce (None
+    when it can). ``types``: evaluator name -> type; ``dims``: the evaluated dims, when known."""
+    names = list(types)
+    parts = split_per_dim_key(key, names)
+    if parts is None:
+        example = f"{names[0]}_dim{(dims or [768])[0]}_<metric>" if names else "<evaluator>_dim<d>_<metric>"
+        return (
+            f"'{key}' is not a per-dim metric of any evaluator of this config: use "
+            f"<evaluator>_dim<d>_<metric> (e.g. {example}); evaluators: {', '.join(names) or 'none configured'}"
+        )
+    name, dim, metric = parts
+    if dims is not None and dim not in dims:
+        return f"'{key}': dim {dim} is not evaluated; evaluated dims: {dims}"
+    known = METRIC_NAMES.get(types[name])
+    if known is not None and not known[0].match(metric):
+        return (f"'{key}': a {types[name]} evaluator has no metric '{metric}'; its metrics are named like "
+                f"{known[1]} (e.g. {name}_dim{dim}_{known[1]})")
     return None
 
 

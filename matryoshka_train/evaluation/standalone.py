@@ -25,8 +25,8 @@ from ..models.loading import load_model, resolve_dims
 from ..models.references import evaluator_teachers, load_reference
 from ..reporting import redact
 from ..reporting.carbon import CarbonMeter
-from ..reporting.report import eval_table
-from ..reporting.results import quality_per_kwh
+from ..reporting.report import eval_table, reference_lines
+from ..reporting.results import quality_per_kwh, reference_comparison
 from .spec import build_matryoshka_evaluator, resolve_evaluators
 
 
@@ -70,10 +70,14 @@ def evaluate(model_name: str, config: RunConfig | EvalConfig, output_dir: str | 
         "aggregates": evaluator.last_aggregates,
         "carbon": carbon,
         "quality_per_kwh": quality_per_kwh(None, evaluator.last_results, dict(evaluator.primary), carbon),
+        "reference": reference_comparison(
+            reference.model_dump() if (reference := config.evaluation.reference) else None,
+            evaluator.last_results, [spec.name for spec in evaluator.specs],
+        ),
         "wall_time_s": round(time.time() - started, 2),
     }
     redact.write_text(out / "results.json", json.dumps(results, indent=2))
-    echo(eval_table(results))
+    echo(eval_table(results) + "".join("\n" + line for line in reference_lines(results)))
     echo(f"\nresults.json written to {out}; `mtrain report {out}` draws it")
     return results
 

@@ -29,6 +29,11 @@ class RunData:
     def primary(self) -> dict[str, str]:
         return self.results.get("primary_metric", {})
 
+    def published(self, name: str, metric: str) -> dict[int, float]:
+        """{dim: published value} of one evaluator's metric (results.json's ``reference``)."""
+        rows = ((self.results.get("reference") or {}).get("metrics") or {}).values()
+        return {int(r["dim"]): r["published"] for r in rows if r.get("evaluator") == name and r.get("metric") == metric}
+
     def per_dim(self, phase: str, name: str, metric: str) -> dict[int, float]:
         """{dim: value} of one evaluator's metric in 'before' or 'after'."""
         block = (self.results.get(phase) or {}).get(name, {})
@@ -100,7 +105,8 @@ def _dim_axis(ax: Any, dims: list[int]) -> None:
 
 
 def metric_vs_dim(runs: list[RunData], path: Path) -> Path | None:
-    """Primary metric against embedding size: after training per run, and the base model before."""
+    """Primary metric against embedding size: after training per run, the base model before, and
+    the published figures (results.json's ``reference``) as stars."""
     plt = _pyplot()
     evaluators = primary_evaluators(runs)
     if not evaluators:
@@ -108,6 +114,7 @@ def metric_vs_dim(runs: list[RunData], path: Path) -> Path | None:
     fig, axes = _grid_axes(plt, len(evaluators), "Quality at each Matryoshka dimension")
     for ax, (name, metric) in zip(axes, evaluators):
         dims: set[int] = set()
+        sources: set[str] = set()  # each published source once per panel
         drew_before = False
         for run in runs:
             after = run.per_dim("after", name, metric)
@@ -125,6 +132,13 @@ def metric_vs_dim(runs: list[RunData], path: Path) -> Path | None:
                 )
                 ax.plot(xs, [after[x] for x in xs], "-", marker="o", linewidth=2, label=label)
             dims |= set(after) | set(before)
+            published = run.published(name, metric)
+            if published and run.results["reference"]["source"] not in sources:
+                sources.add(run.results["reference"]["source"])
+                xs = sorted(published)
+                ax.plot(xs, [published[x] for x in xs], linestyle="none", marker="*", markersize=12, color="black",
+                        label=f"published: {run.results['reference']['source']}")
+                dims |= set(published)
         if dims:
             _dim_axis(ax, sorted(dims))
         ax.set_ylabel(f"{metric} (higher is better)")

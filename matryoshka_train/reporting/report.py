@@ -30,6 +30,7 @@ def results_table(results: dict[str, Any]) -> str:
             a = _cell(results["after"], name, dim, metric)
             change = f"{a - b:+8.4f}" if a is not None and b is not None else f"{'':>8}"
             lines.append(f"  {dim:>6}  {_fmt(b)}  {_fmt(a)}  {change}")
+    lines += reference_lines(results)
     train = results.get("train", {})
     lines.append(
         f"\nTrained {train.get('steps', 0)} steps, {train.get('samples', 0)} samples in "
@@ -38,6 +39,55 @@ def results_table(results: dict[str, Any]) -> str:
     lines.append(carbon_line(results.get("carbon", {})))
     lines += [f"Quality per energy: {line}" for line in energy_lines(results)]
     return "\n".join(lines)
+
+
+def reference_groups(results: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """results.json's ``reference`` rows grouped by (evaluator, metric), largest dim first; rows
+    whose key names no per-dim figure of the run are grouped under ("", key)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for key, row in ((results.get("reference") or {}).get("metrics") or {}).items():
+        group = (row["evaluator"], row["metric"]) if row.get("evaluator") else ("", key)
+        groups.setdefault(group, []).append(row)
+    for rows in groups.values():
+        rows.sort(key=lambda r: -(r.get("dim") or 0))
+    return groups
+
+
+def reference_lines(results: dict[str, Any]) -> list[str]:
+    """The trained model against published figures (``evaluation.reference``): per evaluator and
+    metric, each dim's published value, this run's, and the delta (this run − published)."""
+    groups = reference_groups(results)
+    if not groups:
+        return []
+    lines = [f"\nAgainst published figures ({results['reference']['source']}); delta = this run − published"]
+    for (name, metric), rows in groups.items():
+        if not name:
+            lines.append(f"{metric}: published {rows[0]['published']:.4f}; not a per-dim figure of this run")
+            continue
+        lines.append(f"{name} · {metric}")
+        lines.append(f"  {'dim':>6}  {'published':>9}  {'this run':>8}  {'delta':>8}")
+        for row in rows:
+            delta = f"{row['delta']:+8.4f}" if row.get("delta") is not None else f"{'—':>8}"
+            lines.append(f"  {row['dim']:>6}  {row['published']:9.4f}  {_fmt(row.get('run'))}  {delta}")
+    return lines
+
+
+def reference_markdown(results: dict[str, Any]) -> list[str]:
+    """:func:`reference_lines` as Markdown tables, for `mtrain report`."""
+    groups = reference_groups(results)
+    if not groups:
+        return []
+    out = [f"Published figures: {results['reference']['source']}. Delta = this run − published.", ""]
+    for (name, metric), rows in groups.items():
+        if not name:
+            out += [f"- `{metric}`: published {rows[0]['published']:.4f}; not a per-dim figure of this run", ""]
+            continue
+        out += [f"**{name}** — `{metric}`", "", "| dim | published | this run | delta |", "|---:|---:|---:|---:|"]
+        for row in rows:
+            delta = f"{row['delta']:+.4f}" if row.get("delta") is not None else "—"
+            out.append(f"| {row['dim']} | {row['published']:.4f} | {_plain(row.get('run'))} | {delta} |")
+        out.append("")
+    return out
 
 
 def energy_lines(results: dict[str, Any]) -> list[str]:
@@ -228,6 +278,16 @@ def report_markdown(runs: list[Any], figures: set[str]) -> str:
         if len(runs) > 1:
             out += [f"### {r.label}", ""]
         out.append(markdown_table(r.results))
+
+    compared = [r for r in runs if reference_groups(r.results)]
+    if compared:
+        out += ["## Against the published model", ""]
+        if "metric_vs_dim.png" in figures:
+            out += ["The published figures are the black stars in the plot above.", ""]
+        for r in compared:
+            if len(runs) > 1:
+                out += [f"### {r.label}", ""]
+            out += reference_markdown(r.results)
 
     out += [
         "## Share of full-dimension quality kept",

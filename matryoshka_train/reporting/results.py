@@ -3,6 +3,7 @@ padding saved, the training summary. Plain functions of results, read by `run` a
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -71,3 +72,35 @@ def train_summary(train_output: Any, trainer: Any) -> dict[str, Any]:
 def _last_loss(trainer: Any) -> float | None:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return float(losses[-1]) if losses else None
+
+
+PER_DIM_KEY = re.compile(r"^dim(?P<dim>\d+)_(?P<metric>.+)$")
+
+
+def split_per_dim_key(key: str, names: list[str]) -> tuple[str, int, str] | None:
+    """``'<evaluator>_dim<d>_<metric>'`` as (evaluator, d, metric), the evaluator being one of
+    ``names`` (the longest that fits, as names may contain '_'); None when the key is not of that form."""
+    for name in sorted(names, key=len, reverse=True):
+        match = PER_DIM_KEY.match(key[len(name) + 1 :]) if key.startswith(name + "_") else None
+        if match:
+            return name, int(match.group("dim")), match.group("metric")
+    return None
+
+
+def reference_comparison(reference: dict[str, Any] | None, after: Any, names: list[str]) -> dict[str, Any] | None:
+    """The run's final figures against published ones (``evaluation.reference``): for each key
+    ``<evaluator>_dim<d>_<metric>``, the published value, the run's value from ``after`` and
+    ``delta`` = run − published (None where the run has no such figure). ``names``: the
+    evaluators of the run (to split keys whose evaluator name contains '_')."""
+    if not reference:
+        return None
+    rows: dict[str, Any] = {}
+    for key, published in reference["metrics"].items():
+        parts = split_per_dim_key(key, list(names) or list(after or {}))
+        name, dim, metric = parts if parts else (None, None, None)
+        value = (after or {}).get(name, {}).get(str(dim), {}).get(metric) if parts else None
+        rows[key] = {
+            "evaluator": name, "dim": dim, "metric": metric, "published": published, "run": value,
+            "delta": value - published if value is not None else None,
+        }
+    return {"source": reference["source"], "metrics": rows}

@@ -37,6 +37,7 @@ from ..reporting.results import (
     evaluation_extras,
     padding_summary,
     quality_per_kwh,
+    reference_comparison,
     train_summary,
 )
 from . import distributed
@@ -258,6 +259,8 @@ def report(state: Run) -> dict[str, Any]:
     plan, out, evaluator = state.plan, state.out, state.plan.evaluator
     primary = dict(evaluator.primary) if evaluator is not None else {}
     tokenized = state.tokenized or {}
+    reference = state.config.evaluation.reference
+    names = [spec.name for spec in evaluator.specs] if evaluator is not None else []
     results = {
         "dims": plan.dims,
         "before": state.before or {},
@@ -266,6 +269,7 @@ def report(state: Run) -> dict[str, Any]:
         **evaluation_extras(evaluator, state.after is not None, state.grid_before),
         "carbon": state.carbon,
         "quality_per_kwh": quality_per_kwh(state.before, state.after, primary, state.carbon),
+        "reference": reference_comparison(reference.model_dump() if reference else None, state.after, names),
         "train": train_summary(state.train_output, state.trainer),
         "anchor": anchor_cost(plan),
         "rotation": rotation_summary(plan.rotation, state.config.matryoshka.rotation),

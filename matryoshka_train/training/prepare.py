@@ -26,7 +26,7 @@ from ..data.distill_labels import takes_teacher_labels
 from ..data.loading import prepare_datasets
 from ..data.sources import PreparedDataset, label_widths, rows_named
 from ..errors import ConfigError, DataError, Problem, UserError
-from ..evaluation.evaluators import metric_name_problem
+from ..evaluation.evaluators import metric_name_problem, reference_key_problem
 from ..evaluation.spec import ResolvedEvaluators, resolve_evaluators
 from ..hub import hub_reachable
 from ..losses.build import kwargs_problems
@@ -177,7 +177,7 @@ def config_problems(config: RunConfig) -> list[Problem]:
                 f"mini_batch_size {mini} is larger than the batch ({t.per_device_train_batch_size}); make it smaller",
             ))
     return (problems + _training_argument_problems(config) + _best_metric_problems(config)
-            + tracker_problems(config.training.report_to) + rotation_problems(config))
+            + reference_problems(config) + tracker_problems(config.training.report_to) + rotation_problems(config))
 
 
 def rotation_problems(config: RunConfig) -> list[Problem]:
@@ -196,6 +196,23 @@ def rotation_problems(config: RunConfig) -> list[Problem]:
             where = f"datasets.{i}.loss" if dcfg.loss else "loss"
             problems.append(Problem(where, f"{lcfg.name} compares with teacher embeddings, which the rotation would "
                                            "turn away from; turn matryoshka.rotation off for distillation"))
+    return problems
+
+
+def reference_problems(config: RunConfig) -> list[Problem]:
+    """Every evaluation.reference key must name a per-dim metric one of the config's evaluators
+    produces; otherwise the published figure would never meet a figure of the run."""
+    reference = config.evaluation.reference
+    if reference is None:
+        return []
+    ev = config.evaluation
+    types = {e.display_name(): e.type for e in ev.evaluators}
+    dims = ev.dims or config.matryoshka.dims
+    problems = []
+    for key in reference.metrics:
+        problem = reference_key_problem(key, types, dims)
+        if problem:
+            problems.append(Problem(f"evaluation.reference.metrics.{key}", problem))
     return problems
 
 

@@ -226,6 +226,7 @@ def combine(per_stage: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "precision": last.get("precision"),
         "batch_sampler": last.get("batch_sampler"),
+        "reference": last.get("reference"),  # compared with the final model: the last stage's "after"
         "wall_time_s": round(sum(s.get("wall_time_s", 0.0) for s in per_stage), 2),
     }
 
