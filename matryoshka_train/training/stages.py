@@ -207,6 +207,7 @@ def combine(per_stage: list[dict[str, Any]]) -> dict[str, Any]:
         "emissions_kg": sum(c["emissions_kg"] for c in carbons) if tracked else None,
         "duration_s": sum(c.get("duration_s") or 0.0 for c in carbons),
         "country_iso_code": carbons[0].get("country_iso_code"),
+        "hardware": carbons[-1].get("hardware"),
     }
     if not tracked:
         carbon["note"] = next((c.get("note") for c in carbons if c.get("note")), "not tracked in every stage")
