@@ -109,6 +109,8 @@ def render() -> str:
         ("evaluation", C.EvaluationConfig),
         ("evaluation.evaluators[]", C.EvaluatorConfig),
         ("carbon", C.CarbonConfig),
+        ("hub", C.HubConfig),
+        ("card", C.CardConfig),
         ("distill", C.DistillConfig),
         ("stages[]", C.StageConfig),
         ("eval-only config (mtrain eval MODEL --config EVAL.yaml)", C.EvalConfig),

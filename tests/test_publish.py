@@ -47,7 +47,8 @@ class FakeHub:
         def upload_folder(api, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
             root = Path(folder_path)
             files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-            hub.uploads.append({"repo_id": repo_id, "files": list(filter_repo_objects(files, ignore_patterns=ignore_patterns))})
+            kept = list(filter_repo_objects(files, ignore_patterns=ignore_patterns))
+            hub.uploads.append({"repo_id": repo_id, "files": kept})
 
         monkeypatch.setattr(HfApi, "create_repo", create_repo)
         monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
