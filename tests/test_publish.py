@@ -262,3 +262,22 @@ def test_check_reports_the_push_and_refuses_offline_checkpoint_pushes(tiny_confi
     tiny_config["hub"]["checkpoints"] = "every_save"  # needs the Hub when training starts; offline here
     assert main(["check", str(write_config(tiny_config))]) == 2
     assert "hub.checkpoints: the Hub is unreachable" in capsys.readouterr().err
+
+
+def test_a_multi_stage_run_pushes_its_final_output_once(tiny_config, write_config, monkeypatch):
+    out = Path(tiny_config["training"]["output_dir"])
+    tiny_config["training"]["max_steps"] = 1
+    tiny_config["hub"] = {"repo_id": REPO_ID}
+    tiny_config["stages"] = [{"name": "first"}, {"name": "second", "training": {"learning_rate": 5e-4}}]
+    hub = FakeHub(monkeypatch)
+    assert main(["run", str(write_config(tiny_config)), "--quiet"]) == 0
+    assert [r["repo_id"] for r in hub.repos] == [REPO_ID]  # once, for the final output
+    files = set(hub.uploads[0]["files"])
+    assert {"model.safetensors", "README.md", "results.json"} <= files
+    assert not [f for f in files if f.startswith(("stage-", "checkpoint-"))]
+    assert len(json.loads((out / "results.json").read_text())["stages"]) == 2
+    # the final card names the model stage 1 started from, not stage 1's output folder
+    text = (out / "README.md").read_text(encoding="utf-8")
+    assert "- **Base model:** `st` (a local model, not on the Hub)" in text
+    assert "stage-1-first" not in text
+    assert "base_model" not in front_matter(out / "README.md")
