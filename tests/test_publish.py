@@ -264,9 +264,9 @@ def test_check_reports_the_push_and_refuses_offline_checkpoint_pushes(tiny_confi
     assert "hub.checkpoints: the Hub is unreachable" in capsys.readouterr().err
 
 
-def test_a_multi_stage_run_pushes_its_final_output_once(tiny_config, write_config, monkeypatch):
+def test_a_multi_stage_run_pushes_its_final_output_once(tiny_config, write_config, monkeypatch, capsys):
     out = Path(tiny_config["training"]["output_dir"])
-    tiny_config["training"]["max_steps"] = 1
+    tiny_config["training"].update(max_steps=1, eval_strategy="steps", eval_steps=1)
     tiny_config["hub"] = {"repo_id": REPO_ID}
     tiny_config["stages"] = [{"name": "first"}, {"name": "second", "training": {"learning_rate": 5e-4}}]
     hub = FakeHub(monkeypatch)
@@ -280,4 +280,7 @@ def test_a_multi_stage_run_pushes_its_final_output_once(tiny_config, write_confi
     text = (out / "README.md").read_text(encoding="utf-8")
     assert "- **Base model:** `st` (a local model, not on the Hub)" in text
     assert "stage-1-first" not in text
+    # the trainer's eval split is described too, by file name and the user's columns
+    assert text.count("#### triplets.jsonl") == 2 and "### Evaluation Dataset" in text
+    assert "could not be corrected" not in capsys.readouterr().err
     assert "base_model" not in front_matter(out / "README.md")

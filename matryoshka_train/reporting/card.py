@@ -97,7 +97,8 @@ def fill_card_data(
     if repo and "/" in repo:
         card_data.model_id = repo
     sources = {d.name: d for d in config.datasets}
-    card_data.train_datasets = _describe(card_data, train_sets, losses, {n: d.source for n, d in sources.items()})
+    card_data.train_datasets = _describe(card_data, train_sets, losses, {n: d.source for n, d in sources.items()},
+                                         "train")
     card_data.tags = [t for t in card_data.tags if not t.startswith("dataset_size:")]
     card_data.add_tags(f"dataset_size:{sum(len(ds) for ds in train_sets.values())}")
     if card_data.eval_datasets and eval_sets:
@@ -105,7 +106,7 @@ def fill_card_data(
             n: d.eval.source if d.eval is not None and d.eval.source is not None else d.source
             for n, d in sources.items()
         }
-        card_data.eval_datasets = _describe(card_data, eval_sets, losses, eval_sources)
+        card_data.eval_datasets = _describe(card_data, eval_sets, losses, eval_sources, "eval")
     card_data.datasets = hub_datasets(config)
     _standard_loss_names(card_data, losses)
     card_data.eval_results_dict = per_dim_results(evaluators, after, primary)
@@ -113,13 +114,13 @@ def fill_card_data(
 
 
 def _describe(card_data: Any, sets: Mapping[str, Any], losses: Mapping[str, Any],
-              sources: Mapping[str, SourceConfig]) -> list[dict[str, Any]]:
+              sources: Mapping[str, SourceConfig], split: str) -> list[dict[str, Any]]:
     """sentence-transformers' own dataset description (size, columns, statistics, examples), under
     the name the config gives the source."""
     out = []
     for name, dataset in sets.items():
         info: dict[str, Any] = dataset_entry(sources[name]) if name in sources else {"name": name}
-        info["split"] = "eval" if "eval" in str(getattr(dataset, "split", "") or "") else "train"
+        info["split"] = split
         out.append(card_data.compute_dataset_metrics(dataset, info, losses.get(name)))
     return out
 
