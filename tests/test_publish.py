@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -44,11 +45,17 @@ class FakeHub:
             hub.repos.append({"repo_id": repo_id, "private": private, "exist_ok": exist_ok})
             return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-        def upload_folder(api, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        def upload_folder(api, *, repo_id, folder_path, ignore_patterns=None, path_in_repo=None,
+                          run_as_future=False, **kwargs):
             root = Path(folder_path)
             files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
             kept = list(filter_repo_objects(files, ignore_patterns=ignore_patterns))
-            hub.uploads.append({"repo_id": repo_id, "files": kept})
+            hub.uploads.append({"repo_id": repo_id, "files": kept, "path_in_repo": path_in_repo})
+            if run_as_future:  # the trainer's checkpoint pushes run in the background
+                done = Future()
+                done.set_result(None)
+                return done
+            return None
 
         monkeypatch.setattr(HfApi, "create_repo", create_repo)
         monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
@@ -284,3 +291,21 @@ def test_a_multi_stage_run_pushes_its_final_output_once(tiny_config, write_confi
     assert text.count("#### triplets.jsonl") == 2 and "### Evaluation Dataset" in text
     assert "could not be corrected" not in capsys.readouterr().err
     assert "base_model" not in front_matter(out / "README.md")
+
+
+def test_hub_checkpoints_are_pushed_by_the_trainer_during_training(tiny_config, write_config, monkeypatch):
+    """hub.checkpoints: checkpoint: the trainer creates the repo and pushes each save (the model at
+    the repo's root, the checkpoint as last-checkpoint/); then the final push of the whole run."""
+    from matryoshka_train.training import prepare
+
+    monkeypatch.setattr(prepare, "hub_reachable", lambda *a, **k: True)  # the Hub is faked, not offline
+    tiny_config["training"].update(max_steps=2, save_steps=1)
+    tiny_config["hub"] = {"repo_id": REPO_ID, "private": True, "checkpoints": "checkpoint"}
+    hub = FakeHub(monkeypatch)
+    assert main(["run", str(write_config(tiny_config)), "--quiet"]) == 0
+    assert hub.repos[0]["repo_id"] == REPO_ID and hub.repos[0]["private"] is True  # the trainer's, at start
+    during = hub.uploads[:-1]
+    assert [u["path_in_repo"] for u in during if u["path_in_repo"]] == ["last-checkpoint", "last-checkpoint"]
+    assert all(u["repo_id"] == REPO_ID for u in hub.uploads)
+    final = hub.uploads[-1]
+    assert final["path_in_repo"] is None and {"README.md", "results.json", "model.safetensors"} <= set(final["files"])
