@@ -117,7 +117,7 @@ def test_a_failed_push_keeps_the_run_and_says_how_to_retry(finished_run):
     assert finished_run["code"] == 1
     lines = [line for line in finished_run["stderr"].splitlines() if line.startswith("error:")]
     assert len(lines) == 1, finished_run["stderr"]
-    assert "no Hugging Face token found" in lines[0] and f"mtrain push {out}" in lines[0]
+    assert "no Hugging Face token found" in lines[0] and lines[0].endswith(f"retry with: mtrain push {out}")
     for name in ("model.safetensors", "modules.json", "README.md", "results.json", "config.resolved.yaml"):
         assert (out / name).is_file(), name
     assert json.loads((out / "results.json").read_text())["dims"] == [32, 16, 8]
@@ -163,6 +163,11 @@ def test_mtrain_push_refuses_what_is_not_a_finished_run(finished_run, tmp_path, 
     assert len(err) == 1 and "is not a finished run" in err[0] and "results.json" in err[0]
     assert main(["push", str(finished_run["out"]), "--repo-id", "a/b/c"]) == 2
     assert "is not a Hub repo id" in capsys.readouterr().err
+    # the real client, offline (as every test runs): one line naming it, and the retry command
+    assert main(["push", str(finished_run["out"]), "--repo-id", "a/b"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the Hub is unreachable from here (offline mode)" in err[0]
+    assert err[0].endswith(f"retry with: mtrain push {finished_run['out']} --repo-id a/b")
 
 
 def test_the_card_front_matter_is_right(finished_run):

@@ -18,6 +18,7 @@ naming the problem, saying the run is kept on disk and giving the command that r
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ def push_run(out: str | Path, repo_id: str | None = None, private: bool | None =
         raise UserError(problem, where="--repo-id" if asked else "hub.repo_id")
     if private is None:
         private = saved.get("private")
-    retry = f"mtrain push {out}" + (f" --repo-id {asked}" if asked else "")
+    # the command that retries: the repo only when it is not the run's own hub.repo_id
+    other = asked if asked and asked != saved.get("repo_id") else None
+    retry = f"mtrain push {shlex.quote(str(out))}" + (f" --repo-id {other}" if other else "")
     echo(f"Pushing {out} to the Hub as {repo_id} …")
     api = testing.hub_api(HfApi)
     try:
