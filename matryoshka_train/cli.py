@@ -85,6 +85,17 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--output", help="where report.md and the plots go (default FIRST_RUN_DIR/report)")
     rep.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    push = sub.add_parser("push", help="push a finished run (model, card, results.json) to the Hugging Face Hub")
+    push.add_argument("output_dir", metavar="OUTPUT_DIR", help="the training.output_dir of a finished mtrain run")
+    push.add_argument("--repo-id", metavar="ID", help="the Hub repo, e.g. your-name/minilm-matryoshka "
+                                                      "(default: the run's hub.repo_id)")
+    visibility = push.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_const", const=True, default=None,
+                            help="create the repo private (default: the run's hub.private)")
+    visibility.add_argument("--public", dest="private", action="store_const", const=False,
+                            help="create the repo public")
+    push.add_argument("--debug", action="store_true", help="show tracebacks")
+
     init = sub.add_parser("init", help="copy a shipped recipe (configs/RECIPE.yaml) to start a config from")
     init.add_argument("recipe", help="the recipe's name, e.g. quickstart")
     init.add_argument("dest", nargs="?", help="where to write it (default RECIPE.yaml here; a directory: inside it)")
@@ -136,6 +147,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _sweep(args)
         if args.verb == "init":
             return _init(args)
+        if args.verb == "push":
+            return _push(args)
         if args.verb == "schema":
             return _schema(args)
         if args.verb == "export":
@@ -273,6 +286,14 @@ def _sweep(args: argparse.Namespace) -> int:
     sweep = load(args.sweep, storage=args.storage)
     summary = run_sweep(sweep, workers=args.workers)
     return 0 if summary["best"] else 1
+
+
+def _push(args: argparse.Namespace) -> int:
+    hub.go_offline_if_unreachable()  # before huggingface_hub loads: an unreachable Hub fails at once
+    from .reporting.publish import push_run  # huggingface_hub, no torch: see the module docstring
+
+    push_run(args.output_dir, args.repo_id, args.private)
+    return 0
 
 
 def _init(args: argparse.Namespace) -> int:

@@ -110,6 +110,8 @@ def render() -> str:
         ("evaluation.evaluators[]", C.EvaluatorConfig),
         ("evaluation.reference", C.ReferenceConfig),
         ("carbon", C.CarbonConfig),
+        ("hub", C.HubConfig),
+        ("card", C.CardConfig),
         ("distill", C.DistillConfig),
         ("stages[]", C.StageConfig),
         ("eval-only config (mtrain eval MODEL --config EVAL.yaml)", C.EvalConfig),

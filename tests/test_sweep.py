@@ -246,6 +246,7 @@ def test_objective_aggregates_and_launcher_command(sweep_file):
     assert (
         "training.learning_rate=0.001" in cmd and "matryoshka.reduction=mean" in cmd and "training.max_steps=2" in cmd
     )
+    assert "hub.push=false" in cmd and "hub.checkpoints=no" in cmd  # a trial never publishes
 
 
 def test_sigterm_ends_the_running_trial_and_queues_it_again(sweep_file):

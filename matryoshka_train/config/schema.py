@@ -8,6 +8,7 @@ need them live in :mod:`matryoshka_train.training.prepare`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -409,6 +410,11 @@ class TrainingConfig(Section):
                     f"training.extra.{key}: never put tokens in a config (it is saved with every "
                     "checkpoint); set HF_TOKEN in the environment instead"
                 )
+            elif key in HUB_TRAINER_FIELDS:
+                problems.append(
+                    f"training.extra.{key}: publishing is set in the hub section (hub.repo_id, hub.private, "
+                    "hub.checkpoints); remove extra." + key
+                )
         if problems:
             raise ValueError("\n".join(problems))
         return value
@@ -421,6 +427,11 @@ class TrainingConfig(Section):
 
 
 TRAINING_FIELDS = frozenset(TrainingConfig.model_fields) - {"extra"}
+# the trainer's own Hub keys: the hub section sets them (a push from here would skip the final model
+# and its card, which are written after training)
+HUB_TRAINER_FIELDS = frozenset(
+    {"push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo", "hub_always_push", "hub_revision"}
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,6 +580,103 @@ class CarbonConfig(Section):
 
 
 # --------------------------------------------------------------------------------------------
+# publishing: the Hub and the model card
+
+# a Hub repo id: "name" (your namespace) or "namespace/name"; letters, digits, '-', '_', '.'
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+REPO_ID = re.compile(rf"^(?:{_REPO_PART}/)?{_REPO_PART}$")
+HUB_CHECKPOINTS = ("no", "every_save", "checkpoint", "all_checkpoints")
+
+
+def repo_id_problem(repo_id: str) -> str | None:
+    """Why ``repo_id`` is not a Hub repo id (None when it is one). The Hub's own rules: one optional
+    namespace, letters, digits, '-', '_' and '.', no '--' or '..', at most 96 characters."""
+    if not REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id or len(repo_id.split("/")[-1]) > 96:
+        return (
+            f"'{repo_id}' is not a Hub repo id: write namespace/name (e.g. your-name/minilm-matryoshka) with "
+            "letters, digits, '-', '_' or '.'"
+        )
+    return None
+
+
+class HubConfig(Section):
+    """Publishing to the Hugging Face Hub. The token is never read from the config: it comes from the
+    ``HF_TOKEN`` environment variable or a saved ``hf auth login``. With ``repo_id`` set, the final model,
+    its card (README.md), results.json and the run's logs are pushed once the run has written them; a
+    push that fails keeps everything on disk and prints the `mtrain push OUTPUT_DIR` command to retry."""
+
+    repo_id: str | None = Field(
+        None, description="The model repo, e.g. your-name/minilm-matryoshka (created if missing). null: no push."
+    )
+    private: bool | None = Field(
+        None, description="Create the repo private (true) or public (false); null: the Hub's default for the "
+        "account. An existing repo keeps its visibility."
+    )
+    push: bool = Field(True, description="Push the final model and card when the run ends (needs repo_id).")
+    checkpoints: Literal[HUB_CHECKPOINTS] = Field(  # type: ignore[valid-type]
+        "no",
+        description="Also push during training, as the trainer's hub_strategy: every_save (the model at each "
+        "save), checkpoint (plus the latest checkpoint, as last-checkpoint/), all_checkpoints (every "
+        "checkpoint folder). 'no': only the final push.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_token(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for key in ("token", "hub_token"):
+                if key in value:
+                    raise ValueError(
+                        f"hub.{key}: never put tokens in a config (it is saved with the run and pushed with "
+                        "it); set HF_TOKEN in the environment or run `hf auth login`"
+                    )
+        return value
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        problem = repo_id_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _checkpoints_need_repo(self) -> HubConfig:
+        if self.checkpoints != "no" and self.repo_id is None:
+            raise ValueError("hub.checkpoints pushes to hub.repo_id: set hub.repo_id, or hub.checkpoints: no")
+        return self
+
+
+class CardConfig(Section):
+    """What the model card (README.md, written with the model) says beyond what the run measured.
+    The card is sentence-transformers' own, with the per-dim results section on top."""
+
+    model_name: str | None = Field(None, description="The card's title; null: 'SentenceTransformer based on <base>'.")
+    license: str | None = Field(None, description="The model's license as the Hub names it, e.g. apache-2.0, mit.")
+    language: list[str] | None = Field(None, description="Language code(s) of the training data, e.g. en or [en, de].")
+    tags: list[str] = Field(default_factory=list, description="Extra Hub tags, added to sentence-transformers' own.")
+    base_model: str | None = Field(
+        None,
+        description="The Hub id of the model trained from, for the card's base_model. null: model.name_or_path "
+        "when it is a Hub id; for a local directory or package:, the id its own card names, else none "
+        "(the card then names the directory).",
+    )
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model(cls, value: str | None) -> str | None:
+        looks_like_id = value is not None and value.count("/") == 1 and not value.startswith((".", "/", "~"))
+        if looks_like_id and repo_id_problem(value):
+            raise ValueError(repo_id_problem(value))
+        return value
+
+
+# --------------------------------------------------------------------------------------------
 # distillation and stages
 
 
@@ -648,6 +756,8 @@ class RunConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     carbon: CarbonConfig = Field(default_factory=CarbonConfig)
+    hub: HubConfig = Field(default_factory=HubConfig, description="Publish to the Hugging Face Hub (see hub).")
+    card: CardConfig = Field(default_factory=CardConfig, description="What the model card says (see card).")
     distill: DistillConfig | None = Field(
         None, description="Compute MSELoss label embeddings with a teacher model (see distill)."
     )

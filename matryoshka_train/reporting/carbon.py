@@ -86,7 +86,19 @@ class CarbonMeter:
                 "country_iso_code": getattr(data, "country_iso_code", self.cfg.country_iso_code),
                 "tracked": True,
                 "emissions_file": str(self.output_dir / "emissions.csv"),
+                "hardware": _hardware(data),
             }
         except Exception as exc:  # noqa: BLE001 - nor stop the run from finishing
             log.warning("Carbon figures could not be read (%s: %s).", type(exc).__name__, exc)
             return dict(figures, note=f"codecarbon failed at stop: {exc}")
+
+
+def _hardware(data: Any) -> dict[str, Any]:
+    """What codecarbon saw of the machine (the model card's co2_eq_emissions names it)."""
+    ram = getattr(data, "ram_total_size", None)
+    return {
+        "cpu_model": getattr(data, "cpu_model", None) or None,
+        "gpu_model": getattr(data, "gpu_model", None) or None,
+        "ram_total_size": round(float(ram), 3) if isinstance(ram, (int, float)) else None,
+        "on_cloud": getattr(data, "on_cloud", "N") == "Y",
+    }

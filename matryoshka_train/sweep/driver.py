@@ -316,7 +316,9 @@ def trial_command(sweep: Sweep, params: dict[str, Any], out: Path) -> list[str]:
     c = sweep.config
     prefix = shlex.split(c.launcher) if c.launcher else [sys.executable]
     cmd = prefix + ["-m", "matryoshka_train", "run", str(sweep.base_path), "--overwrite"]
-    for item in overrides_for(params, c.fixed) + [f"training.output_dir={out}"]:
+    # a trial never publishes: push the best trial's output with `mtrain push` once the sweep is done
+    for item in overrides_for(params, c.fixed) + [f"training.output_dir={out}", "hub.push=false",
+                                                  "hub.checkpoints=no"]:
         cmd += ["--set", item]
     return cmd
 

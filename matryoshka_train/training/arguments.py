@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from sentence_transformers import SentenceTransformerTrainingArguments
 
+from ..config.schema import HubConfig
 from ..data.sampler import FastNoDuplicatesBatchSampler
 from ..errors import ConfigError, Problem
 from ..models.loading import layerwise_learning_rates
@@ -67,6 +68,7 @@ def training_arguments(plan: Plan) -> Any:
         "dataloader_prefetch_factor": t.dataloader_prefetch_factor,
         **({"accelerator_config": {"non_blocking": True}} if plan.speed.non_blocking else {}),
         **t.extra,
+        **hub_arguments(plan.config.hub),
     }
     if distributed.world_size() > 1:
         # every process must take the same number of equal batches (DDP and gathering need it)
@@ -88,6 +90,20 @@ def training_arguments(plan: Plan) -> Any:
         raise ConfigError(f"the trainer rejected these arguments: {exc}", where="training") from None
 
 
+
+
+def hub_arguments(hub: HubConfig) -> dict[str, Any]:
+    """``hub.checkpoints`` as the trainer's own Hub push during training (its hub_strategy); the token
+    is the environment's (``HF_TOKEN`` or a saved login), never an argument. The final model and card
+    are pushed after the run (:mod:`matryoshka_train.reporting.publish`), not by the trainer."""
+    if hub.checkpoints == "no" or hub.repo_id is None:
+        return {}
+    return {
+        "push_to_hub": True,
+        "hub_model_id": hub.repo_id,
+        "hub_strategy": hub.checkpoints,
+        "hub_private_repo": hub.private,
+    }
 
 
 def argument_problems(prep: Preparation) -> list[Problem]:

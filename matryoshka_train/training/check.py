@@ -16,6 +16,7 @@ from ..config.registry import LOSSES
 from ..config.schema import RunConfig
 from ..data.sources import long_text_counts
 from ..errors import Problem
+from ..reporting.publish import hub_lines
 from .arguments import argument_problems
 from .plan import batch_lines, loss_problems
 from .prepare import prepare
@@ -69,6 +70,9 @@ def check(config: RunConfig) -> CheckReport:
     report.warnings += save_warnings(config)
     report.lines += [line for line in prep.lines if line not in model_lines]
     report.lines += batch_lines(config, columns)
+    publish, publish_warnings = hub_lines(config.hub)
+    report.lines += publish
+    report.warnings += publish_warnings
     return report
 
 

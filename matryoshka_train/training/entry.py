@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config.schema import RunConfig
+from ..reporting.publish import push_after_run
+from . import distributed
 from .loop import run_single
 from .stages import run_stages
 
@@ -27,7 +29,14 @@ def run(
     interrupted run prints to be resumed (the CLI fills in the config path and overrides).
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (for programmatic use, e.g.
     the training benchmark's step timer). A multi-stage config runs :func:`run_single` per stage.
+    With ``hub.repo_id`` set, the final output is pushed to the Hub at the end (main process only);
+    a failed push raises :class:`~matryoshka_train.reporting.publish.PushFailed` with the outputs kept.
     """
     if not config.stages:
-        return run_single(config, overwrite, echo, resume, resume_force, resume_hint, callbacks)
-    return run_stages(config, overwrite, echo, resume, resume_force, resume_hint)
+        results = run_single(config, overwrite, echo, resume, resume_force, resume_hint, callbacks)
+    else:
+        results = run_stages(config, overwrite, echo, resume, resume_force, resume_hint)
+    if distributed.is_main():
+        # once, for the final output (of all stages), after results.json and the card are written
+        push_after_run(config, echo)
+    return results

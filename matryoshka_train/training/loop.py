@@ -13,6 +13,7 @@ written whole or not at all (:mod:`.checkpoints`); secrets are kept out of every
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -30,8 +31,10 @@ from ..errors import ConfigError, TrainingAborted
 from ..models import sorted_forward
 from ..models.host_reads import no_host_reads
 from ..models.rotation import bypassed, rotation_summary
+from ..models.provenance import BaseModel, base_model_of
 from ..reporting import redact
 from ..reporting.carbon import CarbonMeter
+from ..reporting.card import fill_card_data, finish_front_matter
 from ..reporting.report import add_model_card_section, results_table
 from ..reporting.results import (
     evaluation_extras,
@@ -247,11 +250,50 @@ def final_evaluation(state: Run) -> None:
 
 
 def save(state: Run) -> None:
-    """The trained model, written whole (a full disk is one message, see :mod:`.faults`)."""
+    """The trained model, written whole (a full disk is one message, see :mod:`.faults`), with its
+    model card corrected first (:func:`fill_card`)."""
+    fill_card(state)
     with training_faults(
         state.config, state.trainer, state.plan.model, state.out, stage="writing the final model", on_abort=state.abort
     ):
         state.plan.model.save(str(state.out))
+
+
+def card_base(config: RunConfig) -> BaseModel:
+    """The base model the card names: ``card.base_model`` or the model trained from (a static model
+    is trained from scratch: only ``card.base_model`` names one)."""
+    if config.card.base_model:
+        return base_model_of(config.card.base_model)
+    if config.model.type == "static":
+        return BaseModel(None, config.model.name_or_path)
+    return base_model_of(config.model.name_or_path)
+
+
+def fill_card(state: Run) -> None:
+    """The card data sentence-transformers renders README.md from, corrected (see
+    :mod:`matryoshka_train.reporting.card`). A card problem must not cost the trained model: it is
+    logged and the model is saved with the card as it is."""
+    plan, trainer = state.plan, state.trainer
+    evaluator = plan.evaluator
+    base = card_base(state.config)
+    try:
+        fill_card_data(
+            plan.model.model_card_data,
+            state.config,
+            base.hub_id,
+            base.label,
+            train_sets={d.name: d.train for d in plan.datasets},
+            eval_sets={d.name: d.eval for d in plan.datasets if d.eval is not None}
+            if trainer is not None and trainer.eval_dataset is not None else {},
+            losses=plan.losses,
+            evaluators=getattr(evaluator, "evaluators", {}) if evaluator is not None else {},
+            after=state.after or {},
+            primary=getattr(evaluator, "primary", {}) if evaluator is not None else {},
+        )
+    except Exception as exc:  # noqa: BLE001 - the card is secondary: never lose the model over it
+        logging.getLogger("matryoshka_train").warning("The model card could not be corrected (%s: %s); the "
+                                                      "model is saved with sentence-transformers' card.",
+                                                      type(exc).__name__, exc)
 
 
 def report(state: Run) -> dict[str, Any]:
@@ -285,6 +327,8 @@ def report(state: Run) -> dict[str, Any]:
     }
     redact.write_text(out / "results.json", json.dumps(results, indent=2))
     add_model_card_section(out / "README.md", state.config, results)
+    base = card_base(state.config)
+    finish_front_matter(out / "README.md", state.config, results, base.hub_id, base.label)
     redact.scrub_tree(out)  # the model card and checkpoint files other libraries wrote
     state.echo(results_table(results))
     state.echo(f"\nModel, results.json, metrics.jsonl and model card written to {out}")

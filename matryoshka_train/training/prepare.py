@@ -70,7 +70,7 @@ def prepare(config: RunConfig, echo: Callable[[str], None] = print, check: bool 
         if problems and not check:
             raise error(problems)
 
-    step(config_problems(config), ConfigError)
+    step(config_problems(config) + hub_problems(config), ConfigError)
 
     read = prepare_datasets(config, hub_ok, offline_is_problem=not check)
     prep.datasets = list(read.prepared.values())
@@ -214,6 +214,18 @@ def reference_problems(config: RunConfig) -> list[Problem]:
         if problem:
             problems.append(Problem(f"evaluation.reference.metrics.{key}", problem))
     return problems
+
+
+def hub_problems(config: RunConfig) -> list[Problem]:
+    """Checkpoints pushed during training need the Hub when the trainer starts (it creates the repo
+    then); the final push does not (a failed one is retried with `mtrain push`)."""
+    if config.hub.checkpoints != "no" and not hub_reachable():
+        return [Problem(
+            "hub.checkpoints",
+            "the Hub is unreachable, so checkpoints cannot be pushed during training; set hub.checkpoints: no "
+            "and push the finished run with mtrain push OUTPUT_DIR",
+        )]
+    return []
 
 
 # training.report_to values whose package is an extra of ours: the modules transformers' callback

@@ -28,11 +28,13 @@ from ..config.loading import dump_resolved, merge_stage, validate
 from ..config.schema import RunConfig
 from ..errors import ConfigError, Problem
 from ..reporting import redact
+from ..reporting.card import finish_front_matter
+from ..reporting.publish import hub_lines
 from ..reporting.report import add_model_card_section, results_table
 from . import distributed
 from .check import SAVE_STEPS_IGNORED, CheckReport, check, save_warnings
 from .checkpoints import last_checkpoint
-from .loop import guard_output_dir, run_single
+from .loop import card_base, guard_output_dir, run_single
 from .resume import RESOLVED, changed_keys
 
 # Files of a stage's run that describe that stage only; the final output_dir gets its own.
@@ -69,6 +71,9 @@ def expand(config: RunConfig, for_check: bool = False) -> list[Stage]:
             # the previous stage saved a complete sentence-transformers model (already reduced,
             # already static-built): load it as it is
             raw["model"].update(name_or_path=str(previous), type="pretrained", embedding_dim=None, layers=None)
+            if config.card.base_model is None and config.model.type != "static":
+                # the card names the model stage 1 started from, not the previous stage's folder
+                raw["card"]["base_model"] = config.model.name_or_path
         stages.append(Stage(i, scfg.name, validate(raw)))
         previous = here
     return stages
@@ -133,6 +138,8 @@ def run_stages(
     redact.write_text(out / "results.json", json.dumps(combined, indent=2))
     redact.write_text(out / "config.resolved.yaml", dump_resolved(config))
     add_model_card_section(out / "README.md", config, combined)
+    base = card_base(config)
+    finish_front_matter(out / "README.md", config, combined, base.hub_id, base.label)
     redact.scrub_tree(out)  # the copied model card and files other libraries wrote
     say(f"\n=== All {len(stages)} stages: before = {stages[0].label}'s base model, after = the final model")
     say(results_table(combined))
@@ -207,6 +214,7 @@ def combine(per_stage: list[dict[str, Any]]) -> dict[str, Any]:
         "emissions_kg": sum(c["emissions_kg"] for c in carbons) if tracked else None,
         "duration_s": sum(c.get("duration_s") or 0.0 for c in carbons),
         "country_iso_code": carbons[0].get("country_iso_code"),
+        "hardware": carbons[-1].get("hardware"),
     }
     if not tracked:
         carbon["note"] = next((c.get("note") for c in carbons if c.get("note")), "not tracked in every stage")
@@ -235,6 +243,7 @@ def check_stages(config: RunConfig) -> Any:
     """`mtrain check` for every stage; one report, each stage's lines under a heading."""
 
     report = CheckReport(resolved=dump_resolved(config))
+    publish, publish_warnings = hub_lines(config.hub)
     for stage in expand(config, for_check=True):
         sub = check(stage.config)
         start = (
@@ -245,14 +254,17 @@ def check_stages(config: RunConfig) -> Any:
         report.lines.append(
             f"--- {stage.label.capitalize()}: starts from {start}; writes {stage.config.training.output_dir}"
         )
-        report.lines += sub.lines
+        report.lines += [line for line in sub.lines if line not in publish]  # said once, below
         # a stage's config has every key written out: whether save_steps was set is read from the YAML
         ignored = SAVE_STEPS_IGNORED.split("{")[0]
         explicit = set(config.training.model_fields_set) | set(config.stages[stage.index].training or {})
-        warnings = [w for w in sub.warnings if not w.startswith(ignored)] + save_warnings(stage.config, explicit)
+        warnings = [w for w in sub.warnings if not w.startswith(ignored) and w not in publish_warnings]
+        warnings += save_warnings(stage.config, explicit)
         report.warnings += [f"stages.{stage.index}: {w}" for w in warnings]
         report.problems += [
             Problem(f"stages.{stage.index}.{p.where}" if p.where else f"stages.{stage.index}", p.message)
             for p in sub.problems
         ]
+    report.lines += publish  # the final output is pushed once, after the last stage
+    report.warnings += publish_warnings
     return report
