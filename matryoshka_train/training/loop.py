@@ -30,8 +30,8 @@ from ..data.pretokenize import PretokenizedCollator, token_columns
 from ..errors import ConfigError, TrainingAborted
 from ..models import sorted_forward
 from ..models.host_reads import no_host_reads
-from ..models.rotation import bypassed, rotation_summary
 from ..models.provenance import BaseModel, base_model_of
+from ..models.rotation import bypassed, rotation_summary
 from ..reporting import redact
 from ..reporting.carbon import CarbonMeter
 from ..reporting.card import fill_card_data, finish_front_matter
