@@ -233,7 +233,7 @@ def co2_eq_emissions(carbon: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not carbon or not carbon.get("tracked") or carbon.get("emissions_kg") is None:
         return None
     co2: dict[str, Any] = {
-        "emissions": round(float(carbon["emissions_kg"]) * 1000, 6),  # grams, as the Hub's metadata says
+        "emissions": float(f"{float(carbon['emissions_kg']) * 1000:.4g}"),  # grams, as the Hub's metadata says
         "energy_consumed": round(float(carbon["energy_kwh"]), 9),
         "source": "codecarbon",
         "training_type": "fine-tuning",
