@@ -1,0 +1,60 @@
+"""Assemble the realistic ablation set (data/realistic) from the files it was written in.
+
+data/realistic/written/ holds the text as written for this project, in batches:
+triplets-*.jsonl (anchor, entailed positive, contradicting negative, topic, register) and
+sts-*.jsonl (sentence1, sentence2, score 0-5, style). This script checks them (every field
+present, no text repeated, scores in range) and writes, deterministically:
+
+    data/realistic/train.jsonl     every triplet but the held-out ones, shuffled (seed 17)
+    data/realistic/heldout.jsonl   HELDOUT triplets for the triplet evaluator, never trained on
+    data/realistic/sts.jsonl       every scored pair
+
+    python scripts/quality/make_realistic_data.py
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "data" / "realistic"
+HELDOUT = 500
+TRIPLET_KEYS = ("anchor", "positive", "negative", "topic", "register")
+STS_KEYS = ("sentence1", "sentence2", "score", "style")
+
+
+def read(pattern: str, keys: tuple[str, ...]) -> list[dict]:
+    rows = []
+    for path in sorted((DATA / "written").glob(pattern)):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            missing = [k for k in keys if row.get(k) in (None, "")]
+            if missing:
+                sys.exit(f"{path.name}:{n}: missing {missing}")
+            rows.append({k: row[k] for k in keys})
+    return rows
+
+
+def main() -> None:
+    triplets = read("triplets-*.jsonl", TRIPLET_KEYS)
+    pairs = read("sts-*.jsonl", STS_KEYS)
+    anchors = [t["anchor"] for t in triplets]
+    if len(set(anchors)) != len(anchors):
+        sys.exit("a triplet anchor is repeated; make every anchor distinct")
+    if any(not 0 <= float(p["score"]) <= 5 for p in pairs):
+        sys.exit("an STS score is outside 0-5")
+    rng = random.Random(17)
+    rng.shuffle(triplets)
+    heldout, train = triplets[:HELDOUT], triplets[HELDOUT:]
+    for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout), ("sts.jsonl", pairs)):
+        (DATA / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    print(f"{len(train)} training triplets, {len(heldout)} held out, {len(pairs)} scored pairs -> {DATA}")
+
+
+if __name__ == "__main__":
+    main()
