@@ -413,6 +413,7 @@ EVALUATOR_COLUMNS = {
 
 
 PRECISIONS = ("float32", "int8", "binary")
+MTEB_KEYS = ("tasks", "languages", "subsets", "splits")
 
 
 class EvaluatorConfig(Section):
@@ -420,9 +421,10 @@ class EvaluatorConfig(Section):
     dataset's eval split), ``source`` (files or a hub dataset) or, for retrieval, ``beir`` (a local
     BEIR-layout directory). ``nanobeir`` needs none: it downloads NanoBEIR by name (online only)."""
 
-    type: Literal["triplet", "sts", "retrieval", "mse", "nanobeir"] = Field(
+    type: Literal["triplet", "sts", "retrieval", "mse", "nanobeir", "mteb"] = Field(
         description="triplet: accuracy; sts: Spearman/Pearson; retrieval: nDCG/MRR/recall; mse: distance to "
-        "targets; nanobeir: sentence-transformers' NanoBEIR retrieval sets (needs the hub)."
+        "targets; nanobeir: sentence-transformers' NanoBEIR retrieval sets (needs the hub); mteb: MTEB tasks by "
+        "name (the mteb extra; hub data), each task's main score."
     )
     name: str | None = Field(None, description="Defaults to the dataset name, the BEIR directory's name, or the type.")
     dataset: str | None = Field(None, description="Use the eval split of this dataset (by name).")
@@ -445,6 +447,16 @@ class EvaluatorConfig(Section):
     )
     teacher: str | None = Field(None, description="mse: the model whose embeddings are the targets.")
     batch_size: int | None = Field(None, gt=0, description="Encoding batch size (default: per_device_eval_batch_size).")
+    tasks: list[str] | None = Field(
+        None,
+        description="mteb: MTEB task names, e.g. [STS17, STSBenchmark], or 'file.py:ClassName' / "
+        "'module:ClassName' for an mteb task class of your own (local data).",
+    )
+    languages: list[str] | None = Field(
+        None, description="mteb: keep the subsets in these languages (ISO 639-3, e.g. [ara] or [ara-Arab])."
+    )
+    subsets: list[str] | None = Field(None, description="mteb: keep only these subsets (hf_subsets), e.g. [ar-ar].")
+    splits: list[str] | None = Field(None, description="mteb: evaluate these splits (default: the task's own).")
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -454,6 +466,16 @@ class EvaluatorConfig(Section):
     @model_validator(mode="after")
     def _one_source(self) -> EvaluatorConfig:
         given = [k for k in ("dataset", "source", "beir") if getattr(self, k) is not None]
+        mteb_only = [k for k in MTEB_KEYS if getattr(self, k) is not None]
+        if self.type == "mteb":
+            if not self.tasks:
+                raise ValueError("an mteb evaluator needs 'tasks', e.g. tasks: [STS17]")
+            other = given + [k for k in ("datasets", "limit") if getattr(self, k) is not None]
+            if other:
+                raise ValueError(f"an mteb evaluator reads its tasks' own data: remove '{other[0]}'")
+            return self
+        if mteb_only:
+            raise ValueError(f"'{mteb_only[0]}' is for MTEB tasks: it needs type 'mteb'")
         if self.type == "nanobeir":
             if given:
                 raise ValueError(f"a nanobeir evaluator reads NanoBEIR by name: remove '{given[0]}' (use 'datasets')")
