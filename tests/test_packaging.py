@@ -18,7 +18,7 @@ DISTRIBUTIONS = {
     "yaml": "pyyaml", "sentence_transformers": "sentence-transformers", "huggingface_hub": "huggingface-hub",
 }
 # imported only by optional features: the extra that must declare them
-OPTIONAL = {"matplotlib": "report", "optuna": "sweep", "mteb": "mteb"}
+OPTIONAL = {"matplotlib": "report", "optuna": "sweep", "mteb": "mteb", "peft": "peft", "safetensors": "peft"}
 BOUNDED = {"sentence-transformers": "7", "transformers": "6", "datasets": "6", "accelerate": "2"}
 
 
@@ -72,7 +72,7 @@ def test_extras_compose():
     extras = PROJECT["optional-dependencies"]
     test = [Requirement(r) for r in extras["test"]]
     own = [r for r in test if r.name == "matryoshka-train"]
-    assert len(own) == 1 and {"quickstart", "report", "sweep", "tensorboard", "mteb"} <= own[0].extras
+    assert len(own) == 1 and {"quickstart", "report", "sweep", "tensorboard", "mteb", "peft"} <= own[0].extras
     assert {"pytest", "hypothesis", "ruff"} <= {r.name for r in test}
     assert [Requirement(r).extras for r in extras["dev"] if Requirement(r).name == "matryoshka-train"] == [{"test"}]
     for tracker in ("tensorboard", "wandb", "mlflow", "trackio"):
