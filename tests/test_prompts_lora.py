@@ -222,6 +222,9 @@ def test_lora_refuses_what_would_reload_a_checkpoint(tiny_config, write_config, 
     raw = copy.deepcopy(tiny_config)
     raw["training"].update(load_best_model_at_end=True, eval_strategy="steps", eval_steps=2)
     assert any("reloading a checkpoint is not supported with model.lora" in p for p in problems_of(raw))
+    frozen = copy.deepcopy(tiny_config)
+    frozen["training"]["freeze_layers"] = 1
+    assert any("freezing layers would freeze their adapters too" in p for p in problems_of(frozen))
     assert main(["run", str(write_config(tiny_config)), "--resume"]) == 2
     (line,) = _errors(capsys.readouterr().err)
     assert line.startswith("error: model.lora: --resume is not supported with model.lora yet")

@@ -712,6 +712,11 @@ class RunConfig(Section):
                 "distill: no dataset uses a loss that reads label embeddings; set loss.name: MSELoss "
                 "(or datasets[].loss) for the sentences the teacher should label"
             )
+        if self.model.lora is not None and (self.training.freeze_layers or self.training.freeze_embeddings):
+            problems.append(
+                "training.freeze_layers: with model.lora only the adapter trains (the base is frozen already), and "
+                "freezing layers would freeze their adapters too; remove freeze_layers / freeze_embeddings"
+            )
         if self.model.lora is not None and self.training.load_best_model_at_end:
             problems.append(
                 "training.load_best_model_at_end: reloading a checkpoint is not supported with model.lora; "
