@@ -18,7 +18,10 @@ DISTRIBUTIONS = {
     "yaml": "pyyaml", "sentence_transformers": "sentence-transformers", "huggingface_hub": "huggingface-hub",
 }
 # imported only by optional features: the extra that must declare them
-OPTIONAL = {"matplotlib": "report", "optuna": "sweep", "sqlalchemy": "sweep"}
+OPTIONAL = {
+    "matplotlib": "report", "optuna": "sweep", "sqlalchemy": "sweep",
+    "mteb": "mteb", "peft": "peft", "safetensors": "peft",
+}
 BOUNDED = {"sentence-transformers": "7", "transformers": "6", "datasets": "6", "accelerate": "2"}
 
 
@@ -72,7 +75,8 @@ def test_extras_compose():
     extras = PROJECT["optional-dependencies"]
     test = [Requirement(r) for r in extras["test"]]
     own = [r for r in test if r.name == "matryoshka-train"]
-    assert len(own) == 1 and {"quickstart", "report", "sweep", "postgres", "tensorboard"} <= own[0].extras
+    wanted = {"quickstart", "report", "sweep", "postgres", "tensorboard", "mteb", "peft"}
+    assert len(own) == 1 and wanted <= own[0].extras
     postgres = [Requirement(r) for r in extras["postgres"]]  # a PostgreSQL driver, with what a sweep needs
     assert {r.name for r in postgres} == {"matryoshka-train", "psycopg"}
     assert {"sweep"} == next(r.extras for r in postgres if r.name == "matryoshka-train")

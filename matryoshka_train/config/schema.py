@@ -35,6 +35,24 @@ def _columns_mapping(value: Any) -> Any:
 # model
 
 
+class LoraSettings(Section):
+    """A LoRA adapter on the transformer (peft, the `peft` extra): only the adapter is trained; the
+    base weights stay as loaded. The final model is saved merged (loads anywhere, no peft needed) and
+    the adapter alone under ``<output_dir>/adapter``."""
+
+    r: int = Field(8, gt=0, description="Rank of the low-rank update.")
+    alpha: float = Field(16, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Names of the linear layers to adapt, e.g. [query, value] (BERT) or [q_proj, v_proj]; "
+        "null: peft's default for the architecture.",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="More peft LoraConfig arguments, e.g. {use_rslora: true, bias: lora_only}."
+    )
+
+
 class ModelConfig(Section):
     name_or_path: str = Field(
         description="Hub id, local directory, or 'package:<python module>' for a model shipped in "
@@ -63,6 +81,23 @@ class ModelConfig(Section):
         description="Layer reduction: keep only these transformer layers (0-based, ascending) of the loaded "
         "model, e.g. [0, 2, 4] makes a 3-layer student from a 6-layer model. null keeps them all.",
     )
+    prompts: dict[str, str] | None = Field(
+        None,
+        description="The model's named prompts, e.g. {query: 'query: ', document: 'passage: '}: saved with the "
+        "model; encode_query / encode_document (retrieval, triplet and MTEB evaluators) prepend them.",
+    )
+    default_prompt_name: str | None = Field(
+        None, description="A key of prompts prepended to every text model.encode sees (null: none)."
+    )
+    lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights (see lora).")
+
+    @model_validator(mode="after")
+    def _default_prompt_known(self) -> ModelConfig:
+        if self.default_prompt_name is not None and self.default_prompt_name not in (self.prompts or {}):
+            known = ", ".join(self.prompts or {}) or "none"
+            raise ValueError(f"default_prompt_name '{self.default_prompt_name}' is not a key of model.prompts "
+                             f"(keys: {known})")
+        return self
 
     @field_validator("layers")
     @classmethod
@@ -187,6 +222,11 @@ class DatasetConfig(Section):
     )
     eval: EvalSplitConfig | None = Field(None, description="Hold out rows for evaluation (see datasets[].eval).")
     loss: LossConfig | None = Field(None, description="This dataset's loss; defaults to the top-level loss.")
+    prompts: str | dict[str, str] | None = Field(
+        None,
+        description="Prepended to this dataset's texts in training: one prompt for every text column, or "
+        "{column: prompt}, e.g. {anchor: 'query: ', positive: 'passage: '}. Overrides training.prompts.",
+    )
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -332,6 +372,11 @@ class TrainingConfig(Section):
     load_best_model_at_end: bool = False
     metric_for_best_model: str | None = None
     report_to: list[str] = Field(default_factory=lambda: ["none"])
+    prompts: str | dict[str, str] | None = Field(
+        None,
+        description="Prepended to the training texts of every dataset (unless datasets[].prompts says otherwise): "
+        "one prompt for all text columns, or {column: prompt}.",
+    )
     freeze_embeddings: bool = Field(False, description="Keep the token embedding layer fixed.")
     freeze_layers: int = Field(0, ge=0, description="Keep the first N transformer layers fixed.")
     layerwise_lr_decay: float | None = Field(
@@ -446,6 +491,7 @@ EVALUATOR_COLUMNS = {
 
 
 PRECISIONS = ("float32", "int8", "binary")
+MTEB_KEYS = ("tasks", "languages", "subsets", "splits")
 
 
 class EvaluatorConfig(Section):
@@ -453,9 +499,10 @@ class EvaluatorConfig(Section):
     dataset's eval split), ``source`` (files or a hub dataset) or, for retrieval, ``beir`` (a local
     BEIR-layout directory). ``nanobeir`` needs none: it downloads NanoBEIR by name (online only)."""
 
-    type: Literal["triplet", "sts", "retrieval", "mse", "nanobeir"] = Field(
+    type: Literal["triplet", "sts", "retrieval", "mse", "nanobeir", "mteb"] = Field(
         description="triplet: accuracy; sts: Spearman/Pearson; retrieval: nDCG/MRR/recall; mse: distance to "
-        "targets; nanobeir: sentence-transformers' NanoBEIR retrieval sets (needs the hub)."
+        "targets; nanobeir: sentence-transformers' NanoBEIR retrieval sets (needs the hub); mteb: MTEB tasks by "
+        "name (the mteb extra; hub data), each task's main score."
     )
     name: str | None = Field(None, description="Defaults to the dataset name, the BEIR directory's name, or the type.")
     dataset: str | None = Field(None, description="Use the eval split of this dataset (by name).")
@@ -478,6 +525,16 @@ class EvaluatorConfig(Section):
     )
     teacher: str | None = Field(None, description="mse: the model whose embeddings are the targets.")
     batch_size: int | None = Field(None, gt=0, description="Encoding batch size (default: per_device_eval_batch_size).")
+    tasks: list[str] | None = Field(
+        None,
+        description="mteb: MTEB task names, e.g. [STS17, STSBenchmark], or 'file.py:ClassName' / "
+        "'module:ClassName' for an mteb task class of your own (local data).",
+    )
+    languages: list[str] | None = Field(
+        None, description="mteb: keep the subsets in these languages (ISO 639-3, e.g. [ara] or [ara-Arab])."
+    )
+    subsets: list[str] | None = Field(None, description="mteb: keep only these subsets (hf_subsets), e.g. [ar-ar].")
+    splits: list[str] | None = Field(None, description="mteb: evaluate these splits (default: the task's own).")
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -487,6 +544,16 @@ class EvaluatorConfig(Section):
     @model_validator(mode="after")
     def _one_source(self) -> EvaluatorConfig:
         given = [k for k in ("dataset", "source", "beir") if getattr(self, k) is not None]
+        mteb_only = [k for k in MTEB_KEYS if getattr(self, k) is not None]
+        if self.type == "mteb":
+            if not self.tasks:
+                raise ValueError("an mteb evaluator needs 'tasks', e.g. tasks: [STS17]")
+            other = given + [k for k in ("datasets", "limit") if getattr(self, k) is not None]
+            if other:
+                raise ValueError(f"an mteb evaluator reads its tasks' own data: remove '{other[0]}'")
+            return self
+        if mteb_only:
+            raise ValueError(f"'{mteb_only[0]}' is for MTEB tasks: it needs type 'mteb'")
         if self.type == "nanobeir":
             if given:
                 raise ValueError(f"a nanobeir evaluator reads NanoBEIR by name: remove '{given[0]}' (use 'datasets')")
@@ -709,6 +776,8 @@ class DistillConfig(Section):
     def _teacher_pretrained(cls, value: ModelConfig) -> ModelConfig:
         if value.type != "pretrained":
             raise ValueError("the teacher must be a pretrained model (type: pretrained)")
+        if value.lora is not None:
+            raise ValueError("the teacher is not trained: remove its 'lora'")
         return value
 
 
@@ -792,6 +861,16 @@ class RunConfig(Section):
             problems.append(
                 "distill: no dataset uses a loss that reads label embeddings; set loss.name: MSELoss "
                 "(or datasets[].loss) for the sentences the teacher should label"
+            )
+        if self.model.lora is not None and (self.training.freeze_layers or self.training.freeze_embeddings):
+            problems.append(
+                "training.freeze_layers: with model.lora only the adapter trains (the base is frozen already), and "
+                "freezing layers would freeze their adapters too; remove freeze_layers / freeze_embeddings"
+            )
+        if self.model.lora is not None and self.training.load_best_model_at_end:
+            problems.append(
+                "training.load_best_model_at_end: reloading a checkpoint is not supported with model.lora; "
+                "set it to false (the final adapter is saved)"
             )
         if self.stages is not None:
             stage_names = [s.name for s in self.stages]

@@ -27,6 +27,7 @@ from ..data.sources import (
 from ..errors import ConfigError, DataError, Problem, UserError
 from .beir import BeirData, nanobeir_name_problem, read_beir, retrieval_spec
 from .evaluators import EvalSpec, MatryoshkaEvaluator
+from .mteb_tasks import missing_package_problem, mteb_spec, resolve_tasks
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset
@@ -44,12 +45,13 @@ EVALUATOR_COLUMNS = {
 @dataclass
 class EvaluatorData:
     """One configured evaluator with its checked inputs: ``columns`` (role -> values) for rows,
-    ``beir`` for a BEIR directory; neither for NanoBEIR (read by name when built)."""
+    ``beir`` for a BEIR directory, ``tasks`` for MTEB tasks; none for NanoBEIR (read by name when built)."""
 
     cfg: EvaluatorConfig
     where: str
     columns: dict[str, list] | None = None
     beir: BeirData | None = None
+    tasks: list[Any] | None = None  # mteb: the task objects (data loaded when built)
 
 
 @dataclass
@@ -85,6 +87,15 @@ def resolve_evaluators(
                     out.unverified.append(f"{where}: NanoBEIR ({', '.join(ecfg.datasets or ['all sets'])}) "
                                           "not verified offline")
                 out.evaluators.append(EvaluatorData(ecfg, where))
+            elif ecfg.type == "mteb":
+                missing = missing_package_problem(where)
+                if missing:
+                    raise ConfigError([missing])
+                tasks = resolve_tasks(ecfg, where)
+                if not hub_ok and any(":" not in t for t in ecfg.tasks or []):
+                    out.unverified.append(f"{where}: MTEB task data ({', '.join(ecfg.tasks or [])}) not verified "
+                                          "offline")
+                out.evaluators.append(EvaluatorData(ecfg, where, tasks=tasks))
             elif ecfg.beir is not None:
                 out.evaluators.append(
                     EvaluatorData(ecfg, where, beir=read_beir(ecfg.beir, ecfg.split, f"{where}.beir", ecfg.limit))
@@ -180,6 +191,8 @@ class _FixedEmbeddings:
 def build_spec(data: EvaluatorData, batch_size: int, teacher: Any = None) -> EvalSpec:
     """An :class:`EvalSpec` for one resolved evaluator."""
     cfg, cols = data.cfg, data.columns or {}
+    if cfg.type == "mteb":
+        return mteb_spec(cfg, data.where, batch_size, data.tasks)
     if cfg.type == "nanobeir" or data.beir is not None:
         return retrieval_spec(cfg, data.where, batch_size, data.beir)
     name = cfg.display_name()

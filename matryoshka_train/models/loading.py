@@ -1,7 +1,7 @@
 """Building the SentenceTransformer a run trains: from the hub, a local directory, a model shipped
-in a Python package, or a StaticEmbedding over a tokenizer; then pooling, normalisation and
-sequence length as the config says. Also the one place Matryoshka dims are checked against the
-model's embedding size.
+in a Python package, or a StaticEmbedding over a tokenizer; then pooling, normalisation, sequence
+length, prompts and a LoRA adapter (:mod:`.lora`) as the config says. Also the one place
+Matryoshka dims are checked against the model's embedding size.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from ..errors import ConfigError
+from .lora import add_lora
 
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
@@ -72,7 +73,11 @@ def load_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransform
             "trust_remote_code is on: code shipped with '%s' will run on this machine.", cfg.name_or_path
         )
     if cfg.type == "static":
-        return _static_model(cfg, path, device)
+        model = _static_model(cfg, path, device)
+        apply_prompts(model, cfg)
+        if cfg.lora is not None:
+            add_lora(model, cfg.lora)
+        return model
 
     model_kwargs = {}
     if cfg.dtype != "float32":
@@ -104,7 +109,19 @@ def load_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransform
         _set_normalize(model, cfg.normalize)
     if cfg.layers is not None:
         keep_layers(model, cfg.layers)
+    apply_prompts(model, cfg)
+    if cfg.lora is not None:
+        add_lora(model, cfg.lora)
     return model
+
+
+def apply_prompts(model: SentenceTransformer, cfg: ModelConfig) -> None:
+    """``model.prompts`` replaces the prompts the model shipped with (they are saved with it, in
+    config_sentence_transformers.json); ``default_prompt_name`` picks the one plain encode uses."""
+    if cfg.prompts is not None:
+        model.prompts = dict(cfg.prompts)
+    if cfg.default_prompt_name is not None:
+        model.default_prompt_name = cfg.default_prompt_name
 
 
 # Where common encoder architectures keep their stack of transformer layers.

@@ -14,7 +14,7 @@ from ..data.sampler import FastNoDuplicatesBatchSampler
 from ..errors import ConfigError, Problem
 from ..models.loading import layerwise_learning_rates
 from . import distributed
-from .plan import Plan, resolve_batch_sampler, resolve_precision
+from .plan import Plan, resolve_batch_sampler, resolve_precision, trainer_prompts
 from .prepare import Preparation
 from .speed import decide
 
@@ -66,6 +66,7 @@ def training_arguments(plan: Plan) -> Any:
         "dataloader_pin_memory": plan.speed.pin_memory,
         "dataloader_num_workers": plan.speed.dataloader_num_workers,
         "dataloader_prefetch_factor": t.dataloader_prefetch_factor,
+        "prompts": trainer_prompts(plan.config),
         **({"accelerator_config": {"non_blocking": True}} if plan.speed.non_blocking else {}),
         **t.extra,
         **hub_arguments(plan.config.hub),

@@ -30,6 +30,8 @@ from ..data.pretokenize import PretokenizedCollator, token_columns
 from ..errors import ConfigError, TrainingAborted
 from ..models import sorted_forward
 from ..models.host_reads import no_host_reads
+from ..models.loading import resolve_model_path
+from ..models.lora import save_trained
 from ..models.provenance import BaseModel, base_model_of
 from ..models.rotation import bypassed, rotation_summary
 from ..reporting import redact
@@ -121,6 +123,9 @@ def open_run(config: RunConfig, overwrite: bool, echo: Callable[[str], None], re
     out = Path(config.training.output_dir)
     echo = _redacting(echo) if main else (lambda _: None)
     checkpoint = None
+    if resume is not None and config.model.lora is not None:
+        raise ConfigError("--resume is not supported with model.lora yet (a checkpoint holds the base and adapter "
+                          "weights in peft's layout); start the run again without --resume", where="model.lora")
     if resume is None:
         guard_output_dir(out, overwrite)
     else:
@@ -256,7 +261,7 @@ def save(state: Run) -> None:
     with training_faults(
         state.config, state.trainer, state.plan.model, state.out, stage="writing the final model", on_abort=state.abort
     ):
-        state.plan.model.save(str(state.out))
+        save_trained(state.plan.model, state.out, resolve_model_path(state.config.model.name_or_path))
 
 
 def card_base(config: RunConfig) -> BaseModel:

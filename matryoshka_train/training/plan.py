@@ -180,8 +180,12 @@ def training_datasets(plan: Plan, echo: Callable[[str], None] = print) -> tuple[
     (see :mod:`matryoshka_train.data.pretokenize`). Returns ``({name: dataset}, {name: Pretokenized})``."""
     datasets = {d.name: d.train for d in plan.datasets}
     tokenized = {}
+    prompted = dataset_prompts(plan.config)
     if plan.speed.pretokenize:
         for name, dataset in datasets.items():
+            if prompted.get(name):
+                echo(f"Note: not pre-tokenizing {name}: its prompts are added per batch by the data collator.")
+                continue
             done = pretokenize(dataset, plan.model, echo)
             if done is None:
                 continue
@@ -190,6 +194,26 @@ def training_datasets(plan: Plan, echo: Callable[[str], None] = print) -> tuple[
             how = "from the cache" if done.cached else f"in {done.seconds:.1f}s"
             echo(f"Tokenized {name} once ({len(dataset)} rows, {', '.join(done.text_columns)}) {how}")
     return datasets, tokenized
+
+
+def dataset_prompts(config: RunConfig) -> dict[str, str | dict[str, str] | None]:
+    """Each dataset's training prompts: its own ``prompts``, else ``training.prompts`` (None: none)."""
+    return {d.name: d.prompts if d.prompts is not None else config.training.prompts for d in config.datasets}
+
+
+def trainer_prompts(config: RunConfig) -> str | dict[str, Any] | None:
+    """``prompts`` for the trainer's arguments, in the form sentence-transformers' collator reads: the
+    shared prompt(s) as they are when every dataset uses them (or there is one dataset), otherwise
+    ``{dataset name: prompt or {column: prompt}}`` with an entry for every dataset ({} for none)."""
+    per_dataset = dataset_prompts(config)
+    values = list(per_dataset.values())
+    if all(v is None for v in values):
+        return None
+    if len(values) == 1:
+        return values[0]
+    if all(v == config.training.prompts for v in values):
+        return config.training.prompts
+    return {name: value if value is not None else {} for name, value in per_dataset.items()}
 
 
 def batch_summary(plan: Plan) -> str:

@@ -31,6 +31,7 @@ from ..evaluation.spec import ResolvedEvaluators, resolve_evaluators
 from ..hub import hub_reachable
 from ..losses.build import kwargs_problems
 from ..models.loading import is_local, load_model, resolve_dims
+from ..models.lora import missing_peft_message
 from ..models.references import load_reference, reference_models
 from . import distributed
 
@@ -66,7 +67,7 @@ def prepare(config: RunConfig, echo: Callable[[str], None] = print, check: bool 
     hub_ok = hub_reachable() if check else True
 
     def step(problems: list[Problem], error: type[UserError]) -> None:
-        prep.problems += problems
+        prep.problems += [p for p in problems if p not in prep.problems]  # e.g. a missing extra found twice
         if problems and not check:
             raise error(problems)
 
@@ -102,6 +103,9 @@ def prepare(config: RunConfig, echo: Callable[[str], None] = print, check: bool 
         if not check:
             for warning in warnings:
                 echo(f"Warning: {warning}")
+    if len(read.prepared) == len(config.datasets):  # every dataset read: a column may be in any of them
+        problems += prompt_column_problems(config.training.prompts,
+                                           [p.train.column_names for p in read.prepared.values()], "training.prompts")
     step(problems, DataError)
 
     problems = []
@@ -147,8 +151,23 @@ def dataset_problems(config: RunConfig, index: int, prepared: PreparedDataset,
     """One dataset against the model and the batch: (problems, warnings)."""
     inputs = LOSSES[config.loss_for(config.datasets[index]).name].inputs
     problems = label_width_problems(prepared, index, embedding_dim, inputs)
+    problems += prompt_column_problems(config.datasets[index].prompts, [prepared.train.column_names],
+                                       f"datasets.{index}.prompts")
     too_small, warnings = batch_size_problems(config, index, len(prepared.train))
     return problems + too_small, warnings
+
+
+def prompt_column_problems(prompts: Any, columns: list[list[str]], where: str) -> list[Problem]:
+    """A {column: prompt} mapping must name columns the training data has (after datasets[].columns
+    renames them): a typo would silently train without the prompt."""
+    if not isinstance(prompts, dict) or not columns:
+        return []
+    known = sorted({c for cols in columns for c in cols})
+    return [
+        Problem(where, f"no column '{column}' in the training data (columns: {', '.join(known)})"
+                       f"{did_you_mean(column, known)}")
+        for column in prompts if column not in known
+    ]
 
 
 def config_problems(config: RunConfig) -> list[Problem]:
@@ -176,6 +195,8 @@ def config_problems(config: RunConfig) -> list[Problem]:
                 f"{where}.kwargs.mini_batch_size",
                 f"mini_batch_size {mini} is larger than the batch ({t.per_device_train_batch_size}); make it smaller",
             ))
+    if config.model.lora is not None and missing_peft_message():
+        problems.append(Problem("model.lora", missing_peft_message()))
     return (problems + _training_argument_problems(config) + _best_metric_problems(config)
             + reference_problems(config) + tracker_problems(config.training.report_to) + rotation_problems(config))
 
