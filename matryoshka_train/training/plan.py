@@ -137,7 +137,7 @@ def training_datasets(plan: Plan, echo: Callable[[str], None] = print) -> tuple[
     tokenized = {}
     if plan.speed.pretokenize:
         for name, dataset in datasets.items():
-            done = pretokenize(dataset, plan.model, echo)
+            done = pretokenize(dataset, plan.model, echo, name=name)
             if done is None:
                 continue
             tokenized[name] = done
