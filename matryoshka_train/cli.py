@@ -104,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # reporting.progress.PROGRESS_BARS, the switch of the training bar and ours (an environment
         # variable, so the processes --nproc launches see it too)
         os.environ["MTRAIN_PROGRESS_BARS"] = "0"
+        # and every library's own tqdm bar (e.g. sentence-transformers' model card examples): tqdm reads
+        # this when it is first imported, which is after this line in a `mtrain` process
+        os.environ["TQDM_DISABLE"] = "1"
     _quiet_libraries(args.debug or getattr(args, "verbose", False))
     install_log_filter()
     with redacted_output():
