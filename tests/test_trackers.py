@@ -70,7 +70,7 @@ def test_the_final_evaluation_and_the_carbon_figures_reach_tensorboard(tiny_conf
     tiny_config["training"].update(max_steps=2, eval_strategy="no", report_to="tensorboard")
     tiny_config["evaluation"]["before"] = False
     tiny_config["carbon"] = {"enabled": True, "offline": True}
-    assert main(["run", str(write_config(tiny_config)), "--quiet"]) == 0
+    assert main(["run", str(write_config(tiny_config))]) == 0
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
     assert results["carbon"]["tracked"] is True
