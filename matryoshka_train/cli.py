@@ -126,9 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = argv
     if getattr(args, "quiet", False):
-        # training.arguments.PROGRESS_BARS (not imported here: it imports torch); an environment
-        # variable, so the processes --nproc launches see it too
+        # reporting.progress.PROGRESS_BARS, the switch of the training bar and ours (an environment
+        # variable, so the processes --nproc launches see it too)
         os.environ["MTRAIN_PROGRESS_BARS"] = "0"
+        # and every library's own tqdm bar (e.g. sentence-transformers' model card examples): tqdm reads
+        # this when it is first imported, which is after this line in a `mtrain` process
+        os.environ["TQDM_DISABLE"] = "1"
     _quiet_libraries(args.debug or getattr(args, "verbose", False))
     install_log_filter()
     with redacted_output():
@@ -361,8 +364,9 @@ def _quiet_libraries(debug: bool) -> None:
     # datasets logs an ERROR (with the parser's traceback) for a file it cannot read, then raises;
     # we turn the raise into one line naming the file and line, so its log would only repeat it
     logging.getLogger("datasets").setLevel(logging.CRITICAL)
-    # library progress bars for file reading and weight loading; the training bar stays
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # library progress bars for file reading and weight loading; the training bar and ours stay. datasets'
+    # are switched off in code, not by its environment variable, which would also refuse the maps that
+    # show their bar on purpose (tokenizing: reporting.progress.datasets_bars)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         import datasets  # the hub probe has run by now; these two only get their progress bars switched off

@@ -141,7 +141,8 @@ def test_init_an_unknown_recipe_is_one_line_listing_the_recipes(tmp_path, monkey
 def test_the_training_progress_bar_is_on_unless_quiet(flags, disabled, tiny_config, write_config, monkeypatch):
     from matryoshka_train.training import arguments, loop
 
-    monkeypatch.delenv(arguments.PROGRESS_BARS, raising=False)
+    monkeypatch.delenv(arguments.PROGRESS_BARS, raising=False)  # --quiet sets these two; undone after the test
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")  # what the CLI sets to keep library warnings quiet
     resolved = []
 

@@ -65,6 +65,16 @@ def test_random_sweep_writes_table_plots_and_a_runnable_best_yaml(sweep_file, tm
     assert (out / "objective_by_trial.png").is_file() and (out / "param_effects.png").is_file()
     best = summary["best"]
     assert best["value"] == max(r["objective"] for r in summary["trials"])
+    # as each trial ended: trials done of the total, its value, and the best so far
+    ended = [line for line in printed.splitlines() if line.startswith("[")]
+    values = [r["objective"] for r in summary["trials"]]
+    assert [r["trial"] for r in summary["trials"]] == [0, 1, 2, 3]
+    expected = []
+    for done in range(1, 5):
+        lead = max(range(done), key=lambda i: values[i])
+        expected.append(f"[{done}/4 done] trial {done - 1}: tiny_dimmean_cosine_accuracy = {values[done - 1]:.4f}"
+                        f" · best {values[lead]:.4f} (trial {lead})")
+    assert ended == expected
 
     raw = yaml.safe_load((out / "best.yaml").read_text())
     assert raw["training"]["learning_rate"] == pytest.approx(best["params"]["training.learning_rate"])
@@ -286,3 +296,33 @@ def test_a_metric_the_evaluator_does_not_report_stops_the_sweep_after_one_trial(
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: objective.metric: evaluator 'tiny' has no metric 'accuracy'; it reports: cosine_accuracy"]
     assert [t.state.name for t in open_study(load(path)).trials] == ["FAIL"]
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_the_line_as_a_trial_ends_counts_finished_trials_and_names_the_best(sweep_file, direction):
+    """Complete, pruned and failed trials count as done; an interrupted one (it runs again) and a
+    running one do not; the best follows the objective's direction. A grid counts its points."""
+    from matryoshka_train.sweep.report import progress_line
+
+    sweep = load(sweep_file(n_trials=8, objective={"evaluator": "tiny", "metric": "mse", "aggregate": "mean",
+                                                   "direction": direction}))
+    c = sweep.config
+    study = optuna.create_study(direction=direction)
+    assert progress_line(study, c, 0, "x") == "[0/8 done] trial 0: x · no completed trial yet"
+    pruned = study.ask()
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    assert progress_line(study, c, 0, "pruned") == "[1/8 done] trial 0: pruned · no completed trial yet"
+    for value in (0.5, 0.8, 0.2):
+        study.tell(study.ask(), value)
+    failed, interrupted = study.ask(), study.ask()
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    interrupted.set_user_attr("interrupted", True)
+    study.tell(interrupted, state=optuna.trial.TrialState.FAIL)
+    study.ask()  # still running
+    best = "0.8000 (trial 2)" if direction == "maximize" else "0.2000 (trial 3)"
+    assert progress_line(study, c, 4, "failed") == f"[5/8 done] trial 4: failed · best {best}"
+
+    grid = load(sweep_file(n_trials=50, sampler={"type": "grid"},
+                           search_space={"matryoshka.reduction": {"choices": ["sum", "mean"]},
+                                         "training.learning_rate": {"grid": [1e-4, 1e-3, 1e-2]}}))
+    assert progress_line(study, grid.config, 4, "x").startswith("[5/6 done] ")

@@ -4,6 +4,7 @@ in one line naming the extra to install; an installed one receives the per-dim m
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -56,3 +57,35 @@ def test_a_run_reporting_to_tensorboard_writes_the_per_dim_metrics(tiny_config, 
     for dim in (32, 16, 8):
         assert f"eval/tiny_dim{dim}_cosine_accuracy" in tags, sorted(tags)
     assert "train/loss" in tags
+
+
+def test_the_final_evaluation_and_the_carbon_figures_reach_tensorboard(tiny_config, write_config, tmp_path):
+    """No periodic evaluation: the per-dim metrics in the event file come from the final evaluation,
+    logged at the last step after training, with the carbon figures (codecarbon offline); the values
+    read back are the ones results.json holds, and the trackers' writer wrote one file, not two."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("codecarbon")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny_config["training"].update(max_steps=2, eval_strategy="no", report_to="tensorboard")
+    tiny_config["evaluation"]["before"] = False
+    tiny_config["carbon"] = {"enabled": True, "offline": True}
+    assert main(["run", str(write_config(tiny_config))]) == 0
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert results["carbon"]["tracked"] is True
+    events = sorted(out.rglob("events.out.tfevents.*"))
+    assert len(events) == 1, events
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    scalars = {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
+    for dim in (32, 16, 8):
+        (point,) = scalars[f"eval/tiny_dim{dim}_cosine_accuracy"]
+        assert point.step == 2
+        assert point.value == pytest.approx(results["after"]["tiny"][str(dim)]["cosine_accuracy"], abs=1e-6)
+    assert "eval/tiny_dimmean_cosine_accuracy" in scalars
+    for key in ("energy_kwh", "emissions_kg", "duration_s"):
+        (point,) = scalars[f"train/carbon/{key}"]
+        assert point.step == 2
+        assert point.value == pytest.approx(results["carbon"][key], rel=1e-5, abs=1e-12)
+    assert scalars["train/carbon/energy_kwh"][0].value > 0

@@ -371,7 +371,13 @@ class TrainingConfig(Section):
     save_only_model: bool = False
     load_best_model_at_end: bool = False
     metric_for_best_model: str | None = None
-    report_to: list[str] = Field(default_factory=lambda: ["none"])
+    report_to: list[str] = Field(
+        default_factory=lambda: ["none"],
+        description="Trackers the trainer logs to: none, tensorboard, wandb, mlflow, trackio (each an extra: "
+        "pip install 'matryoshka-train[tensorboard]'). They get the training logs, every evaluation's per-dim "
+        "metrics (eval/<evaluator>_dim<d>_<metric>), the final evaluation and the carbon figures "
+        "(carbon/energy_kwh, carbon/emissions_kg, carbon/duration_s) at the last step.",
+    )
     prompts: str | dict[str, str] | None = Field(
         None,
         description="Prepended to the training texts of every dataset (unless datasets[].prompts says otherwise): "

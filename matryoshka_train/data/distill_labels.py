@@ -11,9 +11,9 @@ for memory (9M sentences x 384 float32 is about 14 GB), and too slow to recomput
 2. **Chunks.** Under ``<distill.cache_dir>/<key>/`` the labels live in one ``labels.npy`` (a numpy
    array file, opened as a memory map: pages are read from disk when touched, never all at once).
    The teacher encodes ``chunk_size`` sentences at a time; each chunk is written into the file and
-   flushed, and only then is ``progress.json`` advanced (written atomically). An interrupted run
-   therefore resumes after the last complete chunk; a finished cache is reused without even
-   loading the teacher.
+   flushed, and only then is ``progress.json`` advanced (written atomically) and the progress bar
+   moved on. An interrupted run therefore resumes after the last complete chunk; a finished cache
+   is reused without even loading the teacher.
 3. **Attach.** The dataset gets a ``label`` column through ``Dataset.map`` over the memory map, in
    batches, with an explicit fingerprint (so the ``datasets`` library never hashes the memory map).
    For file-backed datasets ``map`` writes its result to an Arrow cache file batch by batch; for
@@ -40,6 +40,7 @@ import numpy as np
 from ..config.registry import LOSSES
 from ..errors import ConfigError
 from ..models.loading import load_model, resolve_model_path
+from ..reporting import progress
 from .sources import label_column, text_columns
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sources import PreparedDataset
 
 HASH_BATCH = 10_000
+LABEL_BAR = "Teacher labels"  # the progress bar's description while the teacher encodes
 
 
 def takes_teacher_labels(config: RunConfig, dcfg: DatasetConfig) -> bool:
@@ -147,17 +149,19 @@ class LabelCache:
         if start:
             echo(f"  resuming the label cache at row {start} of {n}")
         encoded = 0
-        for lo in range(start, n, chunk_size):
-            hi = min(n, lo + chunk_size)
-            emb = np.asarray(encode(list(texts(lo, hi))), dtype=np.float32)
-            if emb.shape != (hi - lo, dim):
-                raise ConfigError(f"the teacher returned shape {emb.shape} for "
-                                  f"{hi - lo} sentences; expected width {dim}", where="distill.teacher")
-            labels[lo:hi] = emb
-            labels.flush()
-            encoded += hi - lo
-            self._save_progress(rows=n, dim=dim, rows_done=hi, complete=hi == n)
-            echo(f"  teacher labels: {hi}/{n} sentences")
+        # the bar moves a chunk at a time (distill.chunk_size), when the chunk is safely on disk
+        with progress.bar(n, LABEL_BAR, unit=" sentences", initial=start) as bar:
+            for lo in range(start, n, chunk_size):
+                hi = min(n, lo + chunk_size)
+                emb = np.asarray(encode(list(texts(lo, hi))), dtype=np.float32)
+                if emb.shape != (hi - lo, dim):
+                    raise ConfigError(f"the teacher returned shape {emb.shape} for "
+                                      f"{hi - lo} sentences; expected width {dim}", where="distill.teacher")
+                labels[lo:hi] = emb
+                labels.flush()
+                encoded += hi - lo
+                self._save_progress(rows=n, dim=dim, rows_done=hi, complete=hi == n)
+                bar.update(hi - lo)
         if n == 0 or start >= n:
             self._save_progress(rows=n, dim=dim, rows_done=n, complete=True)
         del labels

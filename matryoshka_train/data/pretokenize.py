@@ -33,6 +33,7 @@ from sentence_transformers.base.data_collator import (
 from sentence_transformers.sentence_transformer.modules import Transformer
 
 from ..models.sorted_forward import first_transformer
+from ..reporting import progress
 
 PREFIX = "__tok__"
 _KEYS = ("input_ids", "token_type_ids")
@@ -85,9 +86,10 @@ def _tokenizer_key(model: Any) -> str:
 
 
 def pretokenize(
-    dataset: Any, model: Any, echo: Callable[[str], None] = print, num_proc: int | None = None
+    dataset: Any, model: Any, echo: Callable[[str], None] = print, num_proc: int | None = None, name: str = ""
 ) -> Pretokenized | None:
-    """Add the token-id columns to ``dataset`` (cached), or None if this model or data does not qualify."""
+    """Add the token-id columns to ``dataset`` (cached), or None if this model or data does not qualify.
+    ``name`` (the dataset's) goes into the progress bar's description: "Tokenizing <name> once"."""
 
     if not qualifies(model) or len(dataset) == 0:
         return None
@@ -113,14 +115,15 @@ def pretokenize(
     ).hexdigest()[:32]
     started = time.time()
     had_cache = _in_cache(dataset, fingerprint)
-    tokenized = dataset.map(
-        tokenize,
-        batched=True,
-        batch_size=1000,
-        num_proc=num_proc if num_proc > 1 else None,
-        new_fingerprint=fingerprint,
-        desc="Tokenizing once",
-    )
+    with progress.datasets_bars():  # datasets' own bar (rows done, across its processes); none on a cache hit
+        tokenized = dataset.map(
+            tokenize,
+            batched=True,
+            batch_size=1000,
+            num_proc=num_proc if num_proc > 1 else None,
+            new_fingerprint=fingerprint,
+            desc=f"Tokenizing {name} once" if name else "Tokenizing once",
+        )
     seconds = time.time() - started
     problem = PretokenizedCollator(None, tokenizer).mismatch(tokenized, model, columns)
     if problem:

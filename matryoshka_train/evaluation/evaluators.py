@@ -11,7 +11,10 @@ sentence-transformers' own; what we add is
 4. a dim × precision grid: the same evaluators again on int8 and binary embeddings, made from the
    cached float32 ones (see :func:`quantize`), each cell with its bytes per vector;
 5. aggregates over dims (``<evaluator>_dimmean_<metric>``, ``_dimmin_``, ``_dimweighted_``), so that
-   ``metric_for_best_model`` can keep the checkpoint that is best across *all* sizes.
+   ``metric_for_best_model`` can keep the checkpoint that is best across *all* sizes;
+6. one progress bar per evaluation over its (evaluator, dim, precision) cells, instead of
+   sentence-transformers' bar per encode call (which the shared encodings switch off). The first
+   cell of each evaluator does the encoding, so it takes longest.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from sentence_transformers.util import quantize_embeddings
 
 from ..errors import ConfigError
+from ..reporting import progress
 from ..reporting.results import split_per_dim_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
 
 Results = dict[str, dict[str, dict[str, float]]]  # evaluator -> str(dim) -> metric -> value
+
+EVAL_BAR = "Per-dim evaluation"  # the progress bar's description (one bar per evaluation, over its cells)
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,21 +124,26 @@ class MatryoshkaEvaluator(BaseEvaluator):
         results: Results = {}
         grid: Grid = {}
         flat: dict[str, float] = {}
-        with shared_encodings(model) as caches:
-            for precision in self.precisions:
+        cells = [(precision, name, dim, evaluator) for precision in self.precisions
+                 for (name, dim), evaluator in self.evaluators.items()
+                 # MSE targets are float32 vectors: a quantized distance to them means nothing
+                 if precision == "float32" or self.types[name] != "mse"]
+        # one bar over every (evaluator, dim, precision) cell; it disappears when the evaluation ends
+        with shared_encodings(model) as caches, progress.bar(len(cells), EVAL_BAR, unit=" evals", leave=False) as bar:
+            for precision, name, dim, evaluator in cells:
                 for cache in caches:
                     cache.precision = precision
-                for (name, dim), evaluator in self.evaluators.items():
-                    if precision != "float32" and self.types[name] == "mse":
-                        continue  # targets are float32 vectors: a quantized distance to them means nothing
-                    clean = self._run(name, evaluator, model)
-                    cell = grid.setdefault(name, {}).setdefault(precision, {})
-                    cell[str(dim)] = {**clean, "bytes": bytes_per_vector(dim, precision)}
-                    if precision == "float32":
-                        results.setdefault(name, {})[str(dim)] = clean
-                        flat.update({f"{name}_dim{dim}_{m}": v for m, v in clean.items()})
-                    else:
-                        flat.update({f"{name}_{precision}_dim{dim}_{m}": v for m, v in clean.items()})
+                bar.set_postfix_str(f"{name} dim {dim}" + ("" if precision == "float32" else f" {precision}"),
+                                    refresh=False)
+                clean = self._run(name, evaluator, model)
+                bar.update()
+                cell = grid.setdefault(name, {}).setdefault(precision, {})
+                cell[str(dim)] = {**clean, "bytes": bytes_per_vector(dim, precision)}
+                if precision == "float32":
+                    results.setdefault(name, {})[str(dim)] = clean
+                    flat.update({f"{name}_dim{dim}_{m}": v for m, v in clean.items()})
+                else:
+                    flat.update({f"{name}_{precision}_dim{dim}_{m}": v for m, v in clean.items()})
         self.last_results = results
         self.last_grid = grid
         self.last_aggregates = aggregate_over_dims(results, self.dim_weights)

@@ -49,6 +49,7 @@ from .config import (
 from .report import (
     objective_from_event,
     objective_from_results,
+    progress_line,
     trial_summary,
     write_outputs,
 )
@@ -373,20 +374,25 @@ def run_trial(sweep: Sweep, study: Any, trial: Any, params: dict[str, Any]) -> N
         trial.set_user_attr(key, value)
     if pruned:
         study.tell(trial, state=TrialState.PRUNED)
-        sweep.echo(f"trial {trial.number}: pruned at step {reported[1]} ({c.objective.label()} = {reported[0]:.4f})")
+        _ended(sweep, study, trial, f"pruned at step {reported[1]} ({c.objective.label()} = {reported[0]:.4f})")
         return
     if proc.returncode != 0 or not results_path.is_file():
         tail = _last_error(out / "trial.log")
         trial.set_user_attr("error", tail)
         study.tell(trial, state=TrialState.FAIL)
-        sweep.echo(f"trial {trial.number}: failed (exit {proc.returncode}): {tail} — see {out / 'trial.log'}")
+        _ended(sweep, study, trial, f"failed (exit {proc.returncode}): {tail} — see {out / 'trial.log'}")
         return
     value = objective_from_results(json.loads(results_path.read_text(encoding="utf-8")), c)
     if value is None:
         study.tell(trial, state=TrialState.FAIL)
         raise ConfigError(_missing_metric(results_path, c))
     study.tell(trial, value)
-    sweep.echo(f"trial {trial.number}: {c.objective.label()} = {value:.4f}")
+    _ended(sweep, study, trial, f"{c.objective.label()} = {value:.4f}")
+
+
+def _ended(sweep: Sweep, study: Any, trial: Any, outcome: str) -> None:
+    """The trial's line as it ends: done/total and the best so far (sweep/report.py:progress_line)."""
+    sweep.echo(progress_line(study, sweep.config, trial.number, outcome))
 
 
 def _report(trial: Any, c: SweepConfig, event: dict[str, Any], read: Callable) -> tuple[float, int] | None:

@@ -13,19 +13,20 @@ from ..config.schema import HubConfig
 from ..data.sampler import FastNoDuplicatesBatchSampler
 from ..errors import ConfigError, Problem
 from ..models.loading import layerwise_learning_rates
+from ..reporting import progress
 from . import distributed
 from .plan import Plan, resolve_batch_sampler, resolve_precision, trainer_prompts
 from .prepare import Preparation
 from .speed import decide
 
-# `mtrain run --quiet` sets this to 0 (an environment variable, so processes started by --nproc and
-# accelerate launch see it too)
-PROGRESS_BARS = "MTRAIN_PROGRESS_BARS"
+# `mtrain run --quiet` sets this to 0; the one switch of every bar (see reporting/progress.py)
+PROGRESS_BARS = progress.PROGRESS_BARS
 
 
 def progress_bars() -> bool:
     """The trainer's progress bar: on unless switched off (transformers would switch it off whenever
-    its log level is above WARNING, which is how the CLI keeps library warnings quiet)."""
+    its log level is above WARNING, which is how the CLI keeps library warnings quiet). Which
+    process draws it is the trainer's business (the main one)."""
     return os.environ.get(PROGRESS_BARS, "1") != "0"
 
 

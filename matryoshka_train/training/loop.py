@@ -47,7 +47,7 @@ from ..reporting.results import (
 )
 from . import distributed
 from .arguments import training_arguments
-from .callbacks import KeepOrthogonal, MetricsLog
+from .callbacks import KeepOrthogonal, MetricsLog, TrackersHeldOpen, final_figures
 from .checkpoints import STAGING_PREFIX, complete_checkpoints, make_checkpoints_atomic
 from .faults import (
     NanGuard,
@@ -84,10 +84,13 @@ class Run:
     chunked: Any = None
     after: Any = None
     carbon: dict[str, Any] | None = None
+    trackers: TrackersHeldOpen | None = None
 
     def abort(self) -> None:
-        """Training ended early: stop the meter; keep secrets out of what was written."""
+        """Training ended early: stop the meter, end the trackers' runs; keep secrets out of what was written."""
         self.meter.stop()
+        if self.trackers is not None:
+            self.trackers.close()
         if self.main:
             redact.scrub_tree(self.out)
 
@@ -108,6 +111,7 @@ def run_single(
     train(state, callbacks or [], resume_hint)
     if not state.main:
         state.meter.stop()
+        state.trackers.close()
         return {}
     final_evaluation(state)
     save(state)
@@ -200,6 +204,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
         callbacks=[state.metrics_log, *testing.callbacks(), preemption, nan_guard, *_rotation(plan), *callbacks],
     )
     nan_guard.attach(trainer)
+    state.trackers = TrackersHeldOpen(trainer)  # until the final evaluation and carbon reach them
     if state.tokenized:
         columns = sorted({c for t in state.tokenized.values() for c in token_columns(t.dataset)})
         trainer.data_collator = PretokenizedCollator(
@@ -240,11 +245,13 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
 
 
 def final_evaluation(state: Run) -> None:
-    """The trained model at every dim (when evaluation.after is on); the carbon meter stops here."""
+    """The trained model at every dim (when evaluation.after is on); the carbon meter stops here;
+    both reach the trackers (``training.report_to``), which are then closed."""
     plan = state.plan
+    metrics = None
     if plan.evaluator is not None and state.config.evaluation.after:
         state.echo("Evaluating the trained model at every dim …")
-        plan.evaluator(plan.model)
+        metrics = plan.evaluator(plan.model)
         state.after = plan.evaluator.last_results
         state.metrics_log.write(
             {"event": "eval_after", "step": state.trainer.state.global_step, "results": state.after}
@@ -252,6 +259,8 @@ def final_evaluation(state: Run) -> None:
     state.carbon = state.meter.stop()
     if state.world > distributed.local_world_size() and state.carbon.get("tracked"):
         state.carbon["note"] = "measured on the main process's machine only"
+    state.trackers.log(final_figures(metrics, state.carbon))
+    state.trackers.close()
 
 
 def save(state: Run) -> None:

@@ -186,7 +186,7 @@ def training_datasets(plan: Plan, echo: Callable[[str], None] = print) -> tuple[
             if prompted.get(name):
                 echo(f"Note: not pre-tokenizing {name}: its prompts are added per batch by the data collator.")
                 continue
-            done = pretokenize(dataset, plan.model, echo)
+            done = pretokenize(dataset, plan.model, echo, name=name)
             if done is None:
                 continue
             tokenized[name] = done
