@@ -158,3 +158,10 @@ def test_config_reference_is_up_to_date():
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_key_with_a_newline_is_named_on_one_line():
+    raw = {"model": {"name_or_path": "x", "a\nb": 0}, "datasets": [{"name": "d", "source": {"path": "x"}}]}
+    problems = problems_of(raw)
+    assert problems == [p for p in problems if "\n" not in p]
+    assert any("unknown key 'a\\nb'" in p for p in problems)

@@ -17,7 +17,7 @@ def schema_problems(exc: ValidationError, root: type[BaseModel]) -> list[Problem
     """One :class:`Problem` per error of ``exc``, raised validating the section class ``root``."""
     problems: list[Problem] = []
     for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
+        loc = tuple(_printable(p) for p in err["loc"])
         where = ".".join(str(p) for p in loc)
         kind = err["type"]
         if kind == "extra_forbidden":
@@ -39,6 +39,14 @@ def schema_problems(exc: ValidationError, root: type[BaseModel]) -> list[Problem
             msg = f"{err['msg'][0].lower()}{err['msg'][1:]} (got {shown})"
         problems.append(Problem(where or "config", msg))
     return problems
+
+
+def _printable(part: object) -> object:
+    """A key as it can be shown on one line: a key holding a newline or other control character
+    (possible in YAML) is shown escaped, e.g. 'a\\nb'."""
+    if isinstance(part, str) and not part.isprintable():
+        return part.encode("unicode_escape").decode("ascii")
+    return part
 
 
 def _located(where: str, msg: str, sections: list[str]) -> Problem:
