@@ -24,6 +24,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
+def _str_to_list(value: Any) -> Any:
+    """``key: one`` is read as ``key: [one]``."""
+    return [value] if isinstance(value, str) else value
+
+
 def _columns_mapping(value: Any) -> Any:
     """``columns: [a, b]`` keeps a and b; ``columns: {a: x}`` keeps a and renames it x."""
     if isinstance(value, list):
@@ -434,10 +439,7 @@ class TrainingConfig(Section):
         description="Any other SentenceTransformerTrainingArguments field, passed through as is.",
     )
 
-    @field_validator("report_to", mode="before")
-    @classmethod
-    def _str_to_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    _report_to_list = field_validator("report_to", mode="before")(_str_to_list)
 
     @field_validator("extra")
     @classmethod
@@ -735,10 +737,7 @@ class CardConfig(Section):
         "(the card then names the directory).",
     )
 
-    @field_validator("language", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    _one_or_many = field_validator("language", mode="before")(_str_to_list)
 
     @field_validator("base_model")
     @classmethod
