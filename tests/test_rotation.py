@@ -174,3 +174,13 @@ def test_bypassed_rotation_scores_the_base_model_and_restores_the_weight(tiny_mo
         assert torch.allclose(torch.as_tensor(model.encode(texts)), base, atol=1e-5)
     assert torch.equal(dense.linear.weight.detach(), kept)
     assert not torch.allclose(torch.as_tensor(model.encode(texts)), base, atol=1e-3)
+
+
+def test_rotation_under_several_processes_is_refused_up_front(tiny_config, monkeypatch):
+    from matryoshka_train.training.prepare import config_problems
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg["matryoshka"]["rotation"] = {"enabled": True}
+    assert not config_problems(validate(cfg))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert any("runs on one process only" in str(p) for p in config_problems(validate(cfg)))
