@@ -255,7 +255,9 @@ class RotationConfig(Section):
     matryoshka_train/models/rotation.py): it changes no full-size cosine but decides which
     directions the truncated embeddings keep."""
 
-    enabled: bool = Field(False, description="Add the rotation (a square, bias-free Dense after pooling).")
+    enabled: bool = Field(
+        False, description="Add the rotation (a square, bias-free Dense after pooling). One process only for now."
+    )
     init: Literal["pca", "identity"] = Field(
         "pca", description="pca: start from the principal directions of the base model's embeddings of "
         "training texts (largest variance first); identity: start from no rotation.",
