@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/ablation")
     parser.add_argument("--reuse", action="store_true", help="reuse a variant's results.json left by an earlier run")
     parser.add_argument("--from-json", action="store_true", help="re-render the docs from docs/quality/*.json")
+    parser.add_argument("--note", default="", help="a caveat about this measurement, printed with its table")
     args = parser.parse_args()
     if not args.from_json:
         suite = SUITES[args.suite]
@@ -170,7 +171,7 @@ def main() -> None:
         stored.parent.mkdir(parents=True, exist_ok=True)
         stored.write_text(json.dumps(
             {"date": started.isoformat(timespec="seconds"), "machine": f"{platform.machine()}, "
-             f"{os.cpu_count()} CPU cores, fp32", "variants": {n: suite.variants[n] for n in names},
+             f"{os.cpu_count()} CPU cores, fp32", "note": args.note, "variants": {n: suite.variants[n] for n in names},
              "results": raw}, indent=1))
     write_docs()
     print((DOCS / "quality.md").read_text())
@@ -227,7 +228,8 @@ def section(key: str, suite: Suite, stored: dict) -> list[str]:
     machine = stored.get("machine", "x86_64, 2 CPU cores, fp32")
     lines = [
         f"Run on {started:%Y-%m-%d} with `python scripts/quality/ablation.py --suite {key}` ({machine}). "
-        + suite.description,
+        + suite.description
+        + (f" **Caveat:** {stored['note']}" if stored.get("note") else ""),
         "",
         (f"Target: beat the base model at every trained dim ≤ 64 ({', '.join(suite.small)}) on both sets, with the "
          "full-size score within 0.5 points of the base's (or above)."),
