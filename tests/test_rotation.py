@@ -176,7 +176,7 @@ def test_bypassed_rotation_scores_the_base_model_and_restores_the_weight(tiny_mo
     assert not torch.allclose(torch.as_tensor(model.encode(texts)), base, atol=1e-3)
 
 
-def test_rotation_under_several_processes_is_refused_up_front(tiny_config, monkeypatch):
+def test_decoupled_rotation_under_several_processes_is_refused_up_front(tiny_config, monkeypatch):
     from matryoshka_train.training.prepare import config_problems
 
     cfg = copy.deepcopy(tiny_config)
@@ -184,3 +184,5 @@ def test_rotation_under_several_processes_is_refused_up_front(tiny_config, monke
     assert not config_problems(validate(cfg))
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert any("runs on one process only" in str(p) for p in config_problems(validate(cfg)))
+    cfg["matryoshka"]["rotation"]["decouple"] = False  # a plain module under DDP: allowed
+    assert not config_problems(validate(cfg))

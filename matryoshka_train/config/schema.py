@@ -256,7 +256,7 @@ class RotationConfig(Section):
     directions the truncated embeddings keep."""
 
     enabled: bool = Field(
-        False, description="Add the rotation (a square, bias-free Dense after pooling). One process only for now."
+        False, description="Add the rotation (a square, bias-free Dense after pooling)."
     )
     init: Literal["pca", "identity"] = Field(
         "pca", description="pca: start from the principal directions of the base model's embeddings of "
@@ -266,7 +266,8 @@ class RotationConfig(Section):
     decouple: bool = Field(
         True, description="true: the full-size loss term trains the encoder only and every smaller dim's term "
         "trains the rotation only, so the full-size geometry is shaped by the full-size objective alone. "
-        "false: every term trains everything.",
+        "false: every term trains everything (measured best in docs/quality.md; also the only mode that runs "
+        "under several processes for now).",
     )
     learning_rate: float | None = Field(
         None, gt=0, description="Learning rate of the rotation; null: training.learning_rate."

@@ -211,11 +211,11 @@ def rotation_problems(config: RunConfig) -> list[Problem]:
     if m.wrapper != "matryoshka":
         problems.append(Problem("matryoshka.rotation", f"works with wrapper 'matryoshka' only, not '{m.wrapper}'; "
                                                        "set matryoshka.wrapper: matryoshka or turn the rotation off"))
-    if distributed.world_size() > 1:
+    if distributed.world_size() > 1 and m.rotation.decouple:
         # its gradient reaches the rotation outside the model's forward, which DDP's reducer refuses
-        problems.append(Problem("matryoshka.rotation", "runs on one process only for now (DDP refuses a weight used "
-                                                       "outside the model's forward); train on one GPU or turn the "
-                                                       "rotation off"))
+        problems.append(Problem("matryoshka.rotation", "with decouple, runs on one process only for now (DDP refuses "
+                                                       "a weight used outside the model's forward); set "
+                                                       "matryoshka.rotation.decouple: false, or train on one GPU"))
     for i, dcfg in enumerate(config.datasets):
         lcfg = config.loss_for(dcfg)
         if LOSSES[lcfg.name].inputs == "embedding":

@@ -197,7 +197,8 @@ def write_docs() -> None:
         "the truncated embeddings keep; with `decouple` (default) the full-size term trains the encoder alone "
         "and every smaller dim trains the rotation alone, so the Matryoshka terms cannot bend the full-size "
         "geometry. `rotation.learning_rate` sets the rotation's own rate. The saved model holds it as a plain "
-        "sentence-transformers `Dense` layer. One process only for now (DDP refuses its gradient path).",
+        "sentence-transformers `Dense` layer. With `decouple: false` every term trains everything (it runs "
+        "under DDP; `decouple: true` is one process only for now).",
         "- Two-phase training: `stages:` (docs/recipes.md), e.g. full size first, then the rotation.",
         "",
     ]
