@@ -130,7 +130,7 @@ def test_run_with_frozen_encoder_trains_only_the_rotation_and_keeps_full_size(ti
     """Everything but the rotation frozen: full-size similarities stay the base model's exactly,
     the truncated ones change, and the saved model loads back with plain sentence-transformers."""
     cfg = copy.deepcopy(tiny_config)
-    cfg["matryoshka"]["rotation"] = {"enabled": True, "learning_rate": 0.05}
+    cfg["matryoshka"]["rotation"] = {"enabled": True, "decouple": True, "learning_rate": 0.05}
     cfg["training"].update(freeze_embeddings=True, freeze_layers=2, max_steps=6)
     results = run(validate(cfg), echo=lambda _: None)
     assert results["rotation"]["orthogonality_error"] < 1e-4
@@ -180,7 +180,7 @@ def test_decoupled_rotation_under_several_processes_is_refused_up_front(tiny_con
     from matryoshka_train.training.prepare import config_problems
 
     cfg = copy.deepcopy(tiny_config)
-    cfg["matryoshka"]["rotation"] = {"enabled": True}
+    cfg["matryoshka"]["rotation"] = {"enabled": True, "decouple": True}
     assert not config_problems(validate(cfg))
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert any("runs on one process only" in str(p) for p in config_problems(validate(cfg)))

@@ -264,10 +264,10 @@ class RotationConfig(Section):
     )
     pca_texts: int = Field(4096, gt=1, description="How many training texts the PCA start encodes.")
     decouple: bool = Field(
-        True, description="true: the full-size loss term trains the encoder only and every smaller dim's term "
+        False, description="true: the full-size loss term trains the encoder only and every smaller dim's term "
         "trains the rotation only, so the full-size geometry is shaped by the full-size objective alone. "
-        "false: every term trains everything (measured best in docs/quality.md; also the only mode that runs "
-        "under several processes for now).",
+        "false (default): every term trains everything (measured best in docs/quality.md; also the only mode "
+        "that runs under several processes for now).",
     )
     learning_rate: float | None = Field(
         None, gt=0, description="Learning rate of the rotation; null: training.learning_rate."

@@ -91,10 +91,12 @@ REALISTIC = Suite(
         "no-matryoshka": ("MNRL at full size only", ["loss.matryoshka=false"]),
         "mean+anchor10": ("dims averaged + anchor, weight 10", ["matryoshka.reduction=mean", "anchor.weight=10"]),
         "pca": ("PCA rotation, encoder trained at full size only",
-                ["matryoshka.rotation.enabled=true", "loss.matryoshka=false"]),
-        "rotation": ("learned rotation, PCA start, decoupled", ["matryoshka.rotation.enabled=true"]),
+                ["matryoshka.rotation.enabled=true", "matryoshka.rotation.decouple=true", "loss.matryoshka=false"]),
+        "rotation": ("learned rotation, PCA start, decoupled",
+                     ["matryoshka.rotation.enabled=true", "matryoshka.rotation.decouple=true"]),
         "rotation-lr1e-3": ("learned rotation, PCA start, decoupled, rotation lr 1e-3",
-                            ["matryoshka.rotation.enabled=true", "matryoshka.rotation.learning_rate=1e-3"]),
+                            ["matryoshka.rotation.enabled=true", "matryoshka.rotation.decouple=true",
+                             "matryoshka.rotation.learning_rate=1e-3"]),
         "rotation-coupled": ("learned rotation, PCA start, every term trains everything",
                              ["matryoshka.rotation.enabled=true", "matryoshka.rotation.decouple=false"]),
     },
@@ -194,11 +196,11 @@ def write_docs() -> None:
         "- `loss.matryoshka: false`: the loss at full size only.",
         "- `matryoshka.rotation`: a learned orthogonal rotation after pooling, started from PCA of the base "
         "model's embeddings. An orthogonal map changes no full-size cosine, so it only decides which directions "
-        "the truncated embeddings keep; with `decouple` (default) the full-size term trains the encoder alone "
+        "the truncated embeddings keep; with `decouple: true` the full-size term trains the encoder alone "
         "and every smaller dim trains the rotation alone, so the Matryoshka terms cannot bend the full-size "
         "geometry. `rotation.learning_rate` sets the rotation's own rate. The saved model holds it as a plain "
-        "sentence-transformers `Dense` layer. With `decouple: false` every term trains everything (it runs "
-        "under DDP; `decouple: true` is one process only for now).",
+        "sentence-transformers `Dense` layer. With `decouple: false` (the default, measured best below) every "
+        "term trains everything (it runs under DDP; `decouple: true` is one process only for now).",
         "- Two-phase training: `stages:` (docs/recipes.md), e.g. full size first, then the rotation.",
         "",
     ]
