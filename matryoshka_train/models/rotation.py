@@ -36,15 +36,19 @@ from torch import Tensor, nn
 UNROTATED = "unrotated_embedding"
 
 
+def orthogonality_error(dense: Dense) -> float:
+    """max |W Wᵀ − I|: how far the weight is from orthogonal (a device read; not for the hot loop)."""
+    w = dense.linear.weight.detach().float()
+    return (w @ w.T - torch.eye(w.shape[0], device=w.device)).abs().max().item()
+
+
 def is_rotation(module: Any) -> bool:
     """A square, bias-free Dense with identity activation and an orthogonal weight."""
     if not isinstance(module, Dense) or module.bias or module.in_features != module.out_features:
         return False
     if not isinstance(module.activation_function, nn.Identity) or getattr(module, "use_residual", False):
         return False
-    w = module.linear.weight.detach().float()
-    eye = torch.eye(w.shape[0], device=w.device)
-    return bool(torch.allclose(w @ w.T, eye, atol=1e-3))
+    return orthogonality_error(module) <= 1e-3
 
 
 def find_rotation(model: Any) -> tuple[str, Dense] | None:
@@ -133,12 +137,6 @@ class Decoupling:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
-
-
-def orthogonality_error(dense: Dense) -> float:
-    """max |W Wᵀ − I|: how far the weight is from orthogonal (a device read; for reports only)."""
-    w = dense.linear.weight.detach().float()
-    return (w @ w.T - torch.eye(w.shape[0], device=w.device)).abs().max().item()
 
 
 def rotation_summary(dense: Dense | None, rcfg: Any) -> dict[str, Any] | None:
