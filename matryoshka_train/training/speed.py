@@ -11,7 +11,12 @@ The evidence, in one place (update it when a benchmark on that device says other
 
 * sorted forward: CPU 1.71-1.91x samples/s on 5-200-word texts (``scripts/bench/train.py``,
   2026-11-23); GPU (one H100, issue #14): the forward ran at 0.33x the plain one's tokens/s, so off.
-* GPU-sized chunks / padding to a multiple: not measured anywhere yet, so off unless asked for.
+* padding to a multiple of 64: GPU (one H100, 2026-11-27, ``scripts/bench/gpu_profile.py`` bert-base,
+  batch 64, 16-510 tokens): 3.64x the real tokens/s of padding to the longest row, because every new
+  batch width costs a first-use set-up (cuDNN attention plans, GEMM heuristics) that a handful of
+  64-wide buckets pays once; ``scripts/bench/train.py`` 16-256 words: 1.01x our unpadded default. On
+  CPU there is no such set-up and the extra padding is pure compute, so off there.
+* GPU-sized chunks: not measured faster anywhere yet, so off unless asked for.
 * pre-tokenization and our no-duplicates sampler: work on the host before or beside training,
   measured on the host (``scripts/bench/train.py`` tokenize-once timing, ``scripts/bench/sampler.py``
   >= 10x); they do not run on the accelerator, so they stay on for every device.
@@ -29,6 +34,7 @@ from typing import Any
 import torch
 
 DEFAULT_CHUNK_MIN_TOKENS = 1024  # the CPU-measured floor of one sorted-forward chunk (docs/benchmarks.md)
+GPU_PAD_MULTIPLE = 64  # batch widths on CUDA: measured 3.6x the tokens/s of exact widths on an H100 (docs/benchmarks.md)
 
 
 def training_device() -> str:
@@ -144,7 +150,17 @@ def decide(training: Any, device: str | None = None) -> SpeedPlan:
         True,
         "host-side work moved out of the training loop; measured on the host (tokenize once vs every batch)",
     )
-    pad = pick("pad_to_multiple_of", training.pad_to_multiple_of, None, "not measured faster on any device yet")
+    cuda = device == "cuda"
+    pad = pick(
+        "pad_to_multiple_of",
+        training.pad_to_multiple_of,
+        GPU_PAD_MULTIPLE if cuda else None,
+        f"{GPU_PAD_MULTIPLE}: each new batch width pays a first-use set-up on a GPU; measured 3.6x the "
+        "tokens/s of exact widths on an H100 (docs/benchmarks.md)"
+        if cuda
+        else "no per-shape set-up here, so padding would only add compute"
+        + ("" if device == "cpu" else "; not measured on this device"),
+    )
     nan_check = pick(
         "nan_check",
         training.nan_check,
@@ -161,7 +177,6 @@ def decide(training: Any, device: str | None = None) -> SpeedPlan:
         if accelerator
         else "on CPU the workers would compete with training for the same cores",
     )
-    cuda = device == "cuda"
     reasons["non_blocking"] = (
         "pinned batches are copied to the GPU without waiting for it" if cuda else "no GPU: nothing to copy"
     )

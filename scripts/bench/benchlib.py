@@ -135,6 +135,29 @@ def device_warmup(device: str) -> None:
         torch.cuda.synchronize()
 
 
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+
+
+def restrict_sdpa(spec: str | None) -> dict[str, bool] | None:
+    """Allow only the named scaled-dot-product-attention kernels in this process (comma-separated, of
+    flash, efficient, cudnn, math; None or "" leaves PyTorch's choice). Returns what is enabled, for the
+    JSON. On an H100 PyTorch picks cuDNN's attention for masked bf16 batches, which builds a plan per
+    new shape; this lets a benchmark compare it with the memory-efficient kernel on both sides at once."""
+    import torch
+
+    if not spec:
+        return None
+    wanted = {b.strip() for b in spec.split(",") if b.strip()}
+    unknown = wanted - set(SDPA_BACKENDS)
+    if unknown or not wanted:
+        raise SystemExit(f"--sdpa wants a comma-separated subset of {', '.join(SDPA_BACKENDS)}, got {spec!r}")
+    for name in SDPA_BACKENDS:
+        getattr(torch.backends.cuda, f"enable_{'mem_efficient' if name == 'efficient' else name}_sdp")(
+            name in wanted
+        )
+    return {name: name in wanted for name in SDPA_BACKENDS}
+
+
 def cuda_memory_counters() -> dict[str, int]:
     """Caching-allocator counters (cudaMalloc calls, retries after freeing the cache …): cheap, no sync."""
     import torch

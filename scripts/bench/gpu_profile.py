@@ -361,6 +361,9 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", default="")
+    parser.add_argument(
+        "--sdpa", default="", help="allow only these attention kernels (comma-separated: flash,efficient,cudnn,math)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "scripts" / "bench" / "results")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -374,6 +377,7 @@ def main() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    sdpa = benchlib.restrict_sdpa(args.sdpa)
     p = dict(PROFILES[args.profile])
     if args.batch:
         p["batch"] = args.batch
@@ -434,6 +438,7 @@ def main() -> None:
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         **p,
         "model_spec": benchlib.MODELS[p["model"]],
+        "sdpa_enabled": sdpa,
     }
     record = {
         "benchmark": "gpu_profile",

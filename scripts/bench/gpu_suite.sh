@@ -70,7 +70,7 @@ else
   LONG=(--words 16 256 --batch 128 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
   SHORT=(--words 5 40 --batch 512 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
   GPROF=(--steps 6 --warmup 2 --profile-steps 2 --shape-probe 24)
-  CACHED=(--profile bert-base-cached --steps 4 --warmup 1 --profile-steps 1)
+  CACHED=(--profile bert-base-cached --steps 3 --warmup 1 --profile-steps 1 --variants plain,pad64)
   XLMR=(--profile xlmr-large --steps 2 --warmup 1 --variants plain,sorted-gpu)
   XLMR_MIN=100  # ~15 s imports, ~15 s building 560M parameters, 2 variants x 3 steps of ~5 s, loads
 fi
@@ -84,9 +84,15 @@ fi
   echo "== PYTHONPATH=${PYTHONPATH:-}"
 } > "$OUTDIR/env.txt" 2>&1
 
+EXTRA_PARTS=" train-long-nocudnn "  # run only when SUITE_PARTS names them
 part() {  # part NAME CAP_SECONDS MIN_SECONDS COMMAND...: skipped when less than MIN_SECONDS is left
   local name=$1 cap=$2 min=$3; shift 3
   local now left limit began rc secs
+  if [ -n "${SUITE_PARTS:-}" ]; then
+    case " $SUITE_PARTS " in *" $name "*) ;; *) echo "== $name: not in SUITE_PARTS"; return ;; esac
+  else
+    case "$EXTRA_PARTS" in *" $name "*) return ;; esac
+  fi
   now=$(date +%s); left=$(( BUDGET - (now - started) )); limit=$(( cap < left ? cap : left ))
   if [ "$min" -lt "$MIN_PART" ]; then min=$MIN_PART; fi
   if [ "$limit" -lt "$min" ]; then
@@ -110,14 +116,18 @@ part() {  # part NAME CAP_SECONDS MIN_SECONDS COMMAND...: skipped when less than
 TRAIN=("$PY" scripts/bench/train.py --device "$DEV" --model "$MODEL" --out "$OUTDIR" --skip-tokenize-timing)
 GPU_PROFILE=("$PY" scripts/bench/gpu_profile.py --out "$OUTDIR")
 
-part train-long 230 60 "${TRAIN[@]}" "${LONG[@]}" --label long --variant-repeats 1 \
+part train-long 230 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 1 \
+  --ours-variant nopad:training.pad_to_multiple_of=null \
   --ours-variant sorted:training.sorted_forward=true \
-  --ours-variant pad64:training.pad_to_multiple_of=64 \
   --ours-variant nan_every_step:training.nan_check=every_step \
   --ours-variant foreach_adamw:training.optim=adamw_torch \
-  --profile-sides theirs,ours,ours:sorted
+  --profile-sides theirs,ours,ours:nopad
 part train-short 130 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours
 part profile-bert 100 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}"
+part profile-bert-nocudnn 70 30 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" --variants plain,pad64 \
+  --sdpa flash,efficient,math --label sdpa-nocudnn
+part train-long-nocudnn 150 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label long-sdpa-nocudnn --first ours \
+  --sdpa flash,efficient,math --profile-sides ours
 part profile-bert-cached 100 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
 part profile-xlmr 150 $XLMR_MIN "${GPU_PROFILE[@]}" "${XLMR[@]}"
 

@@ -613,6 +613,11 @@ def main() -> None:
         help="comma-separated sides to profile with --profile-steps (theirs, ours, ours:LABEL); default all",
     )
     parser.add_argument("--label", default="", help="names the variant in the JSON file name")
+    parser.add_argument(
+        "--sdpa",
+        default="",
+        help="allow only these attention kernels on both sides (comma-separated: flash,efficient,cudnn,math)",
+    )
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
     parser.add_argument(
         "--profile-steps", type=int, default=0, help="profile each side for N steps after timing (0: off)"
@@ -651,6 +656,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    sdpa_enabled = benchlib.restrict_sdpa(args.sdpa)
     with contextlib.suppress(Exception):
         import datasets
 
@@ -693,6 +699,7 @@ def main() -> None:
                 "timed_steps": args.steps,
                 "rows": rows,
                 "max_seq_length": max_seq_length,
+                "sdpa_enabled": sdpa_enabled,
                 "precision_resolved": precision,
                 "dims": state["dims"],
                 "ours_overrides": {side: [[k, v] for k, v in keys] for side, keys in overrides.items()},
