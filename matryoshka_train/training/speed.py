@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 DEFAULT_CHUNK_MIN_TOKENS = 1024  # the CPU-measured floor of one sorted-forward chunk (docs/benchmarks.md)
-GPU_PAD_MULTIPLE = 64  # batch widths on CUDA: measured 3.6x the tokens/s of exact widths on an H100 (docs/benchmarks.md)
+GPU_PAD_MULTIPLE = 64  # batch widths on CUDA: 3.6x the tokens/s of exact widths on an H100 (docs/benchmarks.md)
 
 
 def training_device() -> str:
