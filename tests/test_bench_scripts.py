@@ -60,8 +60,9 @@ def test_suite_smoke_runs_every_part(suite):
         "train-long",
         "train-short",
         "profile-bert",
+        "profile-bert-nocudnn",
         "profile-bert-cached",
-    ]
+    ]  # train-long-nocudnn is an extra part: only when SUITE_PARTS names it
     assert status["skipped"] == ["profile-xlmr"]  # the smoke gives it no budget: the skip path is exercised
     assert "pip freeze" in (out / "env.txt").read_text()
     summary = (out / "summary.txt").read_text()
@@ -82,13 +83,13 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
         run = record["runs"][side][0]
         assert run["timed_steps"] == 1 and len(run["step_s"]) == 1
         assert run["encoder_calls_per_step"] > 0 and run["optimizer"]["class"]
-    # alternating order: repeat 0 theirs first, repeat 1 ours first
-    assert record["runs"]["theirs"][0]["position_in_process"] < record["runs"]["ours"][0]["position_in_process"]
-    assert record["runs"]["ours"][1]["position_in_process"] < record["runs"]["theirs"][1]["position_in_process"]
+    # --first ours, then alternating: repeat 0 ours first, repeat 1 theirs first
+    assert record["runs"]["ours"][0]["position_in_process"] < record["runs"]["theirs"][0]["position_in_process"]
+    assert record["runs"]["theirs"][1]["position_in_process"] < record["runs"]["ours"][1]["position_in_process"]
     for which in ("first", "warm"):
         assert record["ratios"][which]["samples_per_s"] > 0
     # each variant ran once, or says why not (a config key the installed matryoshka_train lacks)
-    for label in ("sorted", "pad64", "nan_every_step", "foreach_adamw"):
+    for label in ("nopad", "sorted", "nan_every_step", "foreach_adamw"):
         side = f"ours:{label}"
         assert (
             (len(record["runs"].get(side, [])) == 1)
@@ -96,6 +97,26 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
             or side in record["variants_failed"]
         )
     assert record["variant_ratios"].get("ours:sorted", {}).get("first") or "ours:sorted" in record["variants_invalid"]
+
+
+def test_suite_parts_runs_only_the_named_parts_and_restricts_attention_kernels(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "SUITE_PARTS": "profile-bert-nocudnn"}
+    done = subprocess.run(
+        ["bash", str(BENCH / "gpu_suite.sh"), "--smoke", str(tmp_path)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    status = json.loads((tmp_path / "suite.json").read_text())
+    assert [p["part"] for p in status["parts"]] == ["profile-bert-nocudnn"]
+    record = _one(tmp_path, "gpu-tiny-sdpa-nocudnn-*.json")
+    assert record["settings"]["sdpa_enabled"] == {"flash": True, "efficient": True, "cudnn": False, "math": True}
+    assert [r["variant"] for r in record["runs"]] == ["plain", "pad64"]
+    assert "not in SUITE_PARTS" in done.stdout
 
 
 def test_train_first_ours_goes_first(suite):

@@ -52,7 +52,7 @@ def test_auto_keeps_unmeasured_or_slower_features_off_on_a_gpu():
     assert plan.dataloader_num_workers == 0
     assert plan.pretokenize  # host-side work
     assert decide(_training(), "mps").pad_to_multiple_of is None  # not measured there
-    assert "0.33x" in plan.reasons["sorted_forward"]
+    assert "0.09-0.42x" in plan.reasons["sorted_forward"]
 
 
 def test_explicit_values_win_over_auto_on_every_device():

@@ -10,7 +10,7 @@ turns ``auto`` into on or off for the device from what the benchmarks measured t
 The evidence, in one place (update it when a benchmark on that device says otherwise):
 
 * sorted forward: CPU 1.71-1.91x samples/s on 5-200-word texts (``scripts/bench/train.py``,
-  2026-11-23); GPU (one H100, issue #14): the forward ran at 0.33x the plain one's tokens/s, so off.
+  2026-11-23); GPU (one H100, 2026-11-27): 0.09-0.42x, so off.
 * padding to a multiple of 64: GPU (one H100, 2026-11-27, ``scripts/bench/gpu_profile.py`` bert-base,
   batch 64, 16-510 tokens): 3.64x the real tokens/s of padding to the longest row, because every new
   batch width costs a first-use set-up (cuDNN attention plans, GEMM heuristics) that a handful of
@@ -21,9 +21,11 @@ The evidence, in one place (update it when a benchmark on that device says other
   measured on the host (``scripts/bench/train.py`` tokenize-once timing, ``scripts/bench/sampler.py``
   >= 10x); they do not run on the accelerator, so they stay on for every device.
 * NaN check: reading the loss on the host every step costs nothing on a CPU (there is no device
-  queue to drain) but stalls a GPU's queue every step; there it runs on logging and save steps.
-* DataLoader workers: not measured on a GPU yet, so 0 (the main process collates; with the
-  synchronisations gone it does so while the GPU runs the previous step).
+  queue to drain) but stalls a GPU's queue every step (14% of samples/s on an H100); there it runs
+  on logging and save steps.
+* DataLoader workers: 0. On an H100 the main process collates a batch in 4-10 ms of a 0.23 s step, and
+  with the synchronisations gone it does so while the GPU runs the previous step (92% of the step's
+  wall time is kernel time), so workers have nothing to win.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def decide(training: Any, device: str | None = None) -> SpeedPlan:
         "sorted_forward",
         training.sorted_forward,
         not accelerator,
-        "measured 0.33x the plain forward's tokens/s on an H100 (issue #14), so off on GPUs"
+        "measured 0.09-0.42x the plain forward on an H100 (docs/benchmarks.md), so off on GPUs"
         if accelerator
         else "measured 1.7-1.9x samples/s on CPU with texts of mixed length (docs/benchmarks.md)",
     )
@@ -173,7 +175,7 @@ def decide(training: Any, device: str | None = None) -> SpeedPlan:
         "dataloader_num_workers",
         training.dataloader_num_workers,
         0,
-        "not measured on GPU yet; the main process collates while the device runs the previous step"
+        "the main process collates in 4-10 ms while the GPU runs the previous step (H100, docs/benchmarks.md)"
         if accelerator
         else "on CPU the workers would compete with training for the same cores",
     )

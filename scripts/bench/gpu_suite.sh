@@ -18,27 +18,23 @@
 #                                                         # (profile-xlmr is always skipped there: it tests the budget check)
 #
 # Parts, in priority order (each under `timeout -s KILL`, capped at what is left of the budget; a part
-# that fails is recorded and the suite goes on; a part that would get under MIN_PART_S is skipped):
-#   train-long    train.py, 16-256 tokens, batch 128: ours (defaults) vs plain ST, alternating, 2 repeats,
-#                 plus ours variants in the same process, one run each after theirs and ours, each turning
-#                 one #14 decision back: sorted_forward=true, pad_to_multiple_of=64, nan_check=every_step
-#                 (a host read of the loss every step), optim=adamw_torch (the old foreach default);
-#                 profiles of theirs, ours and the sorted variant (3 steps)
-#   train-short   train.py, 5-40 tokens, batch 512, ours first in the process, profiles (3 steps)
+# that fails is recorded and the suite goes on; a part that would get under MIN_PART_S is skipped).
+# SUITE_PARTS="a b ..." runs only the named parts (and may name the extra ones marked below):
+#   train-long    train.py, 16-256 tokens, batch 128: ours (defaults) first, then plain ST, alternating,
+#                 2 repeats, plus ours variants in the same process, one run each, each turning one #14
+#                 decision back: pad_to_multiple_of=null (exact widths), sorted_forward=true,
+#                 nan_check=every_step, optim=adamw_torch; profiles of theirs, ours and ours:nopad (3 steps)
+#   train-short   train.py, 5-40 tokens, batch 512, ours first, profiles (3 steps)
 #   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): plain / sorted /
 #                 sorted-gpu / pad64 forward, tokens/s, MFU, peak memory, 2 profiled steps each; then a
 #                 shape probe: forward+backward at 24 distinct widths, each twice (the first-use cost of a shape)
-#   profile-bert-cached  gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250)
+#   profile-bert-nocudnn  the same, plain and pad64, with cuDNN attention disabled (--sdpa flash,efficient,math)
+#   train-long-nocudnn    (extra) train-long's ours vs theirs, one run each, cuDNN attention disabled
+#   profile-bert-cached   gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250), plain and pad64
 #   profile-xlmr  gpu_profile.py xlmr-large (CachedMNRL, batch 2048), plain and sorted-gpu: only if >= 100 s are left
-# Time estimate (from issue #14's H100 figures: ~0.5 s/step plain at batch 128 on 16-256 tokens, 2.2 s/step
-# in ours' first run, ~0.4 s/step at batch 512 on short texts; plus ~15 s of imports and ~5 s of model
-# building per process, ~5 s of set-up per plain run and ~8 s per `mtrain run`, ~15 s per profiled side):
-#   train-long   8 timed runs x 8 steps (theirs 2 x 9 s, ours 26 + 12 s, 4 variants ~12-20 s each)
-#                + 3 profiles x ~15 s + 25 s start/loss check                          ~185 s (cap 230)
-#   train-short  4 timed runs (~8-12 s each) + 2 profiles + 25 s                       ~100 s (cap 130)
-#   profile-bert 4 variants x (2 s load + 10 steps x 0.2-0.6 s + 3 s profile) + 20 s   ~60 s  (cap 100)
-#   profile-bert-cached 4 variants x (2 s + 6 steps x ~0.6 s + 3 s) + 20 s             ~55 s  (cap 100)
-#   env.txt ~10 s: ~410 s in all, under the 440 s budget; xlmr-large (~100 s) runs only if time is left.
+# Measured on one H100 (2026-11-27, docs/benchmarks.md): train-long 124-128 s, train-short 47 s,
+# profile-bert 86-96 s, profile-bert-nocudnn 36 s, train-long-nocudnn 47 s; profile-bert-cached needed
+# more than 100 s with 4 variants (5.7 s per CachedMNRL step), now 2 variants and 3 steps.
 set -u
 
 smoke=0
