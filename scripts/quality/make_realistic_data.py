@@ -8,6 +8,9 @@ present, no text repeated, scores in range) and writes, deterministically:
     data/realistic/train.jsonl     every triplet but the held-out ones, shuffled (seed 17)
     data/realistic/heldout.jsonl   HELDOUT triplets for the triplet evaluator, never trained on
     data/realistic/sts.jsonl       every scored pair
+    data/realistic/hard.jsonl      written/hard/triplets-*.jsonl (5,004 more triplets, files 38-63 each
+                                   drilling one hard case), shuffled (seed 17): with train.jsonl, the
+                                   harder set (scripts/quality/realistic-hard.yaml)
 
     python scripts/quality/make_realistic_data.py
 """
@@ -28,7 +31,7 @@ STS_KEYS = ("sentence1", "sentence2", "score", "style")
 
 def read(pattern: str, keys: tuple[str, ...]) -> list[dict]:
     rows = []
-    for path in sorted((DATA / "written").glob(pattern)):
+    for path in sorted((DATA / "written").glob(pattern)):  # written/ only: written/hard/ is read apart
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
@@ -48,12 +51,18 @@ def main() -> None:
         sys.exit("a triplet anchor is repeated; make every anchor distinct")
     if any(not 0 <= float(p["score"]) <= 5 for p in pairs):
         sys.exit("an STS score is outside 0-5")
+    hard = read("hard/triplets-*.jsonl", TRIPLET_KEYS)
+    if {t["anchor"] for t in hard} & set(anchors) or len({t["anchor"] for t in hard}) != len(hard):
+        sys.exit("a triplet anchor of written/hard/ is repeated; make every anchor distinct")
     rng = random.Random(17)
     rng.shuffle(triplets)
     heldout, train = triplets[:HELDOUT], triplets[HELDOUT:]
-    for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout), ("sts.jsonl", pairs)):
+    random.Random(17).shuffle(hard)
+    for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout), ("sts.jsonl", pairs),
+                       ("hard.jsonl", hard)):
         (DATA / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    print(f"{len(train)} training triplets, {len(heldout)} held out, {len(pairs)} scored pairs -> {DATA}")
+    print(f"{len(train)} training triplets, {len(heldout)} held out, {len(pairs)} scored pairs, "
+          f"{len(hard)} more hard triplets -> {DATA}")
 
 
 if __name__ == "__main__":
