@@ -104,6 +104,7 @@ def render() -> str:
         ("datasets[].eval", C.EvalSplitConfig),
         ("loss (and datasets[].loss)", C.LossConfig),
         ("matryoshka", C.MatryoshkaConfig),
+        ("matryoshka.rotation", C.RotationConfig),
         ("anchor", C.AnchorConfig),
         ("training", C.TrainingConfig),
         ("evaluation", C.EvaluationConfig),

@@ -186,3 +186,75 @@ def test_decoupled_rotation_under_several_processes_is_refused_up_front(tiny_con
     assert any("runs on one process only" in str(p) for p in config_problems(validate(cfg)))
     cfg["matryoshka"]["rotation"]["decouple"] = False  # a plain module under DDP: allowed
     assert not config_problems(validate(cfg))
+
+
+# --------------------------------------------------------------------------------------------
+# the default: rotation `auto` (issue 17 item 4: the measured best is what a config gets)
+
+
+def test_a_config_without_the_quality_keys_trains_with_the_rotation_on(tiny_config, tmp_path):
+    """tiny_config sets no matryoshka.rotation, reduction or anchor: the resolved config says auto,
+    the run adds the rotation, records why, and the saved model ends in it."""
+    config = validate(tiny_config)
+    assert config.matryoshka.rotation.enabled == "auto"
+    assert (config.matryoshka.reduction, config.anchor.weight) == ("sum", 0.0)
+    lines = []
+    results = run(config, echo=lines.append)
+    assert results["rotation"]["enabled"] is True and results["rotation"]["why"].startswith("auto:")
+    assert results["rotation"]["decouple"] is False and results["rotation"]["orthogonality_error"] < 1e-4
+    assert any(line.startswith("Rotation: 32×32, started from the principal directions") for line in lines)
+    saved = SentenceTransformer(str(tmp_path / "out"))
+    assert find_rotation(saved) is not None
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"matryoshka": {"dims": [32, 16, 8], "rotation": {"enabled": False}}}, "set in the config"),
+        ({"matryoshka": {"dims": [32]}}, "single dim"),
+        ({"matryoshka": {"dims": [32, 16], "wrapper": "matryoshka_2d"}}, "wrapper 'matryoshka_2d'"),
+        ({"loss": {"name": "mnrl", "matryoshka": False}}, "without the Matryoshka wrapper"),
+        ({"model": {"lora": {"r": 4}}}, "LoRA"),
+    ],
+)
+def test_auto_turns_the_rotation_off_where_it_does_not_apply(tiny_config, change, why):
+    from matryoshka_train.training.prepare import rotation_decision
+
+    cfg = copy.deepcopy(tiny_config)
+    for section, values in change.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    on, reason = rotation_decision(validate(cfg))
+    assert not on and why in reason
+
+
+def test_auto_turns_the_rotation_off_for_distillation_without_a_problem(tiny_config, data_dir):
+    from matryoshka_train.training.check import check
+    from matryoshka_train.training.prepare import rotation_decision
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg["datasets"] = [{"name": "d", "source": {"path": str(data_dir / "distill.jsonl")},
+                        "columns": ["sentence", "label"]}]
+    cfg["loss"] = {"name": "mse"}
+    cfg["evaluation"] = {"evaluators": []}
+    config = validate(cfg)
+    on, reason = rotation_decision(config)
+    assert not on and "teacher embeddings" in reason
+    assert not any("rotation" in str(p) for p in check(config).problems)
+
+
+def test_check_prints_the_rotation_decision(write_config, tiny_config, capsys):
+    from matryoshka_train.cli import main
+
+    assert main(["check", str(write_config(tiny_config))]) == 0
+    assert "Rotation (matryoshka.rotation): on (auto:" in capsys.readouterr().out
+
+
+def test_auto_leaves_an_anchored_run_unrotated_and_an_explicit_rotation_with_an_anchor_is_refused(tiny_config):
+    from matryoshka_train.training.prepare import config_problems, rotation_decision
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg["anchor"] = {"weight": 10}
+    on, reason = rotation_decision(validate(cfg))
+    assert not on and "anchor" in reason and not config_problems(validate(cfg))
+    cfg["matryoshka"]["rotation"] = {"enabled": True}
+    assert any("an anchor pulls toward the unrotated reference" in str(p) for p in config_problems(validate(cfg)))

@@ -255,8 +255,11 @@ class RotationConfig(Section):
     matryoshka_train/models/rotation.py): it changes no full-size cosine but decides which
     directions the truncated embeddings keep."""
 
-    enabled: bool = Field(
-        False, description="Add the rotation (a square, bias-free Dense after pooling)."
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="Add the rotation (a square, bias-free Dense after pooling). 'auto' (default): on "
+        "wherever it applies — every dataset's loss compares the model's own embeddings under the 'matryoshka' "
+        "wrapper, with more than one dim, no LoRA and no anchor — and off elsewhere (measured best, docs/quality.md). "
+        "`mtrain check` prints the decision.",
     )
     init: Literal["pca", "identity"] = Field(
         "pca", description="pca: start from the principal directions of the base model's embeddings of "

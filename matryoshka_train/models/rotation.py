@@ -139,11 +139,12 @@ class Decoupling:
             handle.remove()
 
 
-def rotation_summary(dense: Dense | None, rcfg: Any) -> dict[str, Any] | None:
-    """What results.json says of the rotation: its settings and how orthogonal it ended."""
+def rotation_summary(dense: Dense | None, rcfg: Any, why: str = "") -> dict[str, Any]:
+    """What results.json says of the rotation: whether the run had one and why, its settings and
+    how orthogonal it ended."""
     if dense is None:
-        return None
-    return {"width": dense.in_features, "init": rcfg.init, "decouple": rcfg.decouple,
+        return {"enabled": False, "why": why}
+    return {"enabled": True, "why": why, "width": dense.in_features, "init": rcfg.init, "decouple": rcfg.decouple,
             "learning_rate": rcfg.learning_rate, "orthogonality_error": orthogonality_error(dense)}
 
 

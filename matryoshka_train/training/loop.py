@@ -57,6 +57,7 @@ from .faults import (
     weights_finite,
 )
 from .plan import Plan, anchor_cost, batch_summary, build_plan, training_datasets
+from .prepare import rotation_decision
 from .resume import check_same_run, fast_data_skip, find_checkpoint, resume_command
 
 
@@ -328,7 +329,9 @@ def report(state: Run) -> dict[str, Any]:
         "reference": reference_comparison(reference.model_dump() if reference else None, state.after, names),
         "train": train_summary(state.train_output, state.trainer),
         "anchor": anchor_cost(plan),
-        "rotation": rotation_summary(plan.rotation, state.config.matryoshka.rotation),
+        "rotation": rotation_summary(
+            plan.rotation, state.config.matryoshka.rotation, rotation_decision(state.config)[1]
+        ),
         "precision": plan.precision,
         "batch_sampler": plan.batch_sampler,
         "padding": padding_summary(state.chunked),

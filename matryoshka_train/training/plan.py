@@ -23,7 +23,7 @@ from ..losses.build import build_loss
 from ..models.loading import freeze
 from ..models.rotation import Decoupling, add_rotation, find_rotation, pca_rotation
 from . import distributed
-from .prepare import Preparation, prepare
+from .prepare import Preparation, prepare, rotation_decision
 from .speed import SpeedPlan, decide
 
 
@@ -51,7 +51,7 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     model, dims = prep.model, prep.dims
     if config.training.freeze_embeddings or config.training.freeze_layers:
         freeze(model, config.training.freeze_embeddings, config.training.freeze_layers)
-    rotation = start_rotation(prep, echo) if config.matryoshka.rotation.enabled else None
+    rotation = start_rotation(prep, echo) if rotation_decision(config)[0] else None
     decoupled = rotation if rotation is not None and config.matryoshka.rotation.decouple else None
     losses = {d.name: _loss_for(prep, i, dims, decoupled) for i, d in enumerate(prep.datasets)}
     if config.anchor.weight > 0:
@@ -254,7 +254,13 @@ def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str
             else:
                 more = " · gather_across_devices on: more with several devices" if lcfg.gather_across_devices else ""
                 lines.append(f"  {dcfg.name}: {local} negatives per anchor ({kinds}){more}")
-    return [*lines, *decide(t).lines(), SpeedPlan.sampler_line(t.batch_sampler, resolve_batch_sampler(config))]
+    on, why = rotation_decision(config)
+    return [
+        *lines,
+        f"Rotation (matryoshka.rotation): {'on' if on else 'off'} ({why})",
+        *decide(t).lines(),
+        SpeedPlan.sampler_line(t.batch_sampler, resolve_batch_sampler(config)),
+    ]
 
 
 def anchor_cost(plan: Plan) -> dict[str, Any] | None:

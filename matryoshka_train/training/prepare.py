@@ -201,13 +201,47 @@ def config_problems(config: RunConfig) -> list[Problem]:
             + reference_problems(config) + tracker_problems(config.training.report_to) + rotation_problems(config))
 
 
+def rotation_decision(config: RunConfig) -> tuple[bool, str]:
+    """Whether a run adds the learned rotation (``matryoshka.rotation.enabled``), and why. ``auto``
+    turns it on wherever it applies — the measured best (docs/quality.md) — and off where it does
+    not: another wrapper, a dataset without the Matryoshka wrapper or with a loss against teacher
+    embeddings (which an orthogonal map would turn away from), a single dim, LoRA (not measured), or
+    an anchor (it pulls toward the unrotated reference)."""
+    m = config.matryoshka
+    if m.rotation.enabled != "auto":
+        return bool(m.rotation.enabled), "set in the config"
+    if m.wrapper != "matryoshka":
+        return False, f"auto: off with wrapper '{m.wrapper}' (it works with 'matryoshka' only)"
+    for dcfg in config.datasets:
+        lcfg = config.loss_for(dcfg)
+        if not lcfg.matryoshka:
+            return False, f"auto: off, dataset '{dcfg.name}' trains without the Matryoshka wrapper"
+        if LOSSES[lcfg.name].inputs == "embedding":
+            return False, f"auto: off for {lcfg.name} (it compares with teacher embeddings)"
+    if m.dims is not None and len(m.dims) < 2:
+        return False, "auto: off with a single dim (nothing to order)"
+    if config.model.lora is not None:
+        return False, "auto: off with LoRA (not measured together)"
+    if config.anchor.weight > 0:
+        return False, "auto: off with an anchor (it compares with the unrotated reference model)"
+    return True, ("auto: an orthogonal map keeps every full-size cosine and orders the directions for the "
+                  "smaller dims; measured best in docs/quality.md")
+
+
 def rotation_problems(config: RunConfig) -> list[Problem]:
     """The rotation keeps full-size cosines by construction, which only helps losses that compare
-    the model's embeddings with each other (not with fixed teacher vectors)."""
+    the model's embeddings with each other (not with fixed teacher vectors). ``auto`` never asks for
+    it where it does not apply (:func:`rotation_decision`); these are the problems of an explicit
+    ``enabled: true`` and of choices that come with it."""
     m = config.matryoshka
-    if not m.rotation.enabled:
+    on, _ = rotation_decision(config)
+    if not on:
         return []
     problems = []
+    if config.anchor.weight > 0:
+        problems.append(Problem("matryoshka.rotation", "an anchor pulls toward the unrotated reference model, "
+                                                       "which the rotation turns away from; set anchor.weight: 0 "
+                                                       "or matryoshka.rotation.enabled: false"))
     if m.wrapper != "matryoshka":
         problems.append(Problem("matryoshka.rotation", f"works with wrapper 'matryoshka' only, not '{m.wrapper}'; "
                                                        "set matryoshka.wrapper: matryoshka or turn the rotation off"))
