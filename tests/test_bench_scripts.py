@@ -89,7 +89,7 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     for which in ("first", "warm"):
         assert record["ratios"][which]["samples_per_s"] > 0
     # each variant ran once, or says why not (a config key the installed matryoshka_train lacks)
-    for label in ("nopad", "sorted", "nan_every_step", "foreach_adamw"):
+    for label in ("nopad", "sorted", "nan_every_step", "sortedgpu"):
         side = f"ours:{label}"
         assert (
             (len(record["runs"].get(side, [])) == 1)
@@ -159,7 +159,7 @@ def test_train_profile_summary(suite):
 def test_gpu_profile_json(suite):
     out, _ = suite
     record = _one(out, "gpu-tiny-cpu-*.json")
-    assert [r["variant"] for r in record["runs"]] == ["plain", "sorted", "sorted-gpu", "pad64"]
+    assert [r["variant"] for r in record["runs"]] == ["plain", "sorted", "sorted-gpu", "pad64", "sorted-gpu-pad64"]
     for r in record["runs"]:
         assert r["real_tokens_per_s"] > 0 and r["mfu"] >= 0 and "peak_memory_gib" in r
         assert r["profile"]["distinct_gemm_shapes"] > 0 and "host_device_syncs_per_step" in r["profile"]
@@ -167,6 +167,7 @@ def test_gpu_profile_json(suite):
     chunking = {r["variant"]: r["chunking"] for r in record["runs"]}
     assert chunking["plain"] is None and chunking["pad64"] is None
     assert chunking["sorted-gpu"]["min_tokens"] == 16384 and chunking["sorted-gpu"]["min_tokens_passed_by"]
+    assert chunking["sorted-gpu-pad64"]["min_tokens_passed_by"] == "install(round_to=)"
     pad64 = next(r for r in record["runs"] if r["variant"] == "pad64")
     plain = next(r for r in record["runs"] if r["variant"] == "plain")
     assert pad64["pad_share"] >= plain["pad_share"]  # wider batches, same real tokens

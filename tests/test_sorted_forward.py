@@ -79,6 +79,33 @@ def test_outputs_match_the_plain_forward_row_for_row(tiny_model_dir):
     torch.testing.assert_close(chunked["token_embeddings"][mask], plain["token_embeddings"][mask], atol=1e-5, rtol=1e-4)
 
 
+def test_chunk_widths_rounded_to_a_multiple_give_the_same_outputs(tiny_model_dir):
+    """round_to (the run's pad_to_multiple_of, 64 on CUDA) keeps every chunk on a few shared widths,
+    capped at the batch's own width, and changes no output."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu").eval()
+    features = model.preprocess(_texts(40, seed=2))
+    widths = []
+    with torch.no_grad():
+        plain = model({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in features.items()})
+        patched = install(model, max_tokens=128, min_tokens=16, round_to=8)
+        inner = patched.forward
+
+        def spy(chunk, **kwargs):
+            widths.append(chunk["input_ids"].shape[1])
+            return inner(chunk, **kwargs)
+
+        patched.forward = spy
+        chunked = model({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in features.items()})
+        uninstall(model, patched)
+    batch_width = features["input_ids"].shape[1]
+    assert len(widths) > 1  # it really chunked
+    assert all(w % 8 == 0 or w == batch_width for w in widths), widths
+    assert max(widths) <= batch_width
+    torch.testing.assert_close(chunked["sentence_embedding"], plain["sentence_embedding"], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("loss_name", ["mnrl", "cached_mnrl", "cosent"])
 def test_loss_and_gradients_match_the_plain_forward(tiny_model_dir, loss_name):
     from sentence_transformers import SentenceTransformer

@@ -61,8 +61,11 @@ class SortedChunkForward:
     """``model.forward`` over length-sorted, individually trimmed chunks (see the module docstring)."""
 
     def __init__(self, forward: Callable[..., dict[str, Any]], max_tokens: int = 8192, min_saving: float = 0.1,
-                 min_tokens: int = 1024):
+                 min_tokens: int = 1024, round_to: int | None = None):
         self.forward = forward
+        # chunk widths rounded up to a multiple of this (capped at the batch width): on a GPU each new
+        # width costs a one-off set-up (docs/benchmarks.md), so chunks share the collator's few widths
+        self.round_to = round_to if round_to and round_to > 1 else None
         self.max_tokens = max_tokens
         self.min_tokens = min_tokens
         self.min_saving = min_saving
@@ -81,13 +84,13 @@ class SortedChunkForward:
         order_host = np.argsort(-lengths, kind="stable")
         sorted_lengths = lengths[order_host].tolist()
         chunks = plan_chunks(sorted_lengths, self.max_tokens, self.min_tokens)
-        run = sum((end - start) * max(sorted_lengths[start], 1) for start, end in chunks)
+        run = sum((end - start) * self._width(sorted_lengths[start], width) for start, end in chunks)
         self.padded_tokens += rows * width
         self.real_tokens += int(sum(sorted_lengths))
         if len(chunks) == 1 or run > (1 - self.min_saving) * rows * width:
             self.run_tokens += rows * width
             # one chunk: still trim the columns every row pads (cheap, and never changes the result)
-            longest = max(sorted_lengths[0], 1)
+            longest = self._width(sorted_lengths[0], width)
             if longest < width:
                 output = _pad_outputs(self.forward(_take(features, None, longest, rows, width), **kwargs), width, rows)
                 return _into(features, output)
@@ -97,11 +100,19 @@ class SortedChunkForward:
         outputs = []
         for start, end in chunks:
             index = order[start:end]
-            outputs.append(self.forward(_take(features, index, max(sorted_lengths[start], 1), rows, width), **kwargs))
+            length = self._width(sorted_lengths[start], width)
+            outputs.append(self.forward(_take(features, index, length, rows, width), **kwargs))
         inverse_host = np.empty_like(order_host)
         inverse_host[order_host] = np.arange(rows)
         inverse = torch.from_numpy(inverse_host).to(mask.device, non_blocking=True)
         return _into(features, _merge(outputs, [end - start for start, end in chunks], inverse, width, rows))
+
+    def _width(self, longest: int, width: int) -> int:
+        """A chunk's width: its longest row, rounded up to ``round_to`` if set, never past the batch's."""
+        longest = max(longest, 1)
+        if self.round_to:
+            longest = -(-longest // self.round_to) * self.round_to
+        return min(longest, width)
 
     @property
     def padded_share_saved(self) -> float:
@@ -165,13 +176,16 @@ def _merge(outputs: list[dict[str, Any]], sizes: list[int], inverse: Tensor, wid
     return merged
 
 
-def install(model: Any, max_tokens: int, min_tokens: int = 1024) -> SortedChunkForward | None:
+def install(
+    model: Any, max_tokens: int, min_tokens: int = 1024, round_to: int | None = None
+) -> SortedChunkForward | None:
     """Give ``model`` (this one instance) the sorted-chunk forward and return it (its counters say
     how much padding was saved); ``uninstall`` undoes it. Only models whose first module is a
-    transformer encoder qualify; for anything else nothing changes and None is returned."""
+    transformer encoder qualify; for anything else nothing changes and None is returned. ``round_to``
+    rounds each chunk's width up to a multiple (the run's ``pad_to_multiple_of``)."""
     if first_transformer(model) is None:
         return None
-    patched = SortedChunkForward(model.forward, max_tokens, min_tokens=min_tokens)
+    patched = SortedChunkForward(model.forward, max_tokens, min_tokens=min_tokens, round_to=round_to)
     model.forward = patched
     return patched
 

@@ -217,7 +217,12 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
         )
     make_checkpoints_atomic(trainer)
     state.chunked = (
-        sorted_forward.install(plan.model, config.training.forward_chunk_tokens, plan.speed.forward_chunk_min_tokens)
+        sorted_forward.install(
+            plan.model,
+            config.training.forward_chunk_tokens,
+            plan.speed.forward_chunk_min_tokens,
+            round_to=plan.speed.pad_to_multiple_of if plan.speed.pretokenize else None,
+        )
         if plan.speed.sorted_forward
         else None
     )

@@ -16,7 +16,8 @@ The evidence, in one place (update it when a benchmark on that device says other
   batch width costs a first-use set-up (cuDNN attention plans, GEMM heuristics) that a handful of
   64-wide buckets pays once; ``scripts/bench/train.py`` 16-256 words: 1.01x our unpadded default. On
   CPU there is no such set-up and the extra padding is pure compute, so off there.
-* GPU-sized chunks: not measured faster anywhere yet, so off unless asked for.
+* GPU-sized chunks (with widths rounded to ``pad_to_multiple_of``): not measured on a GPU yet, so off
+  unless asked for.
 * pre-tokenization and our no-duplicates sampler: work on the host before or beside training,
   measured on the host (``scripts/bench/train.py`` tokenize-once timing, ``scripts/bench/sampler.py``
   >= 10x); they do not run on the accelerator, so they stay on for every device.

@@ -26,6 +26,8 @@ Variants (--variants, comma-separated; all by default):
   sorted      our sorted-chunk forward as configured by default (--chunk-tokens, the default chunk floor)
   sorted-gpu  sorted-chunk forward with GPU-sized chunks: floor --chunk-min-tokens, at most --gpu-chunk-tokens
   pad64       the plain forward with every batch's width padded up to a multiple of 64
+  sorted-gpu-pad64  sorted-gpu on batches padded to 64, each chunk's width rounded up to 64 too (few
+              distinct widths and less padding; `mtrain run` with sorted_forward on CUDA does this)
 Timing adds no host-device synchronisation to the steps: batches are tokenized (and pinned) before
 the timed window, token counts come from the tokenizer's output on the host, each step end records
 a CUDA event, and the window synchronises only at its start and end. The sorted variants get each
@@ -79,7 +81,7 @@ PROFILES = {
     "xlmr-large": {"model": "xlmr-large", "batch": 2048, "columns": 3, "min_len": 16, "max_len": 256, "cached": True},
     "tiny": {"model": "tiny", "batch": 8, "columns": 3, "min_len": 4, "max_len": 60, "cached": False},
 }
-VARIANTS = ("plain", "sorted", "sorted-gpu", "pad64")
+VARIANTS = ("plain", "sorted", "sorted-gpu", "pad64", "sorted-gpu-pad64")
 
 
 def texts(p: dict, steps: int, seed: int) -> list[list[list[str]]]:
@@ -106,13 +108,17 @@ def pad_to_multiple(features: dict, multiple: int, pad_id: int = 0) -> dict:
     return out
 
 
-def install_sorted(model: Any, max_tokens: int, min_tokens: int | None) -> tuple[Any, str, Any]:
+def install_sorted(
+    model: Any, max_tokens: int, min_tokens: int | None, round_to: int | None = None
+) -> tuple[Any, str, Any]:
     """Install our sorted forward; min_tokens through whatever this matryoshka_train offers.
     Returns (patched, how min_tokens was passed, undo for a plan_chunks patch or None)."""
     from matryoshka_train.models import sorted_forward as sf
 
     if min_tokens is None:
         return sf.install(model, max_tokens), "default", None
+    if round_to and "round_to" in inspect.signature(sf.install).parameters:
+        return sf.install(model, max_tokens, min_tokens=min_tokens, round_to=round_to), "install(round_to=)", None
     if "min_tokens" in inspect.signature(sf.install).parameters:
         return sf.install(model, max_tokens, min_tokens=min_tokens), "install(min_tokens=)", None
     original = sf.plan_chunks  # older code: the floor is plan_chunks' keyword default
@@ -171,6 +177,8 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
         patched, min_via, undo = install_sorted(model, args.chunk_tokens, None)
     elif variant == "sorted-gpu":
         patched, min_via, undo = install_sorted(model, args.gpu_chunk_tokens, args.chunk_min_tokens)
+    elif variant == "sorted-gpu-pad64":
+        patched, min_via, undo = install_sorted(model, args.gpu_chunk_tokens, args.chunk_min_tokens, round_to=64)
     context, attach = host_lengths_context() if patched is not None else (None, None)
     params = benchlib.non_embedding_params(model)
     layers, hidden = benchlib.encoder_shape(model)
@@ -187,7 +195,7 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    feats = [[pad_to_multiple(f, 64) if variant == "pad64" else f for f in b["features"]] for b in batches]
+    feats = [[pad_to_multiple(f, 64) if variant.endswith("pad64") else f for f in b["features"]] for b in batches]
     if cuda:
         feats = [
             [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in f.items()} for f in b] for b in feats
@@ -262,7 +270,7 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
         "chunking": (
             {
                 "max_tokens": args.chunk_tokens if variant == "sorted" else args.gpu_chunk_tokens,
-                "min_tokens": args.chunk_min_tokens if variant == "sorted-gpu" else "default",
+                "min_tokens": args.chunk_min_tokens if variant.startswith("sorted-gpu") else "default",
                 "min_tokens_passed_by": min_via,
                 "host_lengths": attach is not None,
                 "forwards_without_host_lengths": getattr(patched, "uncarried", None),

@@ -23,7 +23,8 @@
 #   train-long    train.py, 16-256 tokens, batch 128: ours (defaults) first, then plain ST, alternating,
 #                 2 repeats, plus ours variants in the same process, one run each, each turning one #14
 #                 decision back: pad_to_multiple_of=null (exact widths), sorted_forward=true,
-#                 nan_check=every_step, optim=adamw_torch; profiles of theirs, ours and ours:nopad (3 steps)
+#                 nan_check=every_step, and one new: sortedgpu (sorted forward with GPU-sized chunks,
+#                 widths rounded to 64); profiles of theirs, ours, ours:nopad, ours:sortedgpu (3 steps)
 #   train-short   train.py, 5-40 tokens, batch 512, ours first, profiles (3 steps)
 #   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): plain / sorted /
 #                 sorted-gpu / pad64 forward, tokens/s, MFU, peak memory, 2 profiled steps each; then a
@@ -116,10 +117,12 @@ part train-long 230 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --va
   --ours-variant nopad:training.pad_to_multiple_of=null \
   --ours-variant sorted:training.sorted_forward=true \
   --ours-variant nan_every_step:training.nan_check=every_step \
-  --ours-variant foreach_adamw:training.optim=adamw_torch \
-  --profile-sides theirs,ours,ours:nopad
+  --ours-variant sortedgpu:training.sorted_forward=true \
+  --ours-variant sortedgpu:training.forward_chunk_tokens=65536 \
+  --ours-variant sortedgpu:training.forward_chunk_min_tokens=16384 \
+  --profile-sides theirs,ours,ours:nopad,ours:sortedgpu
 part train-short 130 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours
-part profile-bert 100 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}"
+part profile-bert 130 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}"
 part profile-bert-nocudnn 70 30 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" --variants plain,pad64 \
   --sdpa flash,efficient,math --label sdpa-nocudnn
 part train-long-nocudnn 150 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label long-sdpa-nocudnn --first ours \
