@@ -73,3 +73,29 @@ def test_bars_follow_the_switch_and_stay_silent_off_the_main_process(monkeypatch
             with progress.bar(3, "Counting") as bar:
                 bar.update(3)
             assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_training_logs_are_one_bar_or_short_lines_not_dicts(quiet, tiny_config, write_config):
+    """The trainer would print a dict per logging step (above its bar, or instead of it under
+    --quiet) and one more at the end; the bar carries the latest loss in its postfix instead, and
+    --quiet prints one short line per log."""
+    cfg = dict(tiny_config, evaluation={"evaluators": []})
+    env = {k: v for k, v in os.environ.items() if k not in (progress.PROGRESS_BARS, "TQDM_DISABLE")}
+    argv = ["run", str(write_config(cfg))] + (["--quiet"] if quiet else [])
+    done = subprocess.run([sys.executable, "-m", "matryoshka_train", *argv], capture_output=True, env=env, timeout=300)
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "{'loss'" not in out + err and "'train_runtime'" not in out + err
+    if quiet:
+        lines = [line for line in out.splitlines() if line.startswith("step ")]
+        assert lines[0].startswith("step 1/4 · loss ") and "dim8 " in lines[0] and len(lines) == 4, lines
+    else:
+        assert "loss=" in err and "lr=" in err  # the bar's postfix (tqdm writes key=value)
+        assert not any(line.startswith("step ") for line in out.splitlines())
+
+
+def test_log_summary_keeps_the_figures_worth_a_glance():
+    logs = {"loss": 1.23456, "grad_norm": 3.0, "learning_rate": 2e-5, "dim64": 0.5, "epoch": 0.3, "note": "x"}
+    assert progress.log_summary(logs) == {"loss": "1.235", "grad": "3", "lr": "2e-05", "dim64": "0.5"}
+    assert "dim64" not in progress.log_summary(logs, dims=False)

@@ -63,3 +63,49 @@ def datasets_bars() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             (disable_progress_bars if was_off else enable_progress_bars)()
+
+
+# --------------------------------------------------------------------------------------------
+# the training bar: one bar whose postfix shows the latest log, instead of a dict per logging step
+
+_SHOWN = ("loss", "grad_norm", "learning_rate")
+_SHORT = {"learning_rate": "lr", "grad_norm": "grad"}
+
+
+def log_summary(logs: dict[str, Any], dims: bool = True) -> dict[str, str]:
+    """The figures of one trainer log worth showing, short-named and formatted: loss, grad norm,
+    learning rate and (``dims``) each dim's loss; eval logs keep their own names."""
+    out = {}
+    for key, value in logs.items():
+        if not isinstance(value, (int, float)) or key in ("epoch", "total_flos"):
+            continue
+        if key in _SHOWN or key.startswith("eval_") or (dims and key.startswith("dim")):
+            out[_SHORT.get(key, key)] = f"{value:.4g}"
+    return out
+
+
+def training_callbacks() -> tuple[type, type]:
+    """(bar callback, printer callback) to put in place of transformers' ProgressCallback and
+    PrinterCallback: the bar shows the latest loss, grad norm and lr in its postfix (per-dim losses
+    stay in metrics.jsonl and the trackers); without bars (``--quiet``) each log is one short line.
+    The trainer's end-of-training summary dict is not printed: `mtrain run` prints its own."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class PostfixProgress(ProgressCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                shown = log_summary(logs, dims=False)
+                if shown and "train_runtime" not in logs:
+                    self.training_bar.set_postfix(shown, refresh=False)
+
+    class LinePrinter(PrinterCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if not state.is_local_process_zero or not logs or "train_runtime" in logs:
+                return
+            shown = log_summary(logs)
+            if shown:
+                total = f"/{state.max_steps}" if state.max_steps else ""
+                print(f"step {state.global_step}{total} · " + " · ".join(f"{k} {v}" for k, v in shown.items()),
+                      flush=True)
+
+    return PostfixProgress, LinePrinter

@@ -34,7 +34,7 @@ from ..models.loading import resolve_model_path
 from ..models.lora import save_trained
 from ..models.provenance import BaseModel, base_model_of
 from ..models.rotation import bypassed, rotation_summary
-from ..reporting import redact
+from ..reporting import progress, redact
 from ..reporting.carbon import CarbonMeter
 from ..reporting.card import fill_card_data, finish_front_matter
 from ..reporting.report import add_model_card_section, results_table
@@ -187,6 +187,18 @@ def _rotation(plan: Plan) -> list[Any]:
     return [KeepOrthogonal(plan.rotation)] if plan.rotation is not None else []
 
 
+def _compact_training_output(trainer: Any) -> None:
+    """One training bar with the latest loss in its postfix (or, under --quiet, one short line per
+    log) instead of transformers' dict per logging step (reporting/progress.py)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    bar_cb, printer_cb = progress.training_callbacks()
+    for old, new in ((ProgressCallback, bar_cb), (PrinterCallback, printer_cb)):
+        if any(type(cb) is old for cb in trainer.callback_handler.callbacks):
+            trainer.remove_callback(old)
+            trainer.add_callback(new)
+
+
 def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
     """The sentence-transformers trainer over the plan; a NaN, a signal or a fault ends the run
     with one message (:class:`TrainingAborted`) after the cleanup."""
@@ -204,6 +216,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
         # before the extras: it can veto a save
         callbacks=[state.metrics_log, *testing.callbacks(), preemption, nan_guard, *_rotation(plan), *callbacks],
     )
+    _compact_training_output(trainer)
     nan_guard.attach(trainer)
     state.trackers = TrackersHeldOpen(trainer)  # until the final evaluation and carbon reach them
     if state.tokenized:
