@@ -89,7 +89,7 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     for which in ("first", "warm"):
         assert record["ratios"][which]["samples_per_s"] > 0
     # each variant ran once, or says why not (a config key the installed matryoshka_train lacks)
-    for label in ("nopad", "sorted", "nan_every_step", "sortedgpu"):
+    for label in ("nopad", "sorted", "nan_every_step", "sortedgpu", "packed"):
         side = f"ours:{label}"
         assert (
             (len(record["runs"].get(side, [])) == 1)
@@ -123,7 +123,9 @@ def test_train_first_ours_goes_first(suite):
     out, _ = suite
     record = _one(out, "train-tiny-cpu-words2-10-short-*.json")
     assert record["runs"]["ours"][0]["position_in_process"] == 0  # --first ours
-    assert record["runs"]["theirs"][1]["position_in_process"] == 2  # then alternating
+    assert record["runs"]["theirs"][0]["position_in_process"] == 1  # then alternating (variants in between)
+    assert record["runs"]["theirs"][1]["position_in_process"] < record["runs"]["ours"][1]["position_in_process"]
+    assert len(record["runs"]["ours:packed"]) == 1
     assert record["complete"] is True and record["failed"] == {}
 
 

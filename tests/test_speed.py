@@ -55,6 +55,13 @@ def test_auto_keeps_unmeasured_or_slower_features_off_on_a_gpu():
     assert "0.09-0.42x" in plan.reasons["sorted_forward"]
 
 
+def test_packed_forward_replaces_the_sorted_forward_when_on():
+    plan = decide(_training(packed_forward=True), "cpu")
+    assert plan.packed_forward and not plan.sorted_forward
+    assert plan.reasons["sorted_forward"] == "off: packed_forward replaces it"
+    assert not decide(_training(), "cuda").packed_forward  # not measured yet: off
+
+
 def test_explicit_values_win_over_auto_on_every_device():
     keys = {
         "sorted_forward": True,
@@ -115,6 +122,7 @@ def test_a_config_without_speed_keys_trains_with_the_device_defaults(tiny_config
     assert results["speed"] == {
         "device": "cpu",
         "sorted_forward": True,
+        "packed_forward": False,
         "forward_chunk_min_tokens": 1024,
         "pretokenize": True,
         "pad_to_multiple_of": None,

@@ -408,6 +408,13 @@ class TrainingConfig(Section):
         "far less compute on padding, the same loss up to float rounding. Transformer models only. "
         "'auto': on where measured faster (CPU), off on GPUs (`mtrain check` says why).",
     )
+    packed_forward: bool | Literal["auto"] = Field(
+        "auto",
+        description="Run the encoder's position-wise layers (embeddings, projections, feed-forward, norms) on "
+        "the batch's real tokens only, packed into one row; attention runs per row with the padding mask. "
+        "Same outputs up to float rounding; BERT/RoBERTa/XLM-R/ELECTRA encoders only (others run as usual). "
+        "Replaces the sorted forward when on. 'auto': off until measured faster on the device.",
+    )
     pretokenize: bool | Literal["auto"] = Field(
         "auto",
         description="Tokenize the training texts once before training (datasets.map, cached with the data) "

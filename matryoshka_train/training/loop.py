@@ -28,7 +28,7 @@ from ..config.loading import dump_resolved
 from ..config.schema import RunConfig
 from ..data.pretokenize import PretokenizedCollator, token_columns
 from ..errors import ConfigError, TrainingAborted
-from ..models import sorted_forward
+from ..models import packed_forward, sorted_forward
 from ..models.host_reads import no_host_reads
 from ..models.loading import resolve_model_path
 from ..models.lora import save_trained
@@ -239,6 +239,11 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
         if plan.speed.sorted_forward
         else None
     )
+    packed = packed_forward.install(plan.model) if plan.speed.packed_forward else None
+    if plan.speed.packed_forward and packed is None:
+        encoder = getattr(plan.model[0], "auto_model", None)
+        why = packed_forward.supported(encoder, getattr(plan.model[0], "tokenizer", None)) if encoder else "no encoder"
+        print(f"packed_forward: not used for this model ({why}); the plain forward runs", flush=True)
     checkpoint = str(state.checkpoint) if state.checkpoint is not None else None
     try:
         with (
@@ -250,6 +255,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
             state.train_output = trainer.train(resume_from_checkpoint=checkpoint)
     finally:
         sorted_forward.uninstall(plan.model, state.chunked)
+        packed_forward.uninstall(plan.model, packed)
     if nan_guard.step is None and not weights_finite(plan.model):
         nan_guard.step, nan_guard.what = trainer.state.global_step, "the weights became NaN/inf"
     if nan_guard.step is not None:

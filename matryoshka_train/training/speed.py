@@ -18,6 +18,8 @@ The evidence, in one place (update it when a benchmark on that device says other
   CPU there is no such set-up and the extra padding is pure compute, so off there.
 * GPU-sized chunks (with widths rounded to ``pad_to_multiple_of``): not measured on a GPU yet, so off
   unless asked for.
+* packed forward (``models/packed_forward.py``: position-wise layers on real tokens only): built after
+  the last GPU run and not measured on any device yet, so off unless asked for.
 * pre-tokenization and our no-duplicates sampler: work on the host before or beside training,
   measured on the host (``scripts/bench/train.py`` tokenize-once timing, ``scripts/bench/sampler.py``
   >= 10x); they do not run on the accelerator, so they stay on for every device.
@@ -56,6 +58,7 @@ class SpeedPlan:
 
     device: str
     sorted_forward: bool
+    packed_forward: bool
     forward_chunk_min_tokens: int
     pretokenize: bool
     pad_to_multiple_of: int | None
@@ -76,6 +79,7 @@ class SpeedPlan:
         out = [f"Speed features on {self.device}:"]
         for key in (
             "sorted_forward",
+            "packed_forward",
             "forward_chunk_min_tokens",
             "pretokenize",
             "pad_to_multiple_of",
@@ -107,6 +111,7 @@ class SpeedPlan:
         return {
             "device": self.device,
             "sorted_forward": self.sorted_forward,
+            "packed_forward": self.packed_forward,
             "forward_chunk_min_tokens": self.forward_chunk_min_tokens if self.sorted_forward else None,
             "pretokenize": self.pretokenize,
             "pad_to_multiple_of": self.pad_to_multiple_of,
@@ -140,6 +145,15 @@ def decide(training: Any, device: str | None = None) -> SpeedPlan:
         if accelerator
         else "measured 1.7-1.9x samples/s on CPU with texts of mixed length (docs/benchmarks.md)",
     )
+    packed = pick(
+        "packed_forward",
+        training.packed_forward,
+        False,
+        "not measured yet (built after the last GPU run; scripts/bench/gpu_suite.sh measures it as ours:packed)",
+    )
+    if packed and sorted_forward:
+        sorted_forward = False  # the packed forward already runs no padding through the position-wise layers
+        reasons["sorted_forward"] = "off: packed_forward replaces it"
     chunk_min = pick(
         "forward_chunk_min_tokens",
         training.forward_chunk_min_tokens,
@@ -186,6 +200,7 @@ def decide(training: Any, device: str | None = None) -> SpeedPlan:
     return SpeedPlan(
         device=device,
         sorted_forward=bool(sorted_forward),
+        packed_forward=bool(packed),
         forward_chunk_min_tokens=int(chunk_min),
         pretokenize=bool(pretokenize),
         pad_to_multiple_of=pad,

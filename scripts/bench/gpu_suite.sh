@@ -23,9 +23,10 @@
 #   train-long    train.py, 16-256 tokens, batch 128: ours (defaults) first, then plain ST, alternating,
 #                 2 repeats, plus ours variants in the same process, one run each, each turning one #14
 #                 decision back: pad_to_multiple_of=null (exact widths), sorted_forward=true,
-#                 nan_check=every_step, and one new: sortedgpu (sorted forward with GPU-sized chunks,
-#                 widths rounded to 64); profiles of theirs, ours, ours:nopad, ours:sortedgpu (3 steps)
-#   train-short   train.py, 5-40 tokens, batch 512, ours first, profiles (3 steps)
+#                 nan_check=every_step, and two new: sortedgpu (sorted forward with GPU-sized chunks,
+#                 widths rounded to 64) and packed (training.packed_forward: position-wise layers on real
+#                 tokens only); profiles of theirs, ours, ours:sortedgpu, ours:packed (3 steps)
+#   train-short   train.py, 5-40 tokens, batch 512, ours first, the packed variant, profiles (3 steps)
 #   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): plain / sorted /
 #                 sorted-gpu / pad64 forward, tokens/s, MFU, peak memory, 2 profiled steps each; then a
 #                 shape probe: forward+backward at 24 distinct widths, each twice (the first-use cost of a shape)
@@ -120,8 +121,10 @@ part train-long 230 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --va
   --ours-variant sortedgpu:training.sorted_forward=true \
   --ours-variant sortedgpu:training.forward_chunk_tokens=65536 \
   --ours-variant sortedgpu:training.forward_chunk_min_tokens=16384 \
-  --profile-sides theirs,ours,ours:nopad,ours:sortedgpu
-part train-short 130 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours
+  --ours-variant packed:training.packed_forward=true \
+  --profile-sides theirs,ours,ours:sortedgpu,ours:packed
+part train-short 130 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours --variant-repeats 1 \
+  --ours-variant packed:training.packed_forward=true
 part profile-bert 130 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}"
 part profile-bert-nocudnn 70 30 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" --variants plain,pad64 \
   --sdpa flash,efficient,math --label sdpa-nocudnn

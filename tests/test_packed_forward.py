@@ -1,0 +1,131 @@
+"""The packed forward (training.packed_forward, issue 14 item 4): the encoder's position-wise layers
+on real tokens only, attention per row with the padding mask. Same outputs, losses, gradients and
+trained weights as the plain forward, on a real batch."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import WORDS
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer import losses
+
+from matryoshka_train.models import packed_forward
+
+
+def _texts(n: int, seed: int, low: int = 1, high: int = 30) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))) for _ in range(n)]
+
+
+def _copy(features: dict) -> dict:
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+
+
+def test_outputs_equal_the_plain_forward_and_only_real_tokens_run(tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu").eval()
+    features = model.preprocess(_texts(16, seed=1))
+    with torch.no_grad():
+        plain = model(_copy(features))
+        patched = packed_forward.install(model)
+        assert patched is not None
+        packed = model(_copy(features))
+        packed_forward.uninstall(model, patched)
+    assert "forward" not in model[0].auto_model.__dict__
+    assert model[0].auto_model.config._attn_implementation != packed_forward.IMPLEMENTATION
+    mask = plain["attention_mask"].bool()
+    assert patched.run_tokens == int(mask.sum()) < patched.padded_tokens
+    torch.testing.assert_close(packed["sentence_embedding"], plain["sentence_embedding"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed["token_embeddings"][mask], plain["token_embeddings"][mask], atol=1e-5, rtol=1e-4)
+    assert packed["token_embeddings"].shape == plain["token_embeddings"].shape
+
+
+@pytest.mark.parametrize("loss_name", ["mnrl", "cosent"])
+def test_loss_and_gradients_equal_the_plain_forward(tiny_model_dir, loss_name):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu").eval()  # no dropout: comparable numbers
+    if loss_name == "cosent":
+        inner, columns, labels = losses.CoSENTLoss(model), 2, torch.rand(16)
+    else:
+        inner, columns, labels = losses.MultipleNegativesRankingLoss(model), 3, None
+    loss = losses.MatryoshkaLoss(model, inner, [32, 16, 8])
+    features = [model.preprocess(_texts(16, seed=10 + c)) for c in range(columns)]
+
+    def value_and_grads() -> tuple[float, dict]:
+        model.zero_grad()
+        value = loss([_copy(f) for f in features], labels)
+        value.backward()
+        return value.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_value, plain_grads = value_and_grads()
+    patched = packed_forward.install(model)
+    packed_value, packed_grads = value_and_grads()
+    packed_forward.uninstall(model, patched)
+    assert packed_value == pytest.approx(plain_value, rel=1e-5)
+    assert plain_grads.keys() == packed_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_positions_count_within_each_row(tiny_model_dir, monkeypatch):
+    """The check above can fail: positions shifted by 3 give other embeddings."""
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu").eval()
+    features = model.preprocess(_texts(8, seed=3))
+    with torch.no_grad():
+        plain = model(_copy(features))["sentence_embedding"]
+        monkeypatch.setattr(packed_forward, "_position_offset", lambda m: 3)
+        patched = packed_forward.install(model)
+        shifted = model(_copy(features))["sentence_embedding"]
+        packed_forward.uninstall(model, patched)
+    assert (shifted - plain).abs().max() > 1e-3
+
+
+def test_unsupported_models_are_left_alone(tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    model[0].tokenizer.padding_side = "left"
+    assert packed_forward.supported(model[0].auto_model, model[0].tokenizer) == "the tokenizer pads on the left"
+    assert packed_forward.install(model) is None and "forward" not in model[0].auto_model.__dict__
+
+
+@pytest.fixture()
+def no_dropout_model_dir(tiny_model_dir, tmp_path):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    bert = model[0].auto_model
+    bert.config.hidden_dropout_prob = bert.config.attention_probs_dropout_prob = 0.0
+    model.save(str(tmp_path / "nodropout"))
+    return tmp_path / "nodropout"
+
+
+def test_a_run_with_it_ends_with_the_weights_of_a_run_without(tiny_config, no_dropout_model_dir, tmp_path):
+    import copy
+
+    from matryoshka_train.config import validate
+    from matryoshka_train.training.entry import run
+
+    weights = {}
+    for packed in (False, True):
+        cfg = copy.deepcopy(tiny_config)
+        cfg["model"] = {"name_or_path": str(no_dropout_model_dir)}
+        cfg["training"].update(max_steps=3, output_dir=str(tmp_path / f"p{packed}"), packed_forward=packed,
+                               sorted_forward=False, seed=5)
+        cfg["evaluation"] = {"evaluators": []}
+        cfg["matryoshka"]["rotation"] = {"enabled": False}
+        results = run(validate(cfg), echo=lambda _: None)
+        assert results["speed"]["packed_forward"] is packed
+        weights[packed] = SentenceTransformer(str(tmp_path / f"p{packed}"), device="cpu").state_dict()
+    base = SentenceTransformer(str(no_dropout_model_dir), device="cpu").state_dict()
+    moved = max(float((weights[True][k] - base[k]).abs().max()) for k in base)
+    assert moved > 1e-3  # training changed the weights
+    diff = max(float((weights[True][k] - weights[False][k]).abs().max()) for k in base)
+    assert diff <= 1e-4, diff
+
+
+def test_check_prints_it_and_auto_leaves_it_off(write_config, tiny_config, capsys):
+    from matryoshka_train.cli import main
+
+    assert main(["check", str(write_config(tiny_config))]) == 0
+    assert "packed_forward: off (auto: not measured yet" in capsys.readouterr().out
