@@ -128,4 +128,4 @@ def test_check_prints_it_and_auto_leaves_it_off(write_config, tiny_config, capsy
     from matryoshka_train.cli import main
 
     assert main(["check", str(write_config(tiny_config))]) == 0
-    assert "packed_forward: off (auto: not measured yet" in capsys.readouterr().out
+    assert "packed_forward: off (auto: measured 0.69x the sorted forward on CPU" in capsys.readouterr().out

@@ -336,7 +336,7 @@ def ours_config(ctx: dict, max_steps: int, out: Path, overrides: list) -> dict:
         "model": {"name_or_path": ctx["ours_model"], "max_seq_length": ctx["max_seq_length"]},
         "datasets": [{"name": "bench", "source": {"path": str(ctx["data"])}, "columns": list(COLUMNS)}],
         "loss": {"name": "MultipleNegativesRankingLoss"},
-        "matryoshka": {"dims": ctx["dims"]},
+        "matryoshka": {"dims": ctx["dims"], "rotation": {"enabled": False}},  # the plain script has none
         "training": {
             "output_dir": str(out),
             "max_steps": max_steps,
