@@ -22,27 +22,25 @@ sys.path.insert(0, str(BENCH))
 import benchlib  # noqa: E402 - after the path insert
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    out = tmp_path_factory.mktemp("suite")
-    env = {
+def _smoke(out: Path, **env: str) -> subprocess.CompletedProcess:
+    """gpu_suite.sh --smoke into ``out``, offline, with ``env`` added (SUITE_PARTS …)."""
+    full = {
         **os.environ,
         "PYTHON": sys.executable,
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        **env,
     }
-    done = subprocess.run(
-        ["bash", str(BENCH / "gpu_suite.sh"), "--smoke", str(out)],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    return out, done
+    return subprocess.run(["bash", str(BENCH / "gpu_suite.sh"), "--smoke", str(out)], env=full, cwd=REPO,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("suite")
+    return out, _smoke(out)
 
 
 def _one(out: Path, pattern: str) -> dict:
@@ -100,16 +98,7 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
 
 
 def test_suite_parts_runs_only_the_named_parts_and_restricts_attention_kernels(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "SUITE_PARTS": "profile-bert-nocudnn"}
-    done = subprocess.run(
-        ["bash", str(BENCH / "gpu_suite.sh"), "--smoke", str(tmp_path)],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = _smoke(tmp_path, SUITE_PARTS="profile-bert-nocudnn")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     status = json.loads((tmp_path / "suite.json").read_text())
     assert [p["part"] for p in status["parts"]] == ["profile-bert-nocudnn"]

@@ -68,6 +68,34 @@ def test_loss_and_gradients_equal_the_plain_forward(tiny_model_dir, loss_name):
         torch.testing.assert_close(packed_grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
 
 
+@pytest.mark.parametrize("kind", ["roberta", "xlm-roberta"])
+def test_roberta_style_positions_from_padding_idx_give_equal_outputs(kind, tiny_model_dir, tmp_path):
+    """RoBERTa and XLM-R count positions from padding_idx + 1; a tiny one of each, built here."""
+    import shutil
+
+    from sentence_transformers.sentence_transformer import modules
+    from transformers import RobertaConfig, RobertaModel, XLMRobertaConfig, XLMRobertaModel
+
+    config_cls, model_cls = (RobertaConfig, RobertaModel) if kind == "roberta" else (XLMRobertaConfig, XLMRobertaModel)
+    torch.manual_seed(0)
+    hf_dir = tmp_path / kind
+    model_cls(config_cls(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=130, pad_token_id=0)).save_pretrained(hf_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_model_dir / name).exists():
+            shutil.copy(tiny_model_dir / name, hf_dir / name)
+    model = SentenceTransformer(modules=[modules.Transformer(str(hf_dir), max_seq_length=64),
+                                         modules.Pooling(32, pooling_mode="mean")], device="cpu").eval()
+    features = model.preprocess(_texts(12, seed=4))
+    with torch.no_grad():
+        plain = model(_copy(features))["sentence_embedding"]
+        patched = packed_forward.install(model)
+        assert patched is not None
+        packed = model(_copy(features))["sentence_embedding"]
+        packed_forward.uninstall(model, patched)
+    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-4)
+
+
 def test_positions_count_within_each_row(tiny_model_dir, monkeypatch):
     """The check above can fail: positions shifted by 3 give other embeddings."""
     model = SentenceTransformer(str(tiny_model_dir), device="cpu").eval()

@@ -412,7 +412,7 @@ class TrainingConfig(Section):
         "auto",
         description="Run the encoder's position-wise layers (embeddings, projections, feed-forward, norms) on "
         "the batch's real tokens only, packed into one row; attention runs per row with the padding mask. "
-        "Same outputs up to float rounding; BERT/RoBERTa/XLM-R/ELECTRA encoders only (others run as usual). "
+        "Same outputs up to float rounding; BERT/RoBERTa/XLM-R encoders only (others run as usual). "
         "Replaces the sorted forward when on. 'auto': off until measured faster on the device.",
     )
     pretokenize: bool | Literal["auto"] = Field(
