@@ -84,8 +84,9 @@ def packed_attention(
 
 
 def _register() -> None:
+    # transformers: its attention and mask registries, needed only once a packed forward is installed
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.masking_utils import AttentionMaskInterface  # transformers, as above
 
     AttentionInterface.register(IMPLEMENTATION, packed_attention)
     AttentionMaskInterface.register(IMPLEMENTATION, lambda *args, **kwargs: None)  # the layout holds the mask

@@ -89,6 +89,7 @@ def training_callbacks() -> tuple[type, type]:
     PrinterCallback: the bar shows the latest loss, grad norm and lr in its postfix (per-dim losses
     stay in metrics.jsonl and the trackers); without bars (``--quiet``) each log is one short line.
     The trainer's end-of-training summary dict is not printed: `mtrain run` prints its own."""
+    # transformers: only a training run needs these; `mtrain report` imports this module without it
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     class PostfixProgress(ProgressCallback):

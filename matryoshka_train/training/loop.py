@@ -190,7 +190,7 @@ def _rotation(plan: Plan) -> list[Any]:
 def _compact_training_output(trainer: Any) -> None:
     """One training bar with the latest loss in its postfix (or, under --quiet, one short line per
     log) instead of transformers' dict per logging step (reporting/progress.py)."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback  # transformers: the classes replaced
 
     bar_cb, printer_cb = progress.training_callbacks()
     for old, new in ((ProgressCallback, bar_cb), (PrinterCallback, printer_cb)):
