@@ -157,3 +157,19 @@ def test_check_prints_it_and_auto_leaves_it_off(write_config, tiny_config, capsy
 
     assert main(["check", str(write_config(tiny_config))]) == 0
     assert "packed_forward: off (auto: measured 0.69x the sorted forward on CPU" in capsys.readouterr().out
+
+
+def test_a_model_it_cannot_run_trains_plain_and_says_why(tiny_config, monkeypatch):
+    import copy
+
+    from matryoshka_train.config import validate
+    from matryoshka_train.training.entry import run
+
+    monkeypatch.setattr(packed_forward, "why_not", lambda model: "model type 'mpnet' not verified")
+    cfg = copy.deepcopy(tiny_config)
+    cfg["training"].update(max_steps=1, packed_forward=True)
+    cfg["evaluation"] = {"evaluators": []}
+    lines = []
+    results = run(validate(cfg), echo=lines.append)
+    assert results["train"]["steps"] == 1
+    assert "packed_forward: not used for this model (model type 'mpnet' not verified); the plain forward runs" in lines

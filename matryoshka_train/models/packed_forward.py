@@ -170,14 +170,23 @@ def supported(hf_model: Any, tokenizer: Any) -> str | None:
     return None
 
 
+def _encoder(model: Any) -> tuple[Any, Any]:
+    first = model[0] if len(model) else None
+    return getattr(first, "auto_model", None) or getattr(first, "model", None), getattr(first, "tokenizer", None)
+
+
+def why_not(model: Any) -> str | None:
+    """None if a sentence-transformers model can run packed; else why not, in a few words."""
+    hf, tokenizer = _encoder(model)
+    return "no transformer encoder first" if hf is None else supported(hf, tokenizer)
+
+
 def install(model: Any) -> PackedForward | None:
     """Give a sentence-transformers model's encoder the packed forward and return it; None (and no
-    change) where :func:`supported` says no. :func:`uninstall` undoes it."""
-    first = model[0] if len(model) else None
-    hf = getattr(first, "auto_model", None) or getattr(first, "model", None)
-    tokenizer = getattr(first, "tokenizer", None)
-    if hf is None or supported(hf, tokenizer) is not None:
+    change) where :func:`why_not` gives a reason. :func:`uninstall` undoes it."""
+    if why_not(model) is not None:
         return None
+    hf, _ = _encoder(model)
     _register()
     patched = PackedForward(hf, hf.forward)
     hf.forward = patched

@@ -57,7 +57,6 @@ from .faults import (
     weights_finite,
 )
 from .plan import Plan, anchor_cost, batch_summary, build_plan, training_datasets
-from .prepare import rotation_decision
 from .resume import check_same_run, fast_data_skip, find_checkpoint, resume_command
 
 
@@ -241,9 +240,8 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
     )
     packed = packed_forward.install(plan.model) if plan.speed.packed_forward else None
     if plan.speed.packed_forward and packed is None:
-        encoder = getattr(plan.model[0], "auto_model", None)
-        why = packed_forward.supported(encoder, getattr(plan.model[0], "tokenizer", None)) if encoder else "no encoder"
-        print(f"packed_forward: not used for this model ({why}); the plain forward runs", flush=True)
+        state.echo(f"packed_forward: not used for this model ({packed_forward.why_not(plan.model)}); "
+                   "the plain forward runs")
     checkpoint = str(state.checkpoint) if state.checkpoint is not None else None
     try:
         with (
@@ -353,9 +351,7 @@ def report(state: Run) -> dict[str, Any]:
         "reference": reference_comparison(reference.model_dump() if reference else None, state.after, names),
         "train": train_summary(state.train_output, state.trainer),
         "anchor": anchor_cost(plan),
-        "rotation": rotation_summary(
-            plan.rotation, state.config.matryoshka.rotation, rotation_decision(state.config)[1]
-        ),
+        "rotation": rotation_summary(plan.rotation, state.config.matryoshka.rotation, plan.rotation_why),
         "precision": plan.precision,
         "batch_sampler": plan.batch_sampler,
         "padding": padding_summary(state.chunked),

@@ -41,6 +41,7 @@ class Plan:
     batch_sampler: str
     speed: SpeedPlan
     rotation: Any = None  # the model's rotation Dense (matryoshka.rotation), kept orthogonal by the loop
+    rotation_why: str = ""  # why the run has a rotation or not (prepare.rotation_decision)
 
 
 def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
@@ -51,7 +52,8 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     model, dims = prep.model, prep.dims
     if config.training.freeze_embeddings or config.training.freeze_layers:
         freeze(model, config.training.freeze_embeddings, config.training.freeze_layers)
-    rotation = start_rotation(prep, echo) if rotation_decision(config)[0] else None
+    rotate, rotation_why = rotation_decision(config)
+    rotation = start_rotation(prep, echo) if rotate else None
     decoupled = rotation if rotation is not None and config.matryoshka.rotation.decouple else None
     losses = {d.name: _loss_for(prep, i, dims, decoupled) for i, d in enumerate(prep.datasets)}
     if config.anchor.weight > 0:
@@ -60,7 +62,8 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     precision = resolve_precision(config.training.precision, torch.cuda.is_available(), echo)
     batch_sampler = resolve_batch_sampler(config)
     speed = decide(config.training)
-    return Plan(config, model, dims, prep.datasets, losses, evaluator, precision, batch_sampler, speed, rotation)
+    return Plan(config, model, dims, prep.datasets, losses, evaluator, precision, batch_sampler, speed, rotation,
+                rotation_why)
 
 
 def start_rotation(prep: Preparation, echo: Callable[[str], None]) -> Any:
