@@ -45,13 +45,11 @@ class _Layout:
     """Where a packed batch's tokens sit in its padded layout."""
 
     def __init__(self, lengths: np.ndarray, width: int, device: torch.device):
-        rows = len(lengths)
-        flat = np.concatenate([i * width + np.arange(n) for i, n in enumerate(lengths)]) if rows else np.zeros(0)
-        self.rows, self.width, self.tokens = rows, width, int(lengths.sum())
-        self.index = torch.from_numpy(flat.astype(np.int64)).to(device, non_blocking=True)
-        positions = np.concatenate([np.arange(n) for n in lengths]) if rows else np.zeros(0)
-        self.positions = torch.from_numpy(positions.astype(np.int64)).to(device, non_blocking=True)[None]
-        key_mask = np.arange(width)[None, :] < lengths[:, None]
+        self.rows, self.width, self.tokens = len(lengths), width, int(lengths.sum())
+        key_mask = np.arange(width)[None, :] < lengths[:, None]  # [rows, width], right-padded
+        row, column = np.nonzero(key_mask)  # the real tokens, row by row: their flat index and position
+        self.index = torch.from_numpy(row * width + column).to(device, non_blocking=True)
+        self.positions = torch.from_numpy(column).to(device, non_blocking=True)[None]
         self.key_mask = torch.from_numpy(key_mask).to(device, non_blocking=True)[:, None, None, :]
 
     def pad(self, packed: Tensor) -> Tensor:

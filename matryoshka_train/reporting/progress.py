@@ -84,11 +84,11 @@ def log_summary(logs: dict[str, Any], dims: bool = True) -> dict[str, str]:
     return out
 
 
-def training_callbacks() -> tuple[type, type]:
-    """(bar callback, printer callback) to put in place of transformers' ProgressCallback and
-    PrinterCallback: the bar shows the latest loss, grad norm and lr in its postfix (per-dim losses
-    stay in metrics.jsonl and the trackers); without bars (``--quiet``) each log is one short line.
-    The trainer's end-of-training summary dict is not printed: `mtrain run` prints its own."""
+def compact_training_output(trainer: Any) -> None:
+    """Put our callbacks in place of transformers' ProgressCallback and PrinterCallback on
+    ``trainer``: the bar shows the latest loss, grad norm and lr in its postfix (per-dim losses stay
+    in metrics.jsonl and the trackers); without bars (``--quiet``) each log is one short line. The
+    trainer's end-of-training summary dict is not printed: `mtrain run` prints its own."""
     # transformers: only a training run needs these; `mtrain report` imports this module without it
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -109,4 +109,7 @@ def training_callbacks() -> tuple[type, type]:
                 print(f"step {state.global_step}{total} · " + " · ".join(f"{k} {v}" for k, v in shown.items()),
                       flush=True)
 
-    return PostfixProgress, LinePrinter
+    for theirs, ours in ((ProgressCallback, PostfixProgress), (PrinterCallback, LinePrinter)):
+        if any(type(cb) is theirs for cb in trainer.callback_handler.callbacks):
+            trainer.remove_callback(theirs)
+            trainer.add_callback(ours)

@@ -186,18 +186,6 @@ def _rotation(plan: Plan) -> list[Any]:
     return [KeepOrthogonal(plan.rotation)] if plan.rotation is not None else []
 
 
-def _compact_training_output(trainer: Any) -> None:
-    """One training bar with the latest loss in its postfix (or, under --quiet, one short line per
-    log) instead of transformers' dict per logging step (reporting/progress.py)."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback  # transformers: the classes replaced
-
-    bar_cb, printer_cb = progress.training_callbacks()
-    for old, new in ((ProgressCallback, bar_cb), (PrinterCallback, printer_cb)):
-        if any(type(cb) is old for cb in trainer.callback_handler.callbacks):
-            trainer.remove_callback(old)
-            trainer.add_callback(new)
-
-
 def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
     """The sentence-transformers trainer over the plan; a NaN, a signal or a fault ends the run
     with one message (:class:`TrainingAborted`) after the cleanup."""
@@ -215,7 +203,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
         # before the extras: it can veto a save
         callbacks=[state.metrics_log, *testing.callbacks(), preemption, nan_guard, *_rotation(plan), *callbacks],
     )
-    _compact_training_output(trainer)
+    progress.compact_training_output(trainer)  # one bar with a postfix, not a dict per log
     nan_guard.attach(trainer)
     state.trackers = TrackersHeldOpen(trainer)  # until the final evaluation and carbon reach them
     if state.tokenized:

@@ -12,9 +12,10 @@ The evidence, in one place (update it when a benchmark on that device says other
 * sorted forward: CPU 1.71-1.91x samples/s on 5-200-word texts (``scripts/bench/train.py``,
   2026-11-23); GPU (one H100, 2026-11-27): 0.09-0.42x, so off.
 * padding to a multiple of 64: GPU (one H100, 2026-11-27, ``scripts/bench/gpu_profile.py`` bert-base,
-  batch 64, 16-510 tokens): 3.64x the real tokens/s of padding to the longest row, because every new
-  batch width costs a first-use set-up (cuDNN attention plans, GEMM heuristics) that a handful of
-  64-wide buckets pays once; ``scripts/bench/train.py`` 16-256 words: 1.01x our unpadded default. On
+  batch 64, 16-510 tokens): 3.6-4.4x the real tokens/s of padding to the longest row, because every
+  new batch width costs a first-use set-up (a cuDNN attention plan) that a handful of 64-wide buckets
+  pays once; ``scripts/bench/train.py`` 16-256 words: a first run in the process at 2.6x the speed of
+  exact widths (558.7 vs 215.1 samples/s). On
   CPU there is no such set-up and the extra padding is pure compute, so off there.
 * GPU-sized chunks (with widths rounded to ``pad_to_multiple_of``): not measured on a GPU yet, so off
   unless asked for.
