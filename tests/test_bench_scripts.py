@@ -150,7 +150,8 @@ def test_train_profile_summary(suite):
 def test_gpu_profile_json(suite):
     out, _ = suite
     record = _one(out, "gpu-tiny-cpu-*.json")
-    assert [r["variant"] for r in record["runs"]] == ["plain", "sorted", "sorted-gpu", "pad64", "sorted-gpu-pad64"]
+    assert [r["variant"] for r in record["runs"]] == ["plain", "sorted", "sorted-gpu", "pad64", "sorted-gpu-pad64",
+                                                      "packed"]
     for r in record["runs"]:
         assert r["real_tokens_per_s"] > 0 and r["mfu"] >= 0 and "peak_memory_gib" in r
         assert r["profile"]["distinct_gemm_shapes"] > 0 and "host_device_syncs_per_step" in r["profile"]
@@ -162,6 +163,9 @@ def test_gpu_profile_json(suite):
     pad64 = next(r for r in record["runs"] if r["variant"] == "pad64")
     plain = next(r for r in record["runs"] if r["variant"] == "plain")
     assert pad64["pad_share"] >= plain["pad_share"]  # wider batches, same real tokens
+    packed = next(r for r in record["runs"] if r["variant"] == "packed")
+    assert packed["pad_share"] == 0 and packed["packed"]["attention"] == "padded"  # varlen needs CUDA
+    assert packed["packed"]["forwards_without_host_lengths"] == 0  # lengths from the host, as in `mtrain run`
     probe = record["shape_probe"]
     assert len(probe["widths"]) == len(probe["first_pass_s"]) == len(probe["second_pass_s"]) == 4
     cached = _one(out, "gpu-tiny-cached-smoke-cpu-*.json")

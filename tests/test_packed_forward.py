@@ -144,6 +144,10 @@ def test_a_run_with_it_ends_with_the_weights_of_a_run_without(tiny_config, no_dr
         cfg["matryoshka"]["rotation"] = {"enabled": False}
         results = run(validate(cfg), echo=lambda _: None)
         assert results["speed"]["packed_forward"] is packed
+        if packed:  # results.json says what ran: real tokens only, attention padded on a CPU
+            padding = results["padding"]
+            assert padding["attention"] == "padded" and padding["pad_share_run"] == 0.0
+            assert padding["padded_tokens_plain"] > padding["padded_tokens_run"] == padding["real_tokens"] > 0
         weights[packed] = SentenceTransformer(str(tmp_path / f"p{packed}"), device="cpu").state_dict()
     base = SentenceTransformer(str(no_dropout_model_dir), device="cpu").state_dict()
     moved = max(float((weights[True][k] - base[k]).abs().max()) for k in base)
@@ -173,3 +177,64 @@ def test_a_model_it_cannot_run_trains_plain_and_says_why(tiny_config, monkeypatc
     results = run(validate(cfg), echo=lines.append)
     assert results["train"]["steps"] == 1
     assert "packed_forward: not used for this model (model type 'mpnet' not verified); the plain forward runs" in lines
+
+
+def _reference_varlen(calls: list):
+    """A CPU stand-in for flash attention's varlen kernel: plain attention over each row's span of
+    the packed tokens, as ``cu_seqlens`` marks them. Checks the wiring (boundaries, layouts, scale)
+    that the GPU kernel gets; the kernel itself is measured by the GPU suite."""
+    import torch.nn.functional as F
+
+    def attend(query, key, value, cu_seqlens, longest, dropout, scale):
+        bounds = cu_seqlens.tolist()
+        calls.append((bounds, longest, dropout))
+        assert query.shape == key.shape == value.shape and query.shape[0] == bounds[-1]
+        spans = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            q, k, v = (x[start:end].transpose(0, 1)[None] for x in (query, key, value))  # [1, h, L, d]
+            spans.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale)[0].transpose(0, 1))
+        return torch.cat(spans)
+
+    return attend
+
+
+def test_varlen_attention_gets_each_rows_boundaries_and_gives_the_plain_loss_and_gradients(
+        tiny_model_dir, monkeypatch):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu").eval()
+    loss = losses.MatryoshkaLoss(model, losses.MultipleNegativesRankingLoss(model), [32, 16, 8])
+    features = [model.preprocess(_texts(12, seed=40 + c)) for c in range(3)]
+
+    def value_and_grads() -> tuple[float, dict]:
+        model.zero_grad()
+        value = loss([_copy(f) for f in features], None)
+        value.backward()
+        return value.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_value, plain_grads = value_and_grads()
+    calls: list = []
+    monkeypatch.setattr(packed_forward, "varlen_unavailable", lambda query: None)
+    monkeypatch.setattr(packed_forward, "flash_varlen", _reference_varlen(calls))
+    patched = packed_forward.install(model)
+    packed_value, packed_grads = value_and_grads()
+    packed_forward.uninstall(model, patched)
+
+    layers = model[0].auto_model.config.num_hidden_layers
+    # every layer of every forward (the loss may embed some columns together)
+    assert patched.attention == "varlen" and len(calls) >= 2 * layers and len(calls) % layers == 0
+    lengths = features[0]["attention_mask"].sum(dim=1).tolist()
+    bounds, longest, dropout = calls[0]
+    assert bounds == [0, *torch.tensor(lengths).cumsum(0).tolist()] and longest == max(lengths) and dropout == 0.0
+    assert packed_value == pytest.approx(plain_value, rel=1e-5)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_varlen_is_refused_off_cuda_and_attention_runs_padded(tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu").eval()
+    query = torch.zeros(1, 2, 5, 16)
+    assert packed_forward.varlen_unavailable(query) == "not on a CUDA device"
+    patched = packed_forward.install(model)
+    with torch.no_grad():
+        model(model.preprocess(_texts(4, seed=3)))
+    packed_forward.uninstall(model, patched)
+    assert patched.attention == "padded"

@@ -411,8 +411,9 @@ class TrainingConfig(Section):
     packed_forward: bool | Literal["auto"] = Field(
         "auto",
         description="Run the encoder's position-wise layers (embeddings, projections, feed-forward, norms) on "
-        "the batch's real tokens only, packed into one row; attention runs per row with the padding mask. "
-        "Same outputs up to float rounding; BERT/RoBERTa/XLM-R encoders only (others run as usual). "
+        "the batch's real tokens only, packed into one row; attention runs on the packed tokens with flash "
+        "attention's varlen kernel on CUDA in fp16/bf16, else per row with the padding mask. Same outputs "
+        "up to float rounding; BERT/RoBERTa/XLM-R encoders only (others run as usual). "
         "Replaces the sorted forward when on. 'auto': off until measured faster on the device.",
     )
     pretokenize: bool | Literal["auto"] = Field(

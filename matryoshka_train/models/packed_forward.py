@@ -5,11 +5,17 @@ the Q/K/V and output projections, the feed-forward block, layer norms, dropout. 
 its longest row spends that work on pad tokens too (46% of the tokens on 16-256-token texts in
 docs/benchmarks.md). This forward packs the batch's real tokens into one row — ``[1, N]`` with
 ``N`` the real tokens — and runs the encoder on it, so every one of those operations sees real
-tokens only. Attention, the one operation that mixes tokens, scatters the packed queries, keys and
-values back to the padded ``[rows, width]`` layout, runs the model's usual scaled-dot-product
-attention with the padding mask, and gathers the real tokens again. The token embeddings go back
-to the padded layout (zeros on pads) for pooling, so the rest of the model and every loss see what
-they always saw.
+tokens only. Attention, the one operation that mixes tokens, runs in one of two ways:
+
+* **varlen** (CUDA, fp16/bf16, a head size flash attention takes): flash attention over the packed
+  tokens with each row's boundaries (``cu_seqlens``), attention dropout included, so no operation
+  of the forward sees a pad token;
+* **padded** (anywhere else, e.g. on a CPU): the packed queries, keys and values are scattered back
+  to the padded ``[rows, width]`` layout, the model's usual scaled-dot-product attention runs with
+  the padding mask, and the real tokens are gathered again.
+
+The token embeddings go back to the padded layout (zeros on pads) for pooling, so the rest of the
+model and every loss see what they always saw.
 
 Equal outputs (up to float rounding) for models that
 * route attention through transformers' attention interface (``config._attn_implementation``):
@@ -35,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .host_reads import row_lengths
+from .host_reads import HOST_LENGTHS_ATTR, row_lengths
 
 IMPLEMENTATION = "mtrain_packed"
 _layout = threading.local()  # the batch being run packed: set for the duration of one forward
@@ -51,6 +57,11 @@ class _Layout:
         self.index = torch.from_numpy(row * width + column).to(device, non_blocking=True)
         self.positions = torch.from_numpy(column).to(device, non_blocking=True)[None]
         self.key_mask = torch.from_numpy(key_mask).to(device, non_blocking=True)[:, None, None, :]
+        # the rows' boundaries in the packed sequence, for the varlen kernel (lengths are host values)
+        bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        self.cu_seqlens = torch.from_numpy(bounds).to(device, non_blocking=True)
+        self.longest = int(lengths.max()) if len(lengths) else 0
+        self.varlen: bool | None = None  # whether attention ran varlen; set by its first call
 
     def pad(self, packed: Tensor) -> Tensor:
         """``[N, ...]`` real tokens -> ``[rows * width, ...]`` with zeros on pads."""
@@ -61,14 +72,52 @@ class _Layout:
         return padded.index_select(0, self.index)
 
 
+def varlen_unavailable(query: Tensor) -> str | None:
+    """None if flash attention's varlen kernel takes these packed ``[1, heads, N, d]`` queries; else
+    why not, in a few words (then attention runs padded)."""
+    if not query.is_cuda:
+        return "not on a CUDA device"
+    if query.dtype not in (torch.float16, torch.bfloat16):
+        return f"{query.dtype} (flash attention needs fp16 or bf16)"
+    if query.shape[-1] % 8 or query.shape[-1] > 256:
+        return f"head size {query.shape[-1]} (flash attention needs a multiple of 8, at most 256)"
+    if not torch.backends.cuda.flash_sdp_enabled():
+        return "flash attention disabled (torch.backends.cuda.enable_flash_sdp(False))"
+    if torch.cuda.get_device_capability(query.device) < (8, 0):
+        return "a GPU older than sm80"
+    return None
+
+
+def flash_varlen(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, longest: int,
+                 dropout: float, scale: float | None) -> Tensor:
+    """Flash attention over packed ``[N, heads, d]`` tokens, row boundaries in ``cu_seqlens``.
+
+    The aten op rather than ``torch.nn.attention.varlen.varlen_attn``: the public wrapper has no
+    dropout, and BERT-style models train with attention dropout. The op has an autograd formula
+    (its backward is ``_flash_attention_backward``)."""
+    return torch.ops.aten._flash_attention_forward(
+        query, key, value, cu_seqlens, cu_seqlens, longest, longest, dropout, False, False, scale=scale
+    )[0]
+
+
 def packed_attention(
     module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
     dropout: float = 0.0, scaling: float | None = None, **kwargs: Any,
 ) -> tuple[Tensor, None]:
-    """transformers' attention-interface signature on packed ``[1, heads, N, d]`` inputs: attention
-    runs per row in the padded layout with the key-padding mask; returns ``[1, N, heads, d]``."""
+    """transformers' attention-interface signature on packed ``[1, heads, N, d]`` inputs; returns
+    ``[1, N, heads, d]``. Varlen flash attention where it runs, else attention per row in the padded
+    layout with the key-padding mask (module docstring)."""
     layout: _Layout = _layout.current
     heads, dim = query.shape[1], query.shape[3]
+    if layout.varlen is None:  # decided on the forward's first attention call, kept for its other layers
+        layout.varlen = varlen_unavailable(query) is None
+    if layout.varlen:
+        def tokens(x: Tensor) -> Tensor:  # [1, h, N, d] -> [N, h, d]
+            return x[0].transpose(0, 1)
+
+        out = flash_varlen(tokens(query), tokens(key), tokens(value), layout.cu_seqlens, layout.longest,
+                           dropout, scaling)
+        return out[None], None
 
     def padded(x: Tensor) -> Tensor:  # [1, h, N, d] -> [rows, h, width, d]
         flat = layout.pad(x[0].transpose(0, 1))  # [rows * width, h, d]
@@ -97,6 +146,8 @@ class PackedForward:
         self.model, self.forward = model, forward
         self.padded_tokens = 0  # what the plain forward would have run (rows x width), summed
         self.run_tokens = 0  # what ran through the position-wise layers instead
+        self.uncarried = 0  # forwards whose mask came without host lengths: on a GPU each is a device read
+        self.attention: str | None = None  # "varlen" or "padded": how the last forward ran attention
 
     def __call__(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, **kwargs: Any) -> Any:
         plain = (
@@ -115,6 +166,7 @@ class PackedForward:
         layout = _Layout(lengths, width, attention_mask.device)
         self.padded_tokens += rows * width
         self.run_tokens += layout.tokens
+        self.uncarried += getattr(attention_mask, HOST_LENGTHS_ATTR, None) is None
         token_type_ids = kwargs.pop("token_type_ids", None)
         if token_type_ids is not None:
             token_type_ids = layout.pack(token_type_ids.reshape(-1))[None]
@@ -126,11 +178,17 @@ class PackedForward:
                 position_ids=layout.positions + _position_offset(self.model),
                 **kwargs,
             )
+        self.attention = "varlen" if layout.varlen else "padded"
         hidden = output.last_hidden_state[0]
         output.last_hidden_state = layout.pad(hidden).view(rows, width, hidden.shape[-1])
         if getattr(output, "pooler_output", None) is not None:
             output.pooler_output = None  # computed on the packed row: meaningless; sentence-transformers pools itself
         return output
+
+
+    @property
+    def real_tokens(self) -> int:
+        return self.run_tokens  # only real tokens run
 
 
 def _position_offset(model: Any) -> int:

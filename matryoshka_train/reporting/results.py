@@ -41,10 +41,13 @@ def quality_per_kwh(before: Any, after: Any, primary: dict[str, str], carbon: di
 
 
 def padding_summary(forward: Any) -> dict[str, Any] | None:
-    """How much of the training forward compute was padding, with and without the sorted forward."""
+    """How much of the training forward compute was padding, with and without the sorted or packed
+    forward (``forward``: the one installed); for the packed one, also how its attention ran."""
     if forward is None or not forward.padded_tokens:
         return None
+    attention = {"attention": forward.attention} if getattr(forward, "attention", None) else {}
     return {
+        **attention,
         "real_tokens": forward.real_tokens,
         "padded_tokens_plain": forward.padded_tokens,
         "padded_tokens_run": forward.run_tokens,

@@ -82,6 +82,7 @@ class Run:
     trainer: Any = None
     train_output: Any = None
     chunked: Any = None
+    packed: Any = None  # the packed forward while it is installed, kept for its padding figures
     after: Any = None
     carbon: dict[str, Any] | None = None
     trackers: TrackersHeldOpen | None = None
@@ -226,7 +227,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
         if plan.speed.sorted_forward
         else None
     )
-    packed = packed_forward.install(plan.model) if plan.speed.packed_forward else None
+    packed = state.packed = packed_forward.install(plan.model) if plan.speed.packed_forward else None
     if plan.speed.packed_forward and packed is None:
         state.echo(f"packed_forward: not used for this model ({packed_forward.why_not(plan.model)}); "
                    "the plain forward runs")
@@ -342,7 +343,7 @@ def report(state: Run) -> dict[str, Any]:
         "rotation": rotation_summary(plan.rotation, state.config.matryoshka.rotation, plan.rotation_why),
         "precision": plan.precision,
         "batch_sampler": plan.batch_sampler,
-        "padding": padding_summary(state.chunked),
+        "padding": padding_summary(state.chunked or state.packed),
         "speed": plan.speed.summary(),
         "pretokenize": {name: {"seconds": round(t.seconds, 3), "from_cache": t.cached} for name, t in tokenized.items()}
         or None,

@@ -28,6 +28,9 @@ Variants (--variants, comma-separated; all by default):
   pad64       the plain forward with every batch's width padded up to a multiple of 64
   sorted-gpu-pad64  sorted-gpu on batches padded to 64, each chunk's width rounded up to 64 too (few
               distinct widths and less padding; `mtrain run` with sorted_forward on CUDA does this)
+  packed      our packed forward (training.packed_forward): position-wise layers on real tokens only,
+              attention by flash attention's varlen kernel on CUDA in bf16 (padded attention elsewhere);
+              the result's "packed" says which ran
 Timing adds no host-device synchronisation to the steps: batches are tokenized (and pinned) before
 the timed window, token counts come from the tokenizer's output on the host, each step end records
 a CUDA event, and the window synchronises only at its start and end. The sorted variants get each
@@ -81,7 +84,7 @@ PROFILES = {
     "xlmr-large": {"model": "xlmr-large", "batch": 2048, "columns": 3, "min_len": 16, "max_len": 256, "cached": True},
     "tiny": {"model": "tiny", "batch": 8, "columns": 3, "min_len": 4, "max_len": 60, "cached": False},
 }
-VARIANTS = ("plain", "sorted", "sorted-gpu", "pad64", "sorted-gpu-pad64")
+VARIANTS = ("plain", "sorted", "sorted-gpu", "pad64", "sorted-gpu-pad64", "packed")
 
 
 def texts(p: dict, steps: int, seed: int) -> list[list[list[str]]]:
@@ -179,7 +182,14 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
         patched, min_via, undo = install_sorted(model, args.gpu_chunk_tokens, args.chunk_min_tokens)
     elif variant == "sorted-gpu-pad64":
         patched, min_via, undo = install_sorted(model, args.gpu_chunk_tokens, args.chunk_min_tokens, round_to=64)
-    context, attach = host_lengths_context() if patched is not None else (None, None)
+    packed = None
+    if variant == "packed":
+        from matryoshka_train.models import packed_forward
+
+        packed = packed_forward.install(model)
+        if packed is None:
+            raise RuntimeError(f"packed forward: not for this model ({packed_forward.why_not(model)})")
+    context, attach = host_lengths_context() if patched is not None or packed is not None else (None, None)
     params = benchlib.non_embedding_params(model)
     layers, hidden = benchlib.encoder_shape(model)
     counter = benchlib.TokenCounter(model[0])
@@ -240,12 +250,15 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
             from matryoshka_train.models import sorted_forward as sf
 
             sf.uninstall(model, patched)
+        if packed is not None:
+            packed_forward.uninstall(model, packed)
         if undo is not None:
             undo()
     seconds = clock.seconds
     real = sum(float(n.sum()) for i in timed for n in lengths[i])
     sq = sum(float((n.astype("float64") ** 2).sum()) for i in timed for n in lengths[i])
     flops = benchlib.train_flops(params, layers, hidden, real, sq)
+    run_tokens = real if packed is not None else counter.run_tokens  # packed: the position-wise layers ran real tokens
     result = {
         "variant": variant,
         "device": device,
@@ -254,8 +267,8 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
         "warmup_steps": args.warmup,
         "warmup_s": warmup_s,
         "real_tokens_per_s": real / seconds,
-        "run_tokens_per_s": counter.run_tokens / seconds,
-        "pad_share": 1 - real / counter.run_tokens if counter.run_tokens else None,
+        "run_tokens_per_s": run_tokens / seconds,
+        "pad_share": 1 - real / run_tokens if run_tokens else None,
         "samples_per_s": args.steps * p["batch"] / seconds,
         "median_step_s": benchlib.median(clock.step_seconds()),
         "step_s": [round(x, 5) for x in clock.step_seconds()],
@@ -277,6 +290,12 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
                 "pad_share_run": (1 - patched.real_tokens / patched.run_tokens) if patched.run_tokens else None,
             }
             if patched is not None
+            else None
+        ),
+        "packed": (
+            {"attention": packed.attention, "real_tokens": packed.real_tokens, "padded_tokens": packed.padded_tokens,
+             "forwards_without_host_lengths": packed.uncarried}
+            if packed is not None
             else None
         ),
         "profile": window.summary if window is not None else None,

@@ -25,10 +25,10 @@
 #                 decision back: pad_to_multiple_of=null (exact widths), sorted_forward=true,
 #                 nan_check=every_step, and two new: sortedgpu (sorted forward with GPU-sized chunks,
 #                 widths rounded to 64) and packed (training.packed_forward: position-wise layers on real
-#                 tokens only); profiles of theirs, ours, ours:sortedgpu, ours:packed (3 steps)
+#                 tokens only, attention by flash attention's varlen kernel); profiles of theirs, ours, ours:sortedgpu, ours:packed (3 steps)
 #   train-short   train.py, 5-40 tokens, batch 512, ours first, the packed variant, profiles (3 steps)
 #   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): plain / sorted /
-#                 sorted-gpu / pad64 forward, tokens/s, MFU, peak memory, 2 profiled steps each; then a
+#                 sorted-gpu / pad64 / sorted-gpu-pad64 / packed (varlen) forward, tokens/s, MFU, peak memory, 2 profiled steps each; then a
 #                 shape probe: forward+backward at 24 distinct widths, each twice (the first-use cost of a shape)
 #   profile-bert-nocudnn  the same, plain and pad64, with cuDNN attention disabled (--sdpa flash,efficient,math)
 #   train-long-nocudnn    (extra) train-long's ours vs theirs, one run each, cuDNN attention disabled
