@@ -42,3 +42,21 @@ def test_the_ablation_config_passes_check():
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK: a run would start" in proc.stdout
+
+
+def test_the_seen_suite_base_and_its_variants_pass_check(tmp_path):
+    """realistic-seen trains its own base first, then starts each variant from it: both configs,
+    with the overrides the script passes, validate (the base is any model dir: the tiny test one)."""
+    sys.path.insert(0, str(REPO / "scripts" / "quality"))
+    try:
+        import ablation
+    finally:
+        sys.path.pop(0)
+    suite = ablation.SUITES["realistic-seen"]
+    config, overrides = suite.base
+    sets = [x for o in overrides for x in ("--set", o)]
+    proc = subprocess.run([sys.executable, "-m", "matryoshka_train", "check", config, *sets],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and "OK: a run would start" in proc.stdout, proc.stdout + proc.stderr
+    assert "loss.matryoshka=false" in overrides  # the base sees the data at full size only, as MiniLM saw NLI
+    assert ablation.train_base(ablation.SUITES["realistic"], tmp_path, reuse=True) == []  # no base: nothing to set
