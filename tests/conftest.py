@@ -145,3 +145,19 @@ def problems_of(raw: dict) -> list[str]:
     with pytest.raises(ConfigError) as info:
         validate(raw)
     return [str(p) for p in info.value.problems]
+
+
+@pytest.fixture()
+def no_dropout_model_dir(tiny_model_dir, tmp_path):
+    """The tiny model with every dropout at 0: two runs of it compare weight for weight."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    bert = model[0].auto_model
+    bert.config.hidden_dropout_prob = bert.config.attention_probs_dropout_prob = 0.0
+    model.save(str(tmp_path / "nodropout"))
+    return tmp_path / "nodropout"

@@ -58,8 +58,9 @@ def test_suite_smoke_runs_every_part(suite):
         "train-long",
         "train-short",
         "profile-bert",
-        "profile-bert-nocudnn",
+        "train-long-compile",
         "profile-bert-cached",
+        "profile-bert-nocudnn",
     ]  # train-long-nocudnn is an extra part: only when SUITE_PARTS names it
     assert status["skipped"] == ["profile-xlmr"]  # the smoke gives it no budget: the skip path is exercised
     assert "pip freeze" in (out / "env.txt").read_text()
@@ -116,6 +117,19 @@ def test_train_first_ours_goes_first(suite):
     assert record["runs"]["theirs"][1]["position_in_process"] < record["runs"]["ours"][1]["position_in_process"]
     assert len(record["runs"]["ours:packed"]) == 1
     assert record["complete"] is True and record["failed"] == {}
+
+
+def test_compiled_part_runs_the_compiled_variants_beside_ours_and_theirs(suite):
+    out, _ = suite
+    record = _one(out, "train-tiny-cpu-words4-40-compiled-*.json")
+    assert record["complete"] is True and record["failed"] == {}
+    for side in ("ours", "theirs", "ours:compile", "ours:packedcompile"):
+        assert len(record["runs"][side]) == 1, side
+    assert record["variant_ratios"]["ours:compile"]["first"]["samples_per_s"] > 0
+    speed = {side: record["runs"][side][0]["speed"] for side in ("ours", "ours:compile", "ours:packedcompile")}
+    assert not speed["ours"]["compile_layers"] and speed["ours:compile"]["compile_layers"]
+    assert speed["ours:packedcompile"]["compile_layers"] and speed["ours:packedcompile"]["packed_forward"]
+    assert record["runs"]["ours:packedcompile"][0]["padding"]["attention"] == "padded"  # varlen needs CUDA
 
 
 def test_train_profile_summary(suite):

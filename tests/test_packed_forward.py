@@ -116,18 +116,6 @@ def test_unsupported_models_are_left_alone(tiny_model_dir):
     assert packed_forward.install(model) is None and "forward" not in model[0].auto_model.__dict__
 
 
-@pytest.fixture()
-def no_dropout_model_dir(tiny_model_dir, tmp_path):
-    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    bert = model[0].auto_model
-    bert.config.hidden_dropout_prob = bert.config.attention_probs_dropout_prob = 0.0
-    model.save(str(tmp_path / "nodropout"))
-    return tmp_path / "nodropout"
-
-
 def test_a_run_with_it_ends_with_the_weights_of_a_run_without(tiny_config, no_dropout_model_dir, tmp_path):
     import copy
 
@@ -212,7 +200,7 @@ def test_varlen_attention_gets_each_rows_boundaries_and_gives_the_plain_loss_and
 
     plain_value, plain_grads = value_and_grads()
     calls: list = []
-    monkeypatch.setattr(packed_forward, "varlen_unavailable", lambda query: None)
+    monkeypatch.setattr(packed_forward, "varlen_unavailable", lambda device, dtype, head_size: None)
     monkeypatch.setattr(packed_forward, "flash_varlen", _reference_varlen(calls))
     patched = packed_forward.install(model)
     packed_value, packed_grads = value_and_grads()
@@ -231,8 +219,10 @@ def test_varlen_attention_gets_each_rows_boundaries_and_gives_the_plain_loss_and
 
 def test_varlen_is_refused_off_cuda_and_attention_runs_padded(tiny_model_dir):
     model = SentenceTransformer(str(tiny_model_dir), device="cpu").eval()
-    query = torch.zeros(1, 2, 5, 16)
-    assert packed_forward.varlen_unavailable(query) == "not on a CUDA device"
+    assert packed_forward.varlen_unavailable(torch.device("cpu"), torch.bfloat16, 64) == "not on a CUDA device"
+    cuda = torch.device("cuda")  # the checks before any device query
+    assert packed_forward.varlen_unavailable(cuda, torch.float32, 64).startswith("torch.float32 (flash attention")
+    assert "head size 12" in packed_forward.varlen_unavailable(cuda, torch.bfloat16, 12)
     patched = packed_forward.install(model)
     with torch.no_grad():
         model(model.preprocess(_texts(4, seed=3)))

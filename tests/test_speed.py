@@ -123,6 +123,7 @@ def test_a_config_without_speed_keys_trains_with_the_device_defaults(tiny_config
         "device": "cpu",
         "sorted_forward": True,
         "packed_forward": False,
+        "compile_layers": False,
         "forward_chunk_min_tokens": 1024,
         "pretokenize": True,
         "pad_to_multiple_of": None,

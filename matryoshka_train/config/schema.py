@@ -416,6 +416,12 @@ class TrainingConfig(Section):
         "up to float rounding; BERT/RoBERTa/XLM-R encoders only (others run as usual). "
         "Replaces the sorted forward when on. 'auto': off until measured faster on the device.",
     )
+    compile_layers: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile each transformer layer of the encoder in place, with dynamic shapes (fuses "
+        "the small element-wise kernels between the matrix products; weights and the saved model unchanged). "
+        "Costs compile time at the start of a run. 'auto': off until measured faster on the device.",
+    )
     pretokenize: bool | Literal["auto"] = Field(
         "auto",
         description="Tokenize the training texts once before training (datasets.map, cached with the data) "

@@ -33,7 +33,6 @@ building the index costs no device read; otherwise the mask is read once per for
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,11 +43,10 @@ from torch import Tensor
 from .host_reads import HOST_LENGTHS_ATTR, row_lengths
 
 IMPLEMENTATION = "mtrain_packed"
-_layout = threading.local()  # the batch being run packed: set for the duration of one forward
 
 
 class _Layout:
-    """Where a packed batch's tokens sit in its padded layout."""
+    """Where a packed batch's tokens sit in its padded layout (built on the host, from host lengths)."""
 
     def __init__(self, lengths: np.ndarray, width: int, device: torch.device):
         self.rows, self.width, self.tokens = len(lengths), width, int(lengths.sum())
@@ -57,40 +55,49 @@ class _Layout:
         self.index = torch.from_numpy(row * width + column).to(device, non_blocking=True)
         self.positions = torch.from_numpy(column).to(device, non_blocking=True)[None]
         self.key_mask = torch.from_numpy(key_mask).to(device, non_blocking=True)[:, None, None, :]
-        # the rows' boundaries in the packed sequence, for the varlen kernel (lengths are host values)
+        # the rows' boundaries in the packed sequence, for the varlen kernel
         bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
         self.cu_seqlens = torch.from_numpy(bounds).to(device, non_blocking=True)
-        self.longest = int(lengths.max()) if len(lengths) else 0
-        self.varlen: bool | None = None  # whether attention ran varlen; set by its first call
+
+    def attention_kwargs(self, varlen: bool) -> dict[str, Any]:
+        """What :func:`packed_attention` needs, passed down the model's forward as keyword arguments
+        (transformers hands them to the attention function): tensors and one constant, so a compiled
+        layer (``training.compile``) sees inputs, not host state it would have to guard on."""
+        return {"mtrain_index": self.index, "mtrain_key_mask": self.key_mask, "mtrain_cu_seqlens": self.cu_seqlens,
+                "mtrain_varlen": varlen}
 
     def pad(self, packed: Tensor) -> Tensor:
-        """``[N, ...]`` real tokens -> ``[rows * width, ...]`` with zeros on pads."""
-        out = packed.new_zeros((self.rows * self.width, *packed.shape[1:]))
-        return out.index_copy(0, self.index, packed)
+        return _pad(packed, self.index, self.rows * self.width)
 
     def pack(self, padded: Tensor) -> Tensor:
         return padded.index_select(0, self.index)
 
 
-def varlen_unavailable(query: Tensor) -> str | None:
-    """None if flash attention's varlen kernel takes these packed ``[1, heads, N, d]`` queries; else
-    why not, in a few words (then attention runs padded)."""
-    if not query.is_cuda:
+def _pad(packed: Tensor, index: Tensor, size: Any) -> Tensor:
+    """``[N, ...]`` real tokens -> ``[size, ...]`` (rows x width) with zeros on pads."""
+    return packed.new_zeros((size, *packed.shape[1:])).index_copy(0, index, packed)
+
+
+def varlen_unavailable(device: torch.device, dtype: torch.dtype, head_size: int) -> str | None:
+    """None if flash attention's varlen kernel takes attention on ``device`` with queries of ``dtype``
+    and ``head_size``; else why not, in a few words (then attention runs padded)."""
+    if device.type != "cuda":
         return "not on a CUDA device"
-    if query.dtype not in (torch.float16, torch.bfloat16):
-        return f"{query.dtype} (flash attention needs fp16 or bf16)"
-    if query.shape[-1] % 8 or query.shape[-1] > 256:
-        return f"head size {query.shape[-1]} (flash attention needs a multiple of 8, at most 256)"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"{dtype} (flash attention needs fp16 or bf16)"
+    if head_size % 8 or head_size > 256:
+        return f"head size {head_size} (flash attention needs a multiple of 8, at most 256)"
     if not torch.backends.cuda.flash_sdp_enabled():
         return "flash attention disabled (torch.backends.cuda.enable_flash_sdp(False))"
-    if torch.cuda.get_device_capability(query.device) < (8, 0):
+    if torch.cuda.get_device_capability(device) < (8, 0):
         return "a GPU older than sm80"
     return None
 
 
-def flash_varlen(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, longest: int,
+def flash_varlen(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, longest: Any,
                  dropout: float, scale: float | None) -> Tensor:
-    """Flash attention over packed ``[N, heads, d]`` tokens, row boundaries in ``cu_seqlens``.
+    """Flash attention over packed ``[N, heads, d]`` tokens, row boundaries in ``cu_seqlens``, no row
+    longer than ``longest`` (an upper bound is enough: the kernel sizes its grid by it).
 
     The aten op rather than ``torch.nn.attention.varlen.varlen_attn``: the public wrapper has no
     dropout, and BERT-style models train with attention dropout. The op has an autograd formula
@@ -102,31 +109,30 @@ def flash_varlen(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, 
 
 def packed_attention(
     module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-    dropout: float = 0.0, scaling: float | None = None, **kwargs: Any,
+    dropout: float = 0.0, scaling: float | None = None, *, mtrain_index: Tensor, mtrain_key_mask: Tensor,
+    mtrain_cu_seqlens: Tensor, mtrain_varlen: bool = False, **kwargs: Any,
 ) -> tuple[Tensor, None]:
     """transformers' attention-interface signature on packed ``[1, heads, N, d]`` inputs; returns
     ``[1, N, heads, d]``. Varlen flash attention where it runs, else attention per row in the padded
-    layout with the key-padding mask (module docstring)."""
-    layout: _Layout = _layout.current
+    layout with the key-padding mask (module docstring). The layout comes in the keyword arguments
+    (:meth:`_Layout.attention_kwargs`)."""
     heads, dim = query.shape[1], query.shape[3]
-    if layout.varlen is None:  # decided on the forward's first attention call, kept for its other layers
-        layout.varlen = varlen_unavailable(query) is None
-    if layout.varlen:
+    rows, width = mtrain_key_mask.shape[0], mtrain_key_mask.shape[-1]
+    if mtrain_varlen:  # decided per forward by PackedForward.varlen_unavailable
         def tokens(x: Tensor) -> Tensor:  # [1, h, N, d] -> [N, h, d]
             return x[0].transpose(0, 1)
 
-        out = flash_varlen(tokens(query), tokens(key), tokens(value), layout.cu_seqlens, layout.longest,
-                           dropout, scaling)
+        out = flash_varlen(tokens(query), tokens(key), tokens(value), mtrain_cu_seqlens, width, dropout, scaling)
         return out[None], None
 
     def padded(x: Tensor) -> Tensor:  # [1, h, N, d] -> [rows, h, width, d]
-        flat = layout.pad(x[0].transpose(0, 1))  # [rows * width, h, d]
-        return flat.view(layout.rows, layout.width, heads, dim).transpose(1, 2)
+        flat = _pad(x[0].transpose(0, 1), mtrain_index, rows * width)  # [rows * width, h, d]
+        return flat.view(rows, width, heads, dim).transpose(1, 2)
 
     out = torch.nn.functional.scaled_dot_product_attention(
-        padded(query), padded(key), padded(value), attn_mask=layout.key_mask, dropout_p=dropout, scale=scaling
+        padded(query), padded(key), padded(value), attn_mask=mtrain_key_mask, dropout_p=dropout, scale=scaling
     )
-    out = layout.pack(out.transpose(1, 2).reshape(layout.rows * layout.width, heads, dim))
+    out = out.transpose(1, 2).reshape(rows * width, heads, dim).index_select(0, mtrain_index)
     return out[None], None
 
 
@@ -170,21 +176,31 @@ class PackedForward:
         token_type_ids = kwargs.pop("token_type_ids", None)
         if token_type_ids is not None:
             token_type_ids = layout.pack(token_type_ids.reshape(-1))[None]
-        with _active(layout, self.model.config):
+        varlen = self.varlen_unavailable(attention_mask.device) is None
+        with _active(self.model.config):
             output = self.forward(
                 input_ids=layout.pack(input_ids.reshape(-1))[None],
                 attention_mask=None,
                 token_type_ids=token_type_ids,
                 position_ids=layout.positions + _position_offset(self.model),
+                **layout.attention_kwargs(varlen),
                 **kwargs,
             )
-        self.attention = "varlen" if layout.varlen else "padded"
+        self.attention = "varlen" if varlen else "padded"
         hidden = output.last_hidden_state[0]
         output.last_hidden_state = layout.pad(hidden).view(rows, width, hidden.shape[-1])
         if getattr(output, "pooler_output", None) is not None:
             output.pooler_output = None  # computed on the packed row: meaningless; sentence-transformers pools itself
         return output
 
+
+    def varlen_unavailable(self, device: torch.device) -> str | None:
+        """Why this forward's attention cannot run varlen on ``device`` now (None: it can), from the
+        dtype the attention will see: autocast's where autocast is on, else the weights'."""
+        config = self.model.config
+        autocast = device.type in ("cuda", "cpu") and torch.is_autocast_enabled(device.type)
+        dtype = torch.get_autocast_dtype(device.type) if autocast else self.model.dtype
+        return varlen_unavailable(device, dtype, config.hidden_size // config.num_attention_heads)
 
     @property
     def real_tokens(self) -> int:
@@ -198,15 +214,13 @@ def _position_offset(model: Any) -> int:
 
 
 @contextlib.contextmanager
-def _active(layout: _Layout, config: Any) -> Iterator[None]:
+def _active(config: Any) -> Iterator[None]:
     before = config._attn_implementation
-    _layout.current = layout
     config._attn_implementation = IMPLEMENTATION
     try:
         yield
     finally:
         config._attn_implementation = before
-        _layout.current = None
 
 
 def supported(hf_model: Any, tokenizer: Any) -> str | None:

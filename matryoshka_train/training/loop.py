@@ -28,7 +28,7 @@ from ..config.loading import dump_resolved
 from ..config.schema import RunConfig
 from ..data.pretokenize import PretokenizedCollator, token_columns
 from ..errors import ConfigError, TrainingAborted
-from ..models import packed_forward, sorted_forward
+from ..models import compiled_layers, packed_forward, sorted_forward
 from ..models.host_reads import no_host_reads
 from ..models.loading import resolve_model_path
 from ..models.lora import save_trained
@@ -231,6 +231,11 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
     if plan.speed.packed_forward and packed is None:
         state.echo(f"packed_forward: not used for this model ({packed_forward.why_not(plan.model)}); "
                    "the plain forward runs")
+    compiled = compiled_layers.install(plan.model) if plan.speed.compile_layers else []
+    if plan.speed.compile_layers:
+        state.echo(f"compile_layers: {len(compiled)} encoder layers compiled (dynamic shapes); the first steps "
+                   "include the compile time" if compiled else
+                   "compile_layers: no list of transformer layers found in this model; it runs uncompiled")
     checkpoint = str(state.checkpoint) if state.checkpoint is not None else None
     try:
         with (
@@ -243,6 +248,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
     finally:
         sorted_forward.uninstall(plan.model, state.chunked)
         packed_forward.uninstall(plan.model, packed)
+        compiled_layers.uninstall(compiled)
     if nan_guard.step is None and not weights_finite(plan.model):
         nan_guard.step, nan_guard.what = trainer.state.global_step, "the weights became NaN/inf"
     if nan_guard.step is not None:

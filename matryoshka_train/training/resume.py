@@ -41,7 +41,8 @@ NOT_RESULT_DETERMINING = (
     "training.per_device_eval_batch_size", "evaluation", "carbon", "distill.cache_dir", "distill.chunk_size",
     "distill.batch_size",
     # speed only: the same token ids, and the same loss up to float rounding
-    "training.pretokenize", "training.sorted_forward", "training.packed_forward", "training.forward_chunk_tokens",
+    "training.pretokenize", "training.sorted_forward", "training.packed_forward", "training.compile_layers",
+    "training.forward_chunk_tokens",
     "training.forward_chunk_min_tokens", "training.pad_to_multiple_of", "training.nan_check",
     "training.dataloader_num_workers", "training.dataloader_prefetch_factor",
 )

@@ -22,6 +22,8 @@ The evidence, in one place (update it when a benchmark on that device says other
 * packed forward (``models/packed_forward.py``: position-wise layers on real tokens only): CPU
   (all-MiniLM-L6-v2, 5-200 words, 2026-11-27) 1.30x the plain script but 0.69x the sorted forward, so
   off there; built after the last GPU run and not measured on a GPU yet, so off there too.
+* compiled layers (``models/compiled_layers.py``): not measured on any device yet (the GPU suite
+  runs it as ours:compile and ours:packedcompile), so off.
 * pre-tokenization and our no-duplicates sampler: work on the host before or beside training,
   measured on the host (``scripts/bench/train.py`` tokenize-once timing, ``scripts/bench/sampler.py``
   >= 10x); they do not run on the accelerator, so they stay on for every device.
@@ -61,6 +63,7 @@ class SpeedPlan:
     device: str
     sorted_forward: bool
     packed_forward: bool
+    compile_layers: bool
     forward_chunk_min_tokens: int
     pretokenize: bool
     pad_to_multiple_of: int | None
@@ -82,6 +85,7 @@ class SpeedPlan:
         for key in (
             "sorted_forward",
             "packed_forward",
+            "compile_layers",
             "forward_chunk_min_tokens",
             "pretokenize",
             "pad_to_multiple_of",
@@ -114,6 +118,7 @@ class SpeedPlan:
             "device": self.device,
             "sorted_forward": self.sorted_forward,
             "packed_forward": self.packed_forward,
+            "compile_layers": self.compile_layers,
             "forward_chunk_min_tokens": self.forward_chunk_min_tokens if self.sorted_forward else None,
             "pretokenize": self.pretokenize,
             "pad_to_multiple_of": self.pad_to_multiple_of,
@@ -158,6 +163,14 @@ def decide(training: Any, device: str | None = None) -> SpeedPlan:
     if packed and sorted_forward:
         sorted_forward = False  # the packed forward already runs no padding through the position-wise layers
         reasons["sorted_forward"] = "off: packed_forward replaces it"
+    compile_layers = pick(
+        "compile_layers",
+        training.compile_layers,
+        False,
+        "not measured on a GPU yet (scripts/bench/gpu_suite.sh measures it as ours:compile)"
+        if accelerator
+        else "not measured faster on CPU; compiling costs tens of seconds per run",
+    )
     chunk_min = pick(
         "forward_chunk_min_tokens",
         training.forward_chunk_min_tokens,
@@ -205,6 +218,7 @@ def decide(training: Any, device: str | None = None) -> SpeedPlan:
         device=device,
         sorted_forward=bool(sorted_forward),
         packed_forward=bool(packed),
+        compile_layers=bool(compile_layers),
         forward_chunk_min_tokens=int(chunk_min),
         pretokenize=bool(pretokenize),
         pad_to_multiple_of=pad,

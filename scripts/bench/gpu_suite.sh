@@ -30,9 +30,12 @@
 #   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): plain / sorted /
 #                 sorted-gpu / pad64 / sorted-gpu-pad64 / packed (varlen) forward, tokens/s, MFU, peak memory, 2 profiled steps each; then a
 #                 shape probe: forward+backward at 24 distinct widths, each twice (the first-use cost of a shape)
+#   train-long-compile  train-long's setting, one run each: ours, theirs, ours:compile (training.compile_layers:
+#                 torch.compile on each encoder layer) and ours:packedcompile (packed forward + compiled layers);
+#                 the compile time falls in the warm-up steps
+#   profile-bert-cached   gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250), plain and pad64
 #   profile-bert-nocudnn  the same, plain and pad64, with cuDNN attention disabled (--sdpa flash,efficient,math)
 #   train-long-nocudnn    (extra) train-long's ours vs theirs, one run each, cuDNN attention disabled
-#   profile-bert-cached   gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250), plain and pad64
 #   profile-xlmr  gpu_profile.py xlmr-large (CachedMNRL, batch 2048), plain and sorted-gpu: only if >= 100 s are left
 # Measured on one H100 (2026-11-27, docs/benchmarks.md): train-long 124-128 s, train-short 47 s,
 # profile-bert 86-96 s, profile-bert-nocudnn 36 s, train-long-nocudnn 47 s; profile-bert-cached needed
@@ -126,11 +129,14 @@ part train-long 230 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --va
 part train-short 130 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours --variant-repeats 1 \
   --ours-variant packed:training.packed_forward=true
 part profile-bert 130 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}"
+part train-long-compile 160 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label compiled --first ours \
+  --variant-repeats 1 --ours-variant compile:training.compile_layers=true \
+  --ours-variant packedcompile:training.packed_forward=true --ours-variant packedcompile:training.compile_layers=true
+part profile-bert-cached 100 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
 part profile-bert-nocudnn 70 30 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" --variants plain,pad64 \
   --sdpa flash,efficient,math --label sdpa-nocudnn
 part train-long-nocudnn 150 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label long-sdpa-nocudnn --first ours \
   --sdpa flash,efficient,math --profile-sides ours
-part profile-bert-cached 100 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
 part profile-xlmr 150 $XLMR_MIN "${GPU_PROFILE[@]}" "${XLMR[@]}"
 
 total=$(( $(date +%s) - started ))
