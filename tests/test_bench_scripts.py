@@ -129,7 +129,8 @@ def test_compiled_part_runs_the_compiled_variants_beside_ours_and_theirs(suite):
     speed = {side: record["runs"][side][0]["speed"] for side in ("ours", "ours:compile", "ours:packedcompile")}
     assert not speed["ours"]["compile_layers"] and speed["ours:compile"]["compile_layers"]
     assert speed["ours:packedcompile"]["compile_layers"] and speed["ours:packedcompile"]["packed_forward"]
-    assert record["runs"]["ours:packedcompile"][0]["padding"]["attention"] == "padded"  # varlen needs CUDA
+    packed = record["runs"]["ours:packedcompile"][0]
+    assert packed["padding"]["attention"] == "padded" and packed["pad_share"] == 0  # varlen needs CUDA
 
 
 def test_train_profile_summary(suite):

@@ -39,6 +39,8 @@ def train_lines(record: dict) -> list[str]:
             lines.append(f"  {side}/theirs {which}: {_f(r.get('samples_per_s'))}x samples/s")
     for side, runs in record["runs"].items():
         for r in runs:
+            if (r.get("padding") or {}).get("attention"):  # the packed forward: which attention ran
+                lines.append(f"  {side:<18} run {r['repeat']}: packed, attention {r['padding']['attention']}")
             delta = r.get("allocator_delta_timed_window") or {}
             if delta:
                 lines.append(
@@ -87,6 +89,7 @@ def profile_lines(record: dict) -> list[str]:
                 if p
                 else ""
             )
+            + (f"  attention {r['packed']['attention']}" if r.get("packed") else "")
         )
     probe = record.get("shape_probe")
     if probe:

@@ -400,6 +400,9 @@ def timed_run(side: str, ctx: dict, index: int, position: int, seen_shapes: set)
     new_shapes = set(shapes) - seen_shapes
     seen_shapes.update(shapes)
     flops = benchlib.train_flops(meter.params, meter.layers, meter.hidden, real, sq)
+    # the encoder hook sees the padded batch; the packed forward then runs its real tokens only
+    packed = bool((extra.get("padding") or {}).get("attention"))
+    run_tokens = real if packed else meter.counter.run_tokens
     result = {
         "side": side,
         "repeat": index,
@@ -408,8 +411,8 @@ def timed_run(side: str, ctx: dict, index: int, position: int, seen_shapes: set)
         "seconds": round(seconds, 4),
         "samples_per_s": steps * args.batch / seconds,
         "real_tokens_per_s": real / seconds,
-        "run_tokens_per_s": meter.counter.run_tokens / seconds,
-        "pad_share": 1 - real / meter.counter.run_tokens if meter.counter.run_tokens else 0.0,
+        "run_tokens_per_s": run_tokens / seconds,
+        "pad_share": 1 - real / run_tokens if run_tokens else 0.0,
         "median_step_s": benchlib.median(step_s),
         "step_s": [round(x, 5) for x in step_s],
         "host_step_s": [round(x, 5) for x in clock.host_step_seconds()],
