@@ -52,20 +52,25 @@ def test_loss_and_gradients_equal_the_plain_forward(tiny_model_dir, loss_name):
     loss = losses.MatryoshkaLoss(model, inner, [32, 16, 8])
     features = [model.preprocess(_texts(16, seed=10 + c)) for c in range(columns)]
 
-    def value_and_grads() -> tuple[float, dict]:
-        model.zero_grad()
-        value = loss([_copy(f) for f in features], labels)
-        value.backward()
-        return value.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    plain_value, plain_grads = value_and_grads()
+    plain = _value_and_grads(model, loss, features, labels)
     patched = packed_forward.install(model)
-    packed_value, packed_grads = value_and_grads()
+    packed = _value_and_grads(model, loss, features, labels)
     packed_forward.uninstall(model, patched)
-    assert packed_value == pytest.approx(plain_value, rel=1e-5)
-    assert plain_grads.keys() == packed_grads.keys()
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(packed_grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
+    _assert_same(packed, plain)
+
+
+def _value_and_grads(model, loss, features: list[dict], labels) -> tuple[float, dict]:
+    model.zero_grad()
+    value = loss([_copy(f) for f in features], labels)
+    value.backward()
+    return value.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same(packed: tuple[float, dict], plain: tuple[float, dict]) -> None:
+    assert packed[0] == pytest.approx(plain[0], rel=1e-5)
+    assert plain[1].keys() == packed[1].keys()
+    for name, grad in plain[1].items():
+        torch.testing.assert_close(packed[1][name], grad, atol=1e-5, rtol=1e-3, msg=name)
 
 
 @pytest.mark.parametrize("kind", ["roberta", "xlm-roberta"])
@@ -192,18 +197,12 @@ def test_varlen_attention_gets_each_rows_boundaries_and_gives_the_plain_loss_and
     loss = losses.MatryoshkaLoss(model, losses.MultipleNegativesRankingLoss(model), [32, 16, 8])
     features = [model.preprocess(_texts(12, seed=40 + c)) for c in range(3)]
 
-    def value_and_grads() -> tuple[float, dict]:
-        model.zero_grad()
-        value = loss([_copy(f) for f in features], None)
-        value.backward()
-        return value.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    plain_value, plain_grads = value_and_grads()
+    plain = _value_and_grads(model, loss, features, None)
     calls: list = []
     monkeypatch.setattr(packed_forward, "varlen_unavailable", lambda device, dtype, head_size: None)
     monkeypatch.setattr(packed_forward, "flash_varlen", _reference_varlen(calls))
     patched = packed_forward.install(model)
-    packed_value, packed_grads = value_and_grads()
+    packed = _value_and_grads(model, loss, features, None)
     packed_forward.uninstall(model, patched)
 
     layers = model[0].auto_model.config.num_hidden_layers
@@ -212,9 +211,7 @@ def test_varlen_attention_gets_each_rows_boundaries_and_gives_the_plain_loss_and
     lengths = features[0]["attention_mask"].sum(dim=1).tolist()
     bounds, longest, dropout = calls[0]
     assert bounds == [0, *torch.tensor(lengths).cumsum(0).tolist()] and longest == max(lengths) and dropout == 0.0
-    assert packed_value == pytest.approx(plain_value, rel=1e-5)
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(packed_grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
+    _assert_same(packed, plain)
 
 
 def test_varlen_is_refused_off_cuda_and_attention_runs_padded(tiny_model_dir):
