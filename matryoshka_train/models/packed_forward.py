@@ -62,7 +62,7 @@ class _Layout:
     def attention_kwargs(self, varlen: bool) -> dict[str, Any]:
         """What :func:`packed_attention` needs, passed down the model's forward as keyword arguments
         (transformers hands them to the attention function): tensors and one constant, so a compiled
-        layer (``training.compile``) sees inputs, not host state it would have to guard on."""
+        layer (``training.compile_layers``) sees inputs, not host state it would have to guard on."""
         return {"mtrain_index": self.index, "mtrain_key_mask": self.key_mask, "mtrain_cu_seqlens": self.cu_seqlens,
                 "mtrain_varlen": varlen}
 
@@ -192,7 +192,6 @@ class PackedForward:
         if getattr(output, "pooler_output", None) is not None:
             output.pooler_output = None  # computed on the packed row: meaningless; sentence-transformers pools itself
         return output
-
 
     def varlen_unavailable(self, device: torch.device) -> str | None:
         """Why this forward's attention cannot run varlen on ``device`` now (None: it can), from the
