@@ -140,6 +140,7 @@ def test_a_run_with_it_ends_with_the_weights_of_a_run_without(tiny_config, no_dr
         if packed:  # results.json says what ran: real tokens only, attention padded on a CPU
             padding = results["padding"]
             assert padding["attention"] == "padded" and padding["pad_share_run"] == 0.0
+            assert padding["attention_why"] == "not on a CUDA device"
             assert padding["padded_tokens_plain"] > padding["padded_tokens_run"] == padding["real_tokens"] > 0
         weights[packed] = SentenceTransformer(str(tmp_path / f"p{packed}"), device="cpu").state_dict()
     base = SentenceTransformer(str(no_dropout_model_dir), device="cpu").state_dict()
@@ -225,3 +226,22 @@ def test_varlen_is_refused_off_cuda_and_attention_runs_padded(tiny_model_dir):
         model(model.preprocess(_texts(4, seed=3)))
     packed_forward.uninstall(model, patched)
     assert patched.attention == "padded"
+
+
+def test_the_varlen_probe_says_why_a_kernel_that_fails_is_not_used(monkeypatch):
+    """The one-off probe: a kernel that works gives None (also from inside no_grad, as in an eval
+    forward); one that fails gives the reason, so attention runs padded instead of the run failing."""
+    cpu = torch.device("cpu")
+    packed_forward.varlen_probe.cache_clear()
+    monkeypatch.setattr(packed_forward, "flash_varlen", _reference_varlen([]))
+    with torch.no_grad():
+        assert packed_forward.varlen_probe(cpu, torch.float32, 16) is None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.\nmore")
+
+    packed_forward.varlen_probe.cache_clear()
+    monkeypatch.setattr(packed_forward, "flash_varlen", broken)
+    why = packed_forward.varlen_probe(cpu, torch.float32, 16)
+    assert why == "the varlen kernel failed here (RuntimeError: FlashAttention only supports Ampere GPUs or newer.)"
+    packed_forward.varlen_probe.cache_clear()

@@ -33,6 +33,7 @@ building the index costs no device read; otherwise the mask is read once per for
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,6 +92,24 @@ def varlen_unavailable(device: torch.device, dtype: torch.dtype, head_size: int)
         return "flash attention disabled (torch.backends.cuda.enable_flash_sdp(False))"
     if torch.cuda.get_device_capability(device) < (8, 0):
         return "a GPU older than sm80"
+    return varlen_probe(device, dtype, head_size)
+
+
+@functools.lru_cache(maxsize=16)
+def varlen_probe(device: torch.device, dtype: torch.dtype, head_size: int) -> str | None:
+    """Run the varlen kernel once, forward and backward with dropout, on two tiny rows: None if it
+    works here, else why not (the installed torch lacks it, the build has no flash kernels …), so a
+    run falls back to padded attention instead of failing in its first step. Once per device, dtype
+    and head size; it waits for the device once, then never again."""
+    try:  # gradients on and autocast off, whatever the calling forward runs under (an eval, a bf16 step)
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            q, k, v = (torch.randn(6, 2, head_size, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+            cu_seqlens = torch.tensor([0, 2, 6], device=device, dtype=torch.int32)
+            flash_varlen(q, k, v, cu_seqlens, 4, 0.1, None).float().sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not use it, and say why
+        return f"the varlen kernel failed here ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
     return None
 
 
@@ -154,6 +173,7 @@ class PackedForward:
         self.run_tokens = 0  # what ran through the position-wise layers instead
         self.uncarried = 0  # forwards whose mask came without host lengths: on a GPU each is a device read
         self.attention: str | None = None  # "varlen" or "padded": how the last forward ran attention
+        self.attention_why: str | None = None  # why not varlen, when padded
 
     def __call__(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, **kwargs: Any) -> Any:
         plain = (
@@ -176,7 +196,8 @@ class PackedForward:
         token_type_ids = kwargs.pop("token_type_ids", None)
         if token_type_ids is not None:
             token_type_ids = layout.pack(token_type_ids.reshape(-1))[None]
-        varlen = self.varlen_unavailable(attention_mask.device) is None
+        why = self.varlen_unavailable(attention_mask.device)
+        varlen = why is None
         with _active(self.model.config):
             output = self.forward(
                 input_ids=layout.pack(input_ids.reshape(-1))[None],
@@ -186,7 +207,7 @@ class PackedForward:
                 **layout.attention_kwargs(varlen),
                 **kwargs,
             )
-        self.attention = "varlen" if varlen else "padded"
+        self.attention, self.attention_why = ("varlen" if varlen else "padded"), why
         hidden = output.last_hidden_state[0]
         output.last_hidden_state = layout.pad(hidden).view(rows, width, hidden.shape[-1])
         if getattr(output, "pooler_output", None) is not None:

@@ -45,7 +45,11 @@ def padding_summary(forward: Any) -> dict[str, Any] | None:
     forward (``forward``: the one installed); for the packed one, also how its attention ran."""
     if forward is None or not forward.padded_tokens:
         return None
-    attention = {"attention": forward.attention} if getattr(forward, "attention", None) else {}
+    attention = (
+        {"attention": forward.attention, "attention_why": forward.attention_why}
+        if getattr(forward, "attention", None)
+        else {}
+    )
     return {
         **attention,
         "real_tokens": forward.real_tokens,
