@@ -60,3 +60,25 @@ def test_the_seen_suite_base_and_its_variants_pass_check(tmp_path):
     assert proc.returncode == 0 and "OK: a run would start" in proc.stdout, proc.stdout + proc.stderr
     assert "loss.matryoshka=false" in overrides  # the base sees the data at full size only, as MiniLM saw NLI
     assert ablation.train_base(ablation.SUITES["realistic"], tmp_path, reuse=True) == []  # no base: nothing to set
+
+
+def test_the_verdict_reports_how_far_a_second_seed_moved_the_scores(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "scripts" / "quality"))
+    try:
+        import ablation
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(ablation, "DOCS", tmp_path)
+    (tmp_path / "quality").mkdir()
+    assert "not measured" in ablation.seed_line()  # no second seed yet: says so, claims nothing
+
+    def stored(shift: float) -> str:
+        result = {"primary_metric": {"realistic-sts": "s", "sts-independent": "s"},
+                  "after": {ev: {"384": {"s": 0.70 + shift}, "8": {"s": 0.50}}
+                            for ev in ("realistic-sts", "sts-independent")}}
+        return json.dumps({"results": {"summed": result}})
+
+    (tmp_path / "quality" / "realistic-seen.json").write_text(stored(0.0))
+    (tmp_path / "quality" / "realistic-seen-seed43.json").write_text(stored(0.004))
+    line = ablation.seed_line()
+    assert "realistic-seen `summed`" in line and "at most 0.40" in line and "0.20 points on average" in line
