@@ -421,11 +421,18 @@ def main() -> None:
             batches.append({"features": features, "lengths": [f["attention_mask"].sum(1).numpy() for f in features]})
         del built, tokenizer_model
         setup_s = time.perf_counter() - began
+        failed: dict[str, str] = {}
         for variant in variants:
-            r = profile_variant(p, args, variant, Path(tmp) / "hf", batches, device)
-            gc.collect()
-            if device == "cuda":
-                torch.cuda.empty_cache()
+            try:
+                r = profile_variant(p, args, variant, Path(tmp) / "hf", batches, device)
+            except Exception as exc:  # noqa: BLE001 - one variant failing (a kernel, memory) must not lose the others
+                failed[variant] = f"{type(exc).__name__}: {exc}"[:2000]
+                print(f"{args.profile} {variant}: FAILED {failed[variant].splitlines()[0][:200]}", flush=True)
+                continue
+            finally:
+                gc.collect()
+                if device == "cuda":
+                    torch.cuda.empty_cache()
             runs.append(r)
             mem = f"{r['peak_memory_gib']:.1f} GiB peak" if r["peak_memory_gib"] is not None else "CPU"
             extra = ""
@@ -481,6 +488,7 @@ def main() -> None:
         },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "runs": runs,
+        "failed_variants": failed,
         "shape_probe": probe,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -490,6 +498,8 @@ def main() -> None:
     )
     path.write_text(json.dumps(record, indent=2))
     print(f"raw results: {path}")
+    if failed:
+        sys.exit(f"failed variants (in the JSON too): {', '.join(failed)}")
 
 
 if __name__ == "__main__":

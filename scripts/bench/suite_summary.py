@@ -91,6 +91,8 @@ def profile_lines(record: dict) -> list[str]:
             )
             + (f"  attention {r['packed']['attention']}" if r.get("packed") else "")
         )
+    for variant, why in (record.get("failed_variants") or {}).items():
+        lines.append(f"  {variant}: FAILED {why.splitlines()[0][:160]}")
     probe = record.get("shape_probe")
     if probe:
         lines.append(
