@@ -176,6 +176,18 @@ SUITES = {"realistic": REALISTIC, "realistic-hard": REALISTIC_HARD, "realistic-s
           "quickstart": QUICKSTART}
 
 
+def mtrain_run(label: str, config: str, out: Path, overrides: list[str] | tuple[str, ...]) -> None:
+    """`mtrain run CONFIG` into ``out`` with ``--set`` overrides, offline, in its own process; exits the
+    script with the run's output tail if it fails."""
+    cmd = [sys.executable, "-m", "matryoshka_train", "run", config, "--overwrite", "--quiet",
+           "--set", f"training.output_dir={out}", *[x for o in overrides for x in ("--set", o)]]
+    print(f"[{label}] {' '.join(cmd[2:])}", flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        sys.exit(f"[{label}] failed:\n{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
+
+
 def train_base(suite: Suite, out_root: Path, reuse: bool) -> list[str]:
     """Train the suite's own base model (``Suite.base``) once; the overrides that start a variant from it."""
     if suite.base is None:
@@ -185,13 +197,7 @@ def train_base(suite: Suite, out_root: Path, reuse: bool) -> list[str]:
         print(f"[base] reusing {out}", flush=True)
     else:
         config, overrides = suite.base
-        cmd = [sys.executable, "-m", "matryoshka_train", "run", config, "--overwrite", "--quiet",
-               "--set", f"training.output_dir={out}", *[x for o in overrides for x in ("--set", o)]]
-        print(f"[base] {' '.join(cmd[2:])}", flush=True)
-        proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True,
-                              text=True, check=False)
-        if proc.returncode != 0:
-            sys.exit(f"[base] failed:\n{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
+        mtrain_run("base", config, out, overrides)
     return [f"model.name_or_path={out}"]
 
 
@@ -200,14 +206,7 @@ def run_variant(suite: Suite, name: str, out_root: Path, reuse: bool = False, st
     if reuse and (out / "results.json").is_file():
         print(f"[{name}] reusing {out / 'results.json'}", flush=True)
         return json.loads((out / "results.json").read_text())
-    overrides = [*start, *suite.common, *suite.variants[name][1]]
-    cmd = [sys.executable, "-m", "matryoshka_train", "run", suite.config, "--overwrite", "--quiet",
-           "--set", f"training.output_dir={out}", *[x for o in overrides for x in ("--set", o)]]
-    print(f"[{name}] {' '.join(cmd[2:])}", flush=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.exit(f"[{name}] failed:\n{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
+    mtrain_run(name, suite.config, out, [*start, *suite.common, *suite.variants[name][1]])
     return json.loads((out / "results.json").read_text())
 
 
@@ -225,17 +224,11 @@ def measure_cost(suite: Suite, key: str, names: list[str], steps: int, repeats: 
     for repeat in range(repeats):
         for name in names if repeat % 2 == 0 else list(reversed(names)):
             out = out_root / name
-            cmd = [sys.executable, "-m", "matryoshka_train", "run", suite.config, "--overwrite", "--quiet",
-                   "--set", f"training.output_dir={out}", "--set", f"training.max_steps={steps}",
-                   "--set", "evaluation.evaluators=[]",
-                   *[x for o in [*suite.common, *suite.variants[name][1]] for x in ("--set", o)]]
-            print(f"[cost {name} #{repeat}] {' '.join(cmd[2:])}", flush=True)
             began = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True,
-                                  text=True, check=False)
+            mtrain_run(f"cost {name} #{repeat}", suite.config, out,
+                       [f"training.max_steps={steps}", "evaluation.evaluators=[]", *suite.common,
+                        *suite.variants[name][1]])
             wall = time.perf_counter() - began
-            if proc.returncode != 0:
-                sys.exit(f"[cost {name}] failed:\n{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
             train = json.loads((out / "results.json").read_text())["train"]
             runs[name].append({"wall_s": wall, "train_runtime_s": train["runtime_s"], "steps": train["steps"]})
             print(f"[cost {name} #{repeat}] wall {wall:.1f} s, train {train['runtime_s']:.1f} s", flush=True)
