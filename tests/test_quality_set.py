@@ -3,6 +3,7 @@ ablation's config passes `mtrain check`."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -47,11 +48,7 @@ def test_the_ablation_config_passes_check():
 def test_the_seen_suite_base_and_its_variants_pass_check(tmp_path):
     """realistic-seen trains its own base first, then starts each variant from it: both configs,
     with the overrides the script passes, validate (the base is any model dir: the tiny test one)."""
-    sys.path.insert(0, str(REPO / "scripts" / "quality"))
-    try:
-        import ablation
-    finally:
-        sys.path.pop(0)
+    ablation = _quality_script("ablation")
     suite = ablation.SUITES["realistic-seen"]
     config, overrides = suite.base
     sets = [x for o in overrides for x in ("--set", o)]
@@ -63,11 +60,7 @@ def test_the_seen_suite_base_and_its_variants_pass_check(tmp_path):
 
 
 def test_the_verdict_reports_how_far_a_second_seed_moved_the_scores(tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "scripts" / "quality"))
-    try:
-        import ablation
-    finally:
-        sys.path.pop(0)
+    ablation = _quality_script("ablation")
     monkeypatch.setattr(ablation, "DOCS", tmp_path)
     (tmp_path / "quality").mkdir()
     assert "not measured" in ablation.seed_line()  # no second seed yet: says so, claims nothing
@@ -82,3 +75,63 @@ def test_the_verdict_reports_how_far_a_second_seed_moved_the_scores(tmp_path, mo
     (tmp_path / "quality" / "realistic-seen-seed43.json").write_text(stored(0.004))
     line = ablation.seed_line()
     assert "realistic-seen `summed`" in line and "at most 0.40" in line and "0.20 points on average" in line
+
+
+def _quality_script(name: str):
+    sys.path.insert(0, str(REPO / "scripts" / "quality"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_public_sts_lines_are_read_as_the_benchmark_lays_them_out():
+    """STS-B's CSV: genre, file, year, id, score, sentence1, sentence2, then (on some lines) licence
+    columns; a line cut short is refused rather than read into the wrong columns."""
+    public_sts = _quality_script("public_sts")
+    text = ("main-captions\tMSRvid\t2012test\t0024\t2.500\tA girl is styling her hair.\tA girl is brushing her hair.\n"
+            "main-forum\tdeft-forum\t2014\t0001\t0.800\tIt rains.\tThe sun shines.\tsrc\tlicence\n")
+    rows = public_sts.rows_from_csv(text)
+    assert rows == [
+        {"sentence1": "A girl is styling her hair.", "sentence2": "A girl is brushing her hair.", "score": 2.5,
+         "genre": "main-captions"},
+        {"sentence1": "It rains.", "sentence2": "The sun shines.", "score": 0.8, "genre": "main-forum"},
+    ]
+    import pytest
+
+    with pytest.raises(ValueError, match="5 columns"):
+        public_sts.rows_from_csv("main\tx\t2012\t1\t2.0\n")
+
+
+def test_every_ablation_run_is_also_scored_on_the_public_sts_test(monkeypatch, tmp_path):
+    """public_evaluation adds STS-B test after the config's own evaluators, and the config still
+    validates with it (the file itself is fetched from PyPI, so here a stand-in is written)."""
+    ablation = _quality_script("ablation")
+    public_sts = _quality_script("public_sts")
+    stand_in = tmp_path / "stsb-test.jsonl"
+    stand_in.write_text(json.dumps({"sentence1": "a", "sentence2": "b", "score": 1.0}) + "\n")
+    fetched = []
+    monkeypatch.setattr(public_sts, "fetch", lambda: fetched.append(True))
+    monkeypatch.setitem(ablation.PUBLIC_STS, "source", {"path": str(stand_in)})
+    overrides = ablation.public_evaluation("scripts/quality/realistic.yaml")
+    assert fetched == [True]
+    from matryoshka_train.config import load_config
+
+    config = load_config(REPO / "scripts/quality/realistic.yaml", overrides)
+    names = [ev.name for ev in config.evaluation.evaluators]
+    assert names == ["realistic-sts", "sts-independent", "realistic-heldout", "stsb-test"]
+
+
+def test_rerunning_some_variants_keeps_the_others_stored(tmp_path):
+    ablation = _quality_script("ablation")
+    suite = ablation.SUITES["realistic"]
+    stored = tmp_path / "realistic.json"
+    first = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    ablation.store(stored, suite, {"defaults": {"x": 1}, "pca": {"x": 2}}, first, "", keep_others=False)
+    later = dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc)
+    ablation.store(stored, suite, {"pca": {"x": 3}}, later, "", keep_others=True)
+    data = json.loads(stored.read_text())
+    assert data["results"] == {"defaults": {"x": 1}, "pca": {"x": 3}}
+    assert data["dates"] == {"defaults": first.isoformat(), "pca": later.isoformat()}
+    ablation.store(stored, suite, {"pca": {"x": 4}}, later, "", keep_others=False)  # a whole-suite run replaces
+    assert json.loads(stored.read_text())["results"] == {"pca": {"x": 4}}
