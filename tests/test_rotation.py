@@ -205,6 +205,39 @@ def test_a_config_without_the_quality_keys_trains_with_the_rotation_on(tiny_conf
     assert any(line.startswith("Rotation: 32×32, started from the principal directions") for line in lines)
     saved = SentenceTransformer(str(tmp_path / "out"))
     assert find_rotation(saved) is not None
+    assert config.training.layerwise_lr_decay == "auto"  # and with the rotation comes the layer-wise decay
+    assert results["layerwise_lr_decay"]["value"] == 0.8 and results["layerwise_lr_decay"]["why"].startswith("auto:")
+
+
+def test_auto_layerwise_decay_hands_the_trainer_lower_rates_for_lower_layers(tiny_config):
+    """With the rotation on, `auto` gives the trainer a rate per layer: the top layer the configured
+    rate, each one below 0.8x the one above, the embeddings lowest; a number set in the config wins."""
+    from matryoshka_train.training.arguments import training_arguments
+    from matryoshka_train.training.plan import build_plan
+
+    config = validate(tiny_config)
+    lr = config.training.learning_rate
+    mapping = training_arguments(build_plan(config, echo=lambda _: None)).learning_rate_mapping
+    assert sorted(mapping.values(), reverse=True) == pytest.approx([lr, 0.8 * lr, 0.64 * lr])  # 2 layers, embeddings
+    cfg = copy.deepcopy(tiny_config)
+    cfg["training"]["layerwise_lr_decay"] = 0.5
+    mapping = training_arguments(build_plan(validate(cfg), echo=lambda _: None)).learning_rate_mapping
+    assert sorted(mapping.values(), reverse=True) == pytest.approx([lr, 0.5 * lr, 0.25 * lr])
+    cfg["training"]["layerwise_lr_decay"] = None
+    assert not training_arguments(build_plan(validate(cfg), echo=lambda _: None)).learning_rate_mapping
+
+
+def test_auto_layerwise_decay_keeps_one_rate_without_the_rotation_or_without_layers(tiny_config):
+    from matryoshka_train.training.prepare import layerwise_decay_decision
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg["matryoshka"] = {**cfg.get("matryoshka", {}), "rotation": {"enabled": False}}
+    assert layerwise_decay_decision(validate(cfg)) == (
+        None, "auto: one rate; the decay was measured with the learned rotation, which is off here")
+    static = torch.nn.Sequential(torch.nn.EmbeddingBag(10, 4))  # parameter '0.weight': no transformer layers
+    decay, why = layerwise_decay_decision(validate(tiny_config), static)
+    assert decay is None and "no transformer layers" in why
+    assert layerwise_decay_decision(validate(tiny_config))[0] == 0.8
 
 
 @pytest.mark.parametrize(
@@ -246,7 +279,9 @@ def test_check_prints_the_rotation_decision(write_config, tiny_config, capsys):
     from matryoshka_train.cli import main
 
     assert main(["check", str(write_config(tiny_config))]) == 0
-    assert "Rotation (matryoshka.rotation): on (auto:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Rotation (matryoshka.rotation): on (auto:" in out
+    assert "Layer-wise LR decay (training.layerwise_lr_decay): 0.8 (auto: with the learned rotation" in out
 
 
 def test_auto_leaves_an_anchored_run_unrotated_and_an_explicit_rotation_with_an_anchor_is_refused(tiny_config):

@@ -396,11 +396,12 @@ class TrainingConfig(Section):
     )
     freeze_embeddings: bool = Field(False, description="Keep the token embedding layer fixed.")
     freeze_layers: int = Field(0, ge=0, description="Keep the first N transformer layers fixed.")
-    layerwise_lr_decay: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="Layer i of L gets learning_rate × decay^(L−i); embeddings decay^(L+1). null: one rate.",
+    layerwise_lr_decay: float | Literal["auto"] | None = Field(
+        "auto",
+        description="Layer i of L gets learning_rate × decay^(L−i); embeddings decay^(L+1). null: one rate. "
+        "'auto' (default): 0.8 where the learned rotation (matryoshka.rotation) is on and the model has "
+        "transformer layers, one rate elsewhere (measured best with the rotation, docs/quality.md); "
+        "`mtrain check` prints the decision.",
     )
     sorted_forward: bool | Literal["auto"] = Field(
         "auto",
@@ -460,6 +461,13 @@ class TrainingConfig(Section):
     )
 
     _report_to_list = field_validator("report_to", mode="before")(_str_to_list)
+
+    @field_validator("layerwise_lr_decay")
+    @classmethod
+    def _decay_in_range(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError(f"must be above 0 and at most 1 (1: one rate), got {value}; or 'auto' or null")
+        return value
 
     @field_validator("extra")
     @classmethod

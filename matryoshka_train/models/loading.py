@@ -261,6 +261,11 @@ def freeze(model: SentenceTransformer, embeddings: bool, first_layers: int) -> i
     return frozen
 
 
+def has_layers(model: SentenceTransformer) -> bool:
+    """Whether the model has numbered transformer layers (what layer-wise rates and freezing address)."""
+    return any(layer_index(name) is not None for name, _ in model.named_parameters())
+
+
 def layerwise_learning_rates(model: SentenceTransformer, base_lr: float, decay: float) -> dict[str, float]:
     """Regex -> learning rate for sentence-transformers' ``learning_rate_mapping``: the top layer
     trains at ``base_lr``, each layer below at ``decay`` times the one above, embeddings lowest."""

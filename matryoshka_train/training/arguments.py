@@ -16,7 +16,7 @@ from ..models.loading import layerwise_learning_rates
 from ..reporting import progress
 from . import distributed
 from .plan import Plan, resolve_batch_sampler, resolve_precision, trainer_prompts
-from .prepare import Preparation
+from .prepare import Preparation, layerwise_decay_decision
 from .speed import decide
 
 # `mtrain run --quiet` sets this to 0; the one switch of every bar (see reporting/progress.py)
@@ -79,8 +79,8 @@ def training_arguments(plan: Plan) -> Any:
             kwargs["use_cpu"] = True  # several CPU processes: gloo
     if plan.batch_sampler == "no_duplicates_fast":
         kwargs["batch_sampler"] = FastNoDuplicatesBatchSampler
-    if t.layerwise_lr_decay is not None:
-        kwargs["learning_rate_mapping"] = layerwise_learning_rates(plan.model, t.learning_rate, t.layerwise_lr_decay)
+    if plan.layerwise_decay is not None:
+        kwargs["learning_rate_mapping"] = layerwise_learning_rates(plan.model, t.learning_rate, plan.layerwise_decay)
     rotation_lr = plan.config.matryoshka.rotation.learning_rate
     if plan.rotation is not None and rotation_lr is not None:
         name = next(n for n, m in plan.model.named_children() if m is plan.rotation)
@@ -112,11 +112,12 @@ def argument_problems(prep: Preparation) -> list[Problem]:
     """`mtrain check`: build the trainer's arguments as `run` will, and report the trainer's own
     refusal of them (the same message `run` stops with)."""
     config = prep.config
-    if prep.model is None and config.training.layerwise_lr_decay is not None:
+    decay, why = layerwise_decay_decision(config, prep.model)
+    if prep.model is None and decay is not None:
         return []  # layer-wise rates need the model: not verifiable without it
     precision = resolve_precision(config.training.precision, torch.cuda.is_available(), lambda _: None)
     plan = Plan(config, prep.model, prep.dims or [], prep.datasets, {}, None, precision,
-                resolve_batch_sampler(config), decide(config.training))
+                resolve_batch_sampler(config), decide(config.training), layerwise_decay=decay, layerwise_why=why)
     try:
         training_arguments(plan)
     except ConfigError as exc:

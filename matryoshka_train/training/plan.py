@@ -23,7 +23,7 @@ from ..losses.build import build_loss
 from ..models.loading import freeze
 from ..models.rotation import Decoupling, add_rotation, find_rotation, pca_rotation
 from . import distributed
-from .prepare import Preparation, prepare, rotation_decision
+from .prepare import Preparation, layerwise_decay_decision, prepare, rotation_decision
 from .speed import SpeedPlan, decide
 
 
@@ -42,6 +42,8 @@ class Plan:
     speed: SpeedPlan
     rotation: Any = None  # the model's rotation Dense (matryoshka.rotation), kept orthogonal by the loop
     rotation_why: str = ""  # why the run has a rotation or not (prepare.rotation_decision)
+    layerwise_decay: float | None = None  # training.layerwise_lr_decay resolved (prepare.layerwise_decay_decision)
+    layerwise_why: str = ""
 
 
 def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
@@ -63,7 +65,7 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     batch_sampler = resolve_batch_sampler(config)
     speed = decide(config.training)
     return Plan(config, model, dims, prep.datasets, losses, evaluator, precision, batch_sampler, speed, rotation,
-                rotation_why)
+                rotation_why, *layerwise_decay_decision(config, model))
 
 
 def start_rotation(prep: Preparation, echo: Callable[[str], None]) -> Any:
@@ -225,12 +227,13 @@ def batch_summary(plan: Plan) -> str:
         f"Model: {plan.config.model.name_or_path} · embedding size "
         f"{plan.model.get_embedding_dimension()} · dims {plan.dims}",
         f"Data: {rows} training rows in {len(plan.datasets)} dataset(s)",
-        *batch_lines(plan.config, {d.name: d.columns for d in plan.datasets}, plan.precision),
+        *batch_lines(plan.config, {d.name: d.columns for d in plan.datasets}, plan.precision, plan.model),
     ]
     return "\n".join(lines)
 
 
-def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str | None = None) -> list[str]:
+def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str | None = None,
+                model: Any = None) -> list[str]:
     """Batch semantics, printed by `run` and `check`: per-device batch, world size, accumulation,
     global batch, the sampler, and how many negatives each anchor is scored against (for
     in-batch-negative losses; across all devices with gather_across_devices)."""
@@ -258,9 +261,11 @@ def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str
                 more = " · gather_across_devices on: more with several devices" if lcfg.gather_across_devices else ""
                 lines.append(f"  {dcfg.name}: {local} negatives per anchor ({kinds}){more}")
     on, why = rotation_decision(config)
+    decay, decay_why = layerwise_decay_decision(config, model)
     return [
         *lines,
         f"Rotation (matryoshka.rotation): {'on' if on else 'off'} ({why})",
+        f"Layer-wise LR decay (training.layerwise_lr_decay): {decay if decay is not None else 'off'} ({decay_why})",
         *decide(t).lines(),
         SpeedPlan.sampler_line(t.batch_sampler, resolve_batch_sampler(config)),
     ]

@@ -30,7 +30,7 @@ from ..evaluation.evaluators import metric_name_problem, reference_key_problem
 from ..evaluation.spec import ResolvedEvaluators, resolve_evaluators
 from ..hub import hub_reachable
 from ..losses.build import kwargs_problems
-from ..models.loading import is_local, load_model, resolve_dims
+from ..models.loading import has_layers, is_local, load_model, resolve_dims
 from ..models.lora import missing_peft_message
 from ..models.references import load_reference, reference_models
 from . import distributed
@@ -226,6 +226,29 @@ def rotation_decision(config: RunConfig) -> tuple[bool, str]:
         return False, "auto: off with an anchor (it compares with the unrotated reference model)"
     return True, ("auto: an orthogonal map keeps every full-size cosine and orders the directions for the "
                   "smaller dims; measured best in docs/quality.md")
+
+
+# training.layerwise_lr_decay 'auto' with the rotation on: measured best on the realistic set and the
+# public STS-B test (docs/quality.md, variant rotation-coupled-llrd0.8)
+AUTO_LAYERWISE_DECAY = 0.8
+
+
+def layerwise_decay_decision(config: RunConfig, model: Any = None) -> tuple[float | None, str]:
+    """The layer-wise learning-rate decay a run uses (``training.layerwise_lr_decay``; None: one rate),
+    and why. ``auto`` decays where the learned rotation is on — the two were measured together, and
+    together they keep the full-size STS-B score the plain Matryoshka loss loses — and keeps one rate
+    elsewhere: without the rotation (the card recipes, distillation) and for models without
+    transformer layers (a static embedding). ``model`` None: not loaded yet (assumed layered)."""
+    value = config.training.layerwise_lr_decay
+    if value != "auto":
+        return value, "set in the config" if value is not None else "one rate, set in the config"
+    if not rotation_decision(config)[0]:
+        return None, "auto: one rate; the decay was measured with the learned rotation, which is off here"
+    if model is not None and not has_layers(model):
+        return None, "auto: one rate; the model has no transformer layers"
+    return AUTO_LAYERWISE_DECAY, ("auto: with the learned rotation, each layer below the top trains at 0.8x the "
+                                  "rate of the one above; keeps the full-size score, measured best in "
+                                  "docs/quality.md")
 
 
 def rotation_problems(config: RunConfig) -> list[Problem]:
