@@ -135,3 +135,32 @@ def test_rerunning_some_variants_keeps_the_others_stored(tmp_path):
     assert data["dates"] == {"defaults": first.isoformat(), "pca": later.isoformat()}
     ablation.store(stored, suite, {"pca": {"x": 4}}, later, "", keep_others=False)  # a whole-suite run replaces
     assert json.loads(stored.read_text())["results"] == {"pca": {"x": 4}}
+
+
+def test_the_best_variant_is_judged_on_the_public_sts_test_where_the_old_defaults_were_scored_on_it():
+    """A variant that meets the target on the written sets but loses STS-B at full size ranks below one
+    that misses a single small dim there; without STS-B scores for the old defaults, only the written
+    sets count."""
+    ablation = _quality_script("ablation")
+    suite = ablation.SUITES["realistic"]
+
+    def result(full: float, small: float, public: tuple[float, float] | None) -> dict:
+        scores = {ev: {"384": full, "64": small, "32": small, "16": small, "8": small}
+                  for ev in suite.evaluators}
+        before = {ev: {d: 0.5 for d in ("384", "64", "32", "16", "8")} for ev in suite.evaluators}
+        if public is not None:
+            scores["stsb-test"] = {"384": public[0], "64": 0.6, "32": public[1], "16": 0.6, "8": 0.6}
+            before["stsb-test"] = {d: 0.5 for d in ("384", "64", "32", "16", "8")}
+        metrics = {ev: "s" for ev in scores}
+        wrap = {phase: {ev: {d: {"s": v} for d, v in dims.items()} for ev, dims in values.items()}
+                for phase, values in (("after", scores), ("before", before))}
+        return {"primary_metric": metrics, **wrap}
+
+    raw = {"defaults": result(0.51, 0.49, (0.4, 0.4)),
+           "loses-full-size": result(0.51, 0.70, (0.4, 0.6)),  # best on the written sets
+           "misses-one-dim": result(0.51, 0.60, (0.5, 0.45))}
+    meets, best, tied, text = ablation.choose(suite, raw)
+    assert (meets, best, tied) == (False, "misses-one-dim", ["misses-one-dim"]) and text == "misses: stsb-test@32"
+    for r in raw.values():  # the old defaults unscored on STS-B: the written sets decide
+        del r["after"]["stsb-test"], r["before"]["stsb-test"]
+    assert ablation.choose(suite, raw)[:2] == (True, "loses-full-size")
