@@ -353,24 +353,31 @@ def small_dim_score(suite: Suite, base: dict, row: dict, evaluators: tuple[str, 
     return sum(row[ev][d] - base[ev][d] for ev in evaluators or suite.evaluators for d in suite.small)
 
 
+def judge(suite: Suite, result: dict, with_public: bool = True) -> tuple[bool, str, float]:
+    """A run against the target on the suite's written sets, and on STS-B too where it was scored on it
+    (``with_public``): (meets the target, the target text, summed gain at the small dims)."""
+    extra = (PUBLIC_STS["name"],) if with_public else ()
+    evs = tuple(ev for ev in (*suite.evaluators, *extra) if ev in result["after"])
+    row = {ev: primary(result, ev, "after") for ev in evs}
+    base = {ev: primary(result, ev, "before") for ev in evs}
+    ok, text = verdict(suite, base, row, evs)
+    return ok, text, small_dim_score(suite, base, row, evs)
+
+
 def choose(suite: Suite, raw: dict) -> tuple[bool, str, list[str], str]:
     """The suite's best variant: where the old defaults and others were scored on the public STS-B test,
     only those, judged on all three sets: meeting the target, then keeping the full size on every set,
     then fewest misses of the target, then the summed gain at the small dims. Returns (meets the
     target, name, the names tied with it, the target text)."""
-    pub = PUBLIC_STS["name"]
     scored_public = set(public(raw)) if suite.before in public(raw) else set()
     ranked = []
     for name in raw:
         if scored_public and name not in scored_public:
             continue
-        evs = (*suite.evaluators, pub) if name in scored_public else suite.evaluators
-        row = {ev: primary(raw[name], ev, "after") for ev in evs}
-        base = {ev: primary(raw[name], ev, "before") for ev in evs}
-        ok, text = verdict(suite, base, row, evs)
+        ok, text, gain = judge(suite, raw[name], with_public=bool(scored_public))
         misses = [] if ok else text[len("misses: "):].split(", ")
-        full_kept = not any(m.startswith(f"{ev}@{suite.full} ") for m in misses for ev in evs)
-        ranked.append(((ok, full_kept, -len(misses), round(small_dim_score(suite, base, row, evs), 4)), name, text))
+        full_kept = not any(f"@{suite.full} (" in m for m in misses)  # verdict writes a full-size miss with its shift
+        ranked.append(((ok, full_kept, -len(misses), round(gain, 4)), name, text))
     top = max(key for key, _, _ in ranked)
     tied = [name for key, name, _ in ranked if key == top]
     best = "mean" if "mean" in tied else tied[0]
@@ -519,14 +526,11 @@ def verdict_lines() -> list[str]:
                             ("rotation, one rate", one_rate[key]), ("**new default**", new[key])):
             if name not in raw:
                 continue
-            evs = tuple(ev for ev in (*suite.evaluators, PUBLIC_STS["name"]) if ev in raw[name]["after"])
-            row = {ev: primary(raw[name], ev, "after") for ev in evs}
-            first = {ev: primary(raw[name], ev, "before") for ev in evs}
             cells = " | ".join(delta(name, ev, d) for ev in suite.evaluators for d in ("384", "64", "8"))
-            pub = PUBLIC_STS["name"]
-            cells += " | " + " | ".join(
-                f"{100 * (row[pub][d] - first[pub][d]):+.2f}" if pub in row else "—" for d in ("384", "64", "32", "8"))
-            target = verdict(suite, first, row, evs)[1] if name != "no-matryoshka" else ""
+            after, before = public(raw), public(raw, "before")
+            cells += " | " + " | ".join(f"{100 * (after[name][d] - before[name][d]):+.2f}" if name in after else "—"
+                                        for d in ("384", "64", "32", "8"))
+            target = judge(suite, raw[name])[1] if name != "no-matryoshka" else ""
             out.append(f"| {key} | {label} (`{name}`) | {cells} | {target} |")
     out += [
         "",
@@ -649,10 +653,7 @@ def full_size_loss(found: dict, new: dict[str, str]) -> list[str]:
         )
     name = new.get("realistic")
     if name in scored:
-        evs = (*SUITES["realistic"].evaluators, pub)
-        row = {ev: primary(raw[name], ev, "after") for ev in evs}
-        first = {ev: primary(raw[name], ev, "before") for ev in evs}
-        ok, text = verdict(SUITES["realistic"], first, row, evs)
+        ok, text, _ = judge(SUITES["realistic"], raw[name])
         dims = [str(d) for d in raw[name]["dims"]]
         lines.append(
             f"- **The new default on STS-B** (`{name}`): " + ", ".join(f"{d} {shift('realistic', name, pub, d):+.2f}"
@@ -662,16 +663,14 @@ def full_size_loss(found: dict, new: dict[str, str]) -> list[str]:
         )
     for key in ("realistic-hard", "realistic-seen"):
         runs = found.get(key, {})
-        name = new.get(key)
-        if name not in public(runs):
+        name, scored_here = new.get(key), public(runs)
+        if name not in scored_here:
             continue
         suite = SUITES[key]
-        evs = (*suite.evaluators, pub)
-        ok, text = verdict(suite, {ev: primary(runs[name], ev, "before") for ev in evs},
-                           {ev: primary(runs[name], ev, "after") for ev in evs}, evs)
+        ok, text, _ = judge(suite, runs[name])
         others = [f"{label} {shift(key, other, pub):+.2f}"
                   for label, other in (("the old defaults", suite.before), ("MNRL alone", "no-matryoshka"))
-                  if other in public(runs)]
+                  if other in scored_here]
         lines.append(
             f"- **The new default on STS-B, `{key}`** (`{name}`): "
             + ", ".join(f"{d} {shift(key, name, pub, d):+.2f}" for d in ("384", "64", "32", "16", "8"))
@@ -680,7 +679,7 @@ def full_size_loss(found: dict, new: dict[str, str]) -> list[str]:
             + (". It meets the target on all three sets." if ok else f"; against the target: {text[len('misses: '):]}.")
             + (" Here MNRL without Matryoshka loses at full size too, so this suite does not isolate the Matryoshka "
                "objective's cost (the issue's MNRL alone: +0.09)."
-               if "no-matryoshka" in public(runs) and shift(key, "no-matryoshka", pub) < -0.5 else "")
+               if "no-matryoshka" in scored_here and shift(key, "no-matryoshka", pub) < -0.5 else "")
         )
     if not lines:
         lines.append("- **Not scored on the public STS-B test yet**: `python scripts/quality/ablation.py --suite "
