@@ -207,6 +207,38 @@ def test_a_config_without_the_quality_keys_trains_with_the_rotation_on(tiny_conf
     assert find_rotation(saved) is not None
     assert config.training.layerwise_lr_decay == "auto"  # and with the rotation comes the layer-wise decay
     assert results["layerwise_lr_decay"]["value"] == 0.8 and results["layerwise_lr_decay"]["why"].startswith("auto:")
+    assert config.matryoshka.weights == "auto"  # and the smaller half of the dims weigh double
+    assert config.matryoshka.dims == [32, 16, 8]
+    assert results["matryoshka_weights"]["value"] == [1, 2, 2]
+    assert results["matryoshka_weights"]["why"].startswith("auto:")
+
+
+def test_auto_dim_weights_reach_the_loss_and_a_config_value_wins(tiny_config):
+    """`auto` with the rotation on: the loss weighs the smaller half of the dims (the middle one
+    included) 2; null is all 1; a list is used as given; without the rotation `auto` is all 1."""
+    from matryoshka_train.training.plan import build_plan
+    from matryoshka_train.training.prepare import dim_weights_decision
+
+    def loss_weights(cfg):
+        plan = build_plan(validate(cfg), echo=lambda _: None)
+        (loss,) = plan.losses.values()
+        return list(loss.matryoshka_weights), plan.dim_weights
+
+    assert loss_weights(tiny_config) == ([1.0, 2.0, 2.0], [1.0, 2.0, 2.0])
+    cfg = copy.deepcopy(tiny_config)
+    cfg["matryoshka"]["weights"] = None
+    assert loss_weights(cfg) == ([1.0, 1.0, 1.0], None)
+    cfg["matryoshka"]["weights"] = [3, 1, 1]
+    assert loss_weights(cfg) == ([3.0, 1.0, 1.0], [3, 1, 1])
+    cfg["matryoshka"]["weights"] = "auto"
+    cfg["matryoshka"]["reduction"] = "mean"
+    assert loss_weights(cfg)[0] == pytest.approx([1 / 3, 2 / 3, 2 / 3])
+    cfg["matryoshka"]["rotation"] = {"enabled": False}
+    assert loss_weights(cfg)[1] is None
+    assert dim_weights_decision(validate(cfg), [32, 16, 8]) == (
+        None, "auto: all 1; the weighting was measured with the learned rotation, which is off here")
+    seven = dim_weights_decision(validate(tiny_config), [384, 256, 128, 64, 32, 16, 8])[0]
+    assert seven == [1, 1, 1, 2, 2, 2, 2]  # the measured variant (docs/quality.md: ...-small2)
 
 
 def test_auto_layerwise_decay_hands_the_trainer_lower_rates_for_lower_layers(tiny_config):
@@ -282,6 +314,7 @@ def test_check_prints_the_rotation_decision(write_config, tiny_config, capsys):
     out = capsys.readouterr().out
     assert "Rotation (matryoshka.rotation): on (auto:" in out
     assert "Layer-wise LR decay (training.layerwise_lr_decay): 0.8 (auto: with the learned rotation" in out
+    assert "Dim weights (matryoshka.weights): [1, 2, 2] (auto: with the learned rotation, the smaller half" in out
 
 
 def test_auto_leaves_an_anchored_run_unrotated_and_an_explicit_rotation_with_an_anchor_is_refused(tiny_config):

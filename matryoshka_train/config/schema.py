@@ -281,7 +281,12 @@ class MatryoshkaConfig(Section):
     dims: list[int] | None = Field(
         None, description="Truncation dims, descending and unique; default: full size halved down to 32."
     )
-    weights: list[float] | None = Field(None, description="One weight per dim (default all 1).")
+    weights: list[float] | Literal["auto"] | None = Field(
+        "auto", description="One weight per dim; null: all 1. 'auto' (default): where the learned rotation "
+        "(matryoshka.rotation) is on, the smaller half of the dims (the middle one included) weigh 2 and the "
+        "others 1, all 1 elsewhere (measured best with the rotation, docs/quality.md); `mtrain check` prints "
+        "the decision.",
+    )
     reduction: Literal["sum", "mean"] = Field(
         "sum", description="'sum' adds the per-dim losses; 'mean' divides by the number of dims."
     )
@@ -309,14 +314,14 @@ class MatryoshkaConfig(Section):
 
     @field_validator("weights")
     @classmethod
-    def _weights(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and (any(w < 0 for w in value) or not any(w > 0 for w in value)):
+    def _weights(cls, value: list[float] | str | None) -> list[float] | str | None:
+        if isinstance(value, list) and (any(w < 0 for w in value) or not any(w > 0 for w in value)):
             raise ValueError(f"weights must be >= 0 with at least one above 0, got {value}")
         return value
 
     @model_validator(mode="after")
     def _weights_match(self) -> MatryoshkaConfig:
-        if self.weights is not None and self.dims is not None and len(self.weights) != len(self.dims):
+        if isinstance(self.weights, list) and self.dims is not None and len(self.weights) != len(self.dims):
             raise ValueError(f"weights has {len(self.weights)} entries but dims has {len(self.dims)}: give one per dim")
         return self
 

@@ -47,8 +47,10 @@ def kwargs_problems(cfg: LossConfig) -> list[str]:
 
 def matryoshka_weights(mcfg: MatryoshkaConfig, dims: list[int]) -> list[float]:
     """Per-dim weights after the reduction: 'mean' divides every weight by the number of dims,
-    so the summed loss (and the effective step size) stays that of one dim."""
-    weights = list(mcfg.weights) if mcfg.weights is not None else [1.0] * len(dims)
+    so the summed loss (and the effective step size) stays that of one dim. ``weights: auto`` is
+    resolved by the training plan (``prepare.dim_weights_decision``) before the loss is built; left
+    unresolved it is all 1."""
+    weights = list(mcfg.weights) if isinstance(mcfg.weights, list) else [1.0] * len(dims)
     if mcfg.reduction == "mean":
         weights = [w / len(dims) for w in weights]
     return weights

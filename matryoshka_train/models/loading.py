@@ -282,7 +282,7 @@ def layerwise_learning_rates(model: SentenceTransformer, base_lr: float, decay: 
 
 def weights_problem(mcfg: MatryoshkaConfig, dims: list[int]) -> str | None:
     """Weights given without dims are matched against the default dims, known only now."""
-    if mcfg.weights is not None and len(mcfg.weights) != len(dims):
+    if isinstance(mcfg.weights, list) and len(mcfg.weights) != len(dims):
         return (f"weights has {len(mcfg.weights)} entries but the dims are {dims} ({len(dims)}); "
                 "give one weight per dim, or list matryoshka.dims too")
     return None

@@ -69,7 +69,7 @@ def check(config: RunConfig) -> CheckReport:
     report.warnings += prep.warnings + [w for w in prep.unverified if not w.startswith("model:")]
     report.warnings += save_warnings(config)
     report.lines += [line for line in prep.lines if line not in model_lines]
-    report.lines += batch_lines(config, columns, model=prep.model)
+    report.lines += batch_lines(config, columns, model=prep.model, dims=prep.dims)
     publish, publish_warnings = hub_lines(config.hub)
     report.lines += publish
     report.warnings += publish_warnings

@@ -348,6 +348,7 @@ def report(state: Run) -> dict[str, Any]:
         "anchor": anchor_cost(plan),
         "rotation": rotation_summary(plan.rotation, state.config.matryoshka.rotation, plan.rotation_why),
         "layerwise_lr_decay": {"value": plan.layerwise_decay, "why": plan.layerwise_why},
+        "matryoshka_weights": {"value": plan.dim_weights, "why": plan.dim_weights_why},
         "precision": plan.precision,
         "batch_sampler": plan.batch_sampler,
         "padding": padding_summary(state.chunked or state.packed),

@@ -23,7 +23,7 @@ from ..losses.build import build_loss
 from ..models.loading import freeze
 from ..models.rotation import Decoupling, add_rotation, find_rotation, pca_rotation
 from . import distributed
-from .prepare import Preparation, layerwise_decay_decision, prepare, rotation_decision
+from .prepare import Preparation, dim_weights_decision, layerwise_decay_decision, prepare, rotation_decision
 from .speed import SpeedPlan, decide
 
 
@@ -44,6 +44,8 @@ class Plan:
     rotation_why: str = ""  # why the run has a rotation or not (prepare.rotation_decision)
     layerwise_decay: float | None = None  # training.layerwise_lr_decay resolved (prepare.layerwise_decay_decision)
     layerwise_why: str = ""
+    dim_weights: list[float] | None = None  # matryoshka.weights resolved (prepare.dim_weights_decision); None: all 1
+    dim_weights_why: str = ""
 
 
 def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
@@ -65,7 +67,7 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     batch_sampler = resolve_batch_sampler(config)
     speed = decide(config.training)
     return Plan(config, model, dims, prep.datasets, losses, evaluator, precision, batch_sampler, speed, rotation,
-                rotation_why, *layerwise_decay_decision(config, model))
+                rotation_why, *layerwise_decay_decision(config, model), *dim_weights_decision(config, dims))
 
 
 def start_rotation(prep: Preparation, echo: Callable[[str], None]) -> Any:
@@ -119,8 +121,10 @@ def _loss_for(prep: Preparation, index: int, dims: list[int], rotation: Any = No
     lcfg = config.loss_for(config.datasets[index])
     where = f"datasets.{index}.loss" if config.datasets[index].loss else "loss"
     guide = prep.references.get(f"{where}.guide_model")
+    weights, _ = dim_weights_decision(config, dims)
+    mcfg = config.matryoshka.model_copy(update={"weights": weights})  # 'auto' resolved for this run
     try:
-        return build_loss(prep.model, lcfg, config.matryoshka, dims, guide=guide, rotation=rotation)
+        return build_loss(prep.model, lcfg, mcfg, dims, guide=guide, rotation=rotation)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"cannot build {lcfg.name}: {exc}", where=where) from None
 
@@ -221,19 +225,23 @@ def trainer_prompts(config: RunConfig) -> str | dict[str, Any] | None:
     return {name: value if value is not None else {} for name, value in per_dataset.items()}
 
 
+def fmt_weights(weights: list[float] | None) -> str:
+    return "all 1" if weights is None else "[" + ", ".join(f"{w:g}" for w in weights) + "]"
+
+
 def batch_summary(plan: Plan) -> str:
     rows = sum(len(d.train) for d in plan.datasets)
     lines = [
         f"Model: {plan.config.model.name_or_path} · embedding size "
         f"{plan.model.get_embedding_dimension()} · dims {plan.dims}",
         f"Data: {rows} training rows in {len(plan.datasets)} dataset(s)",
-        *batch_lines(plan.config, {d.name: d.columns for d in plan.datasets}, plan.precision, plan.model),
+        *batch_lines(plan.config, {d.name: d.columns for d in plan.datasets}, plan.precision, plan.model, plan.dims),
     ]
     return "\n".join(lines)
 
 
 def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str | None = None,
-                model: Any = None) -> list[str]:
+                model: Any = None, dims: list[int] | None = None) -> list[str]:
     """Batch semantics, printed by `run` and `check`: per-device batch, world size, accumulation,
     global batch, the sampler, and how many negatives each anchor is scored against (for
     in-batch-negative losses; across all devices with gather_across_devices)."""
@@ -262,10 +270,12 @@ def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str
                 lines.append(f"  {dcfg.name}: {local} negatives per anchor ({kinds}){more}")
     on, why = rotation_decision(config)
     decay, decay_why = layerwise_decay_decision(config, model)
+    weights, weights_why = dim_weights_decision(config, dims) if dims else (None, "")
     return [
         *lines,
         f"Rotation (matryoshka.rotation): {'on' if on else 'off'} ({why})",
         f"Layer-wise LR decay (training.layerwise_lr_decay): {decay if decay is not None else 'off'} ({decay_why})",
+        *([f"Dim weights (matryoshka.weights): {fmt_weights(weights)} ({weights_why})"] if weights_why else []),
         *decide(t).lines(),
         SpeedPlan.sampler_line(t.batch_sampler, resolve_batch_sampler(config)),
     ]

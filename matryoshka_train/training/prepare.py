@@ -251,6 +251,31 @@ def layerwise_decay_decision(config: RunConfig, model: Any = None) -> tuple[floa
                                   "docs/quality.md")
 
 
+# matryoshka.weights 'auto' with the rotation on: the smaller half of the dims weigh this much (measured
+# best on the realistic set, two seeds, and the public STS-B test: docs/quality.md, variant
+# rotation-coupled-llrd0.8-small2)
+AUTO_SMALL_DIM_WEIGHT = 2.0
+
+
+def dim_weights_decision(config: RunConfig, dims: list[int]) -> tuple[list[float] | None, str]:
+    """The per-dim weights of the Matryoshka terms (``matryoshka.weights``; None: all 1), and why.
+    ``auto`` weighs the smaller half of the dims (the middle one included) double where the learned
+    rotation is on — measured together with it — and keeps them all 1 elsewhere (the card recipes,
+    distillation, which were not measured with it)."""
+    value = config.matryoshka.weights
+    if value != "auto":
+        return (list(value), "set in the config") if value is not None else (None, "all 1, set in the config")
+    if not rotation_decision(config)[0]:
+        return None, "auto: all 1; the weighting was measured with the learned rotation, which is off here"
+    if len(dims) < 2:
+        return None, "auto: all 1 with a single dim"
+    weights = [1.0 if i < len(dims) // 2 else AUTO_SMALL_DIM_WEIGHT for i in range(len(dims))]
+    small = [d for d, w in zip(dims, weights) if w != 1.0]
+    return weights, (f"auto: with the learned rotation, the smaller half of the dims ({', '.join(map(str, small))}) "
+                     f"weigh {AUTO_SMALL_DIM_WEIGHT:g}; more of the step for the dims that lose most to truncation, "
+                     "measured best in docs/quality.md")
+
+
 def rotation_problems(config: RunConfig) -> list[Problem]:
     """The rotation keeps full-size cosines by construction, which only helps losses that compare
     the model's embeddings with each other (not with fixed teacher vectors). ``auto`` never asks for
