@@ -610,9 +610,9 @@ def decoupled_line(found: dict) -> str:
 
 
 def rotation_rate_line(found: dict) -> str:
-    """The verdict's bullet on how far the rotation itself moves at the default rate: the default against
-    the same run with the rotation's rate a tenth of the encoder's, and with it at 1e-3."""
-    raw, default = found.get("realistic", {}), "rotation-coupled-llrd0.8"
+    """The verdict's bullet on how far the rotation itself moves at the default rate: rotation + decay
+    against the same run with the rotation's rate a tenth of the encoder's, and with it at 1e-3."""
+    raw, default = found.get("realistic", {}), DECAY_ONLY["realistic"]
     slow, fast = "rotation-coupled-llrd0.8-rotlr2e-6", "rotation-coupled-llrd0.8-lr1e-3"
     if not {default, slow} <= set(raw):
         return ""
@@ -734,8 +734,8 @@ def full_size_loss(found: dict) -> list[str]:
             continue
         suite = SUITES[key]
         ok, text, _ = judge(suite, runs[name])
-        others = [f"{label} {shift(key, other, pub):+.2f}"
-                  for label, other in (("the old defaults", suite.before), ("MNRL alone", "no-matryoshka"))
+        others = [f"{who} {shift(key, other, pub):+.2f}"
+                  for who, other in (("the old defaults", suite.before), ("MNRL alone", "no-matryoshka"))
                   if other in scored_here]
         lines.append(
             f"- **{label} on STS-B, `{key}`** (`{name}`): "
