@@ -20,7 +20,9 @@ from matryoshka_train.models.rotation import (
     add_rotation,
     find_rotation,
     orthogonalize,
+    part_way,
     pca_rotation,
+    rotation_summary,
 )
 from matryoshka_train.training.entry import run
 
@@ -126,6 +128,36 @@ def test_pca_rotation_orders_directions_by_variance():
     assert abs(w[0, 1].item()) > 0.99  # the widest axis comes first
 
 
+@pytest.mark.parametrize("reflection", [False, True])
+def test_part_way_rotation_is_orthogonal_and_two_halves_make_the_whole(reflection):
+    gen = torch.Generator().manual_seed(1)
+    w = pca_rotation(torch.randn(300, 12, generator=gen) * torch.linspace(3.0, 0.1, 12))
+    if (torch.linalg.det(w) < 0) != reflection:
+        w[-1] = -w[-1]
+    half = part_way(w, 0.5)
+    assert torch.allclose(half @ half.T, torch.eye(12), atol=1e-5)
+    whole = half @ half
+    assert torch.allclose(whole[:-1], w[:-1], atol=1e-4)  # the last row is negated for a reflection
+    assert torch.allclose(whole[-1].abs(), w[-1].abs(), atol=1e-4)
+    assert not torch.allclose(half, w, atol=1e-2) and not torch.allclose(half, torch.eye(12), atol=1e-2)
+    assert torch.equal(part_way(w, 1.0), w) and torch.equal(part_way(w, 0.0), torch.eye(12))
+
+
+def test_pca_fraction_starts_the_rotation_part_way_and_results_record_it(tiny_config):
+    from matryoshka_train.training.plan import build_plan
+
+    weights = {}
+    for fraction in (1.0, 0.5):
+        cfg = copy.deepcopy(tiny_config)
+        cfg["matryoshka"]["rotation"] = {"enabled": True, "pca_fraction": fraction}
+        plan = build_plan(validate(cfg), echo=lambda _: None)
+        weights[fraction] = plan.rotation.linear.weight.detach().clone()
+    half = weights[0.5]
+    assert torch.allclose(half @ half.T, torch.eye(32), atol=1e-4)
+    assert torch.allclose((half @ half)[:-1], weights[1.0][:-1], atol=1e-3)
+    assert rotation_summary(plan.rotation, plan.config.matryoshka.rotation)["pca_fraction"] == 0.5
+
+
 def test_run_with_frozen_encoder_trains_only_the_rotation_and_keeps_full_size(tiny_config, tiny_model_dir, tmp_path):
     """Everything but the rotation frozen: full-size similarities stay the base model's exactly,
     the truncated ones change, and the saved model loads back with plain sentence-transformers."""
@@ -203,6 +235,9 @@ def test_a_config_without_the_quality_keys_trains_with_the_rotation_on(tiny_conf
     assert results["rotation"]["enabled"] is True and results["rotation"]["why"].startswith("auto:")
     assert results["rotation"]["decouple"] is False and results["rotation"]["orthogonality_error"] < 1e-4
     assert any(line.startswith("Rotation: 32×32, started from the principal directions") for line in lines)
+    assert config.matryoshka.rotation.pca_fraction == 0.5  # the start half-way to PCA
+    assert results["rotation"]["pca_fraction"] == 0.5
+    assert any("(0.5 of the way from no rotation)" in line for line in lines)
     saved = SentenceTransformer(str(tmp_path / "out"))
     assert find_rotation(saved) is not None
     assert config.training.layerwise_lr_decay == "auto"  # and with the rotation comes the layer-wise decay
@@ -313,6 +348,7 @@ def test_check_prints_the_rotation_decision(write_config, tiny_config, capsys):
     assert main(["check", str(write_config(tiny_config))]) == 0
     out = capsys.readouterr().out
     assert "Rotation (matryoshka.rotation): on (auto:" in out
+    assert "; starts 0.5 of the way from no rotation to the PCA rotation of training texts" in out
     assert "Layer-wise LR decay (training.layerwise_lr_decay): 0.8 (auto: with the learned rotation" in out
     assert "Dim weights (matryoshka.weights): [1, 2, 2] (auto: with the learned rotation, the smaller half" in out
 

@@ -266,6 +266,12 @@ class RotationConfig(Section):
         "training texts (largest variance first); identity: start from no rotation.",
     )
     pca_texts: int = Field(4096, gt=1, description="How many training texts the PCA start encodes.")
+    pca_fraction: float = Field(
+        0.5, ge=0, le=1, description="How far the PCA start turns: 1 is the PCA rotation itself, 0.5 (default) "
+        "the rotation half-way along the shortest path from no rotation to it (still orthogonal), 0 no rotation. "
+        "Half-way keeps the base model's own leading coordinates, which serve general STS well, while ordering "
+        "for the training text (measured best, docs/quality.md). Only with init: pca.",
+    )
     decouple: bool = Field(
         False, description="true: the full-size loss term trains the encoder only and every smaller dim's term "
         "trains the rotation only, so the full-size geometry is shaped by the full-size objective alone. "
@@ -291,6 +297,11 @@ class MatryoshkaConfig(Section):
         "sum", description="'sum' adds the per-dim losses; 'mean' divides by the number of dims."
     )
     n_dims_per_step: int = Field(-1, description="-1: every dim every step; k>0: k random dims per step.")
+    similarity_weight: float = Field(
+        0.0, ge=0, description="Weight of a term that keeps each smaller dim's similarities in line with full "
+        "size: per dim, 1 − the Pearson correlation between its pairwise cosines over every text of the step and "
+        "the full-size ones (held fixed), times the dim's weight. 0: off. 'matryoshka' wrapper only.",
+    )
     wrapper: Literal["matryoshka", "matryoshka_2d", "adaptive_layer"] = Field(
         "matryoshka", description="MatryoshkaLoss, Matryoshka2dLoss (dims and layers) or AdaptiveLayerLoss (layers)."
     )

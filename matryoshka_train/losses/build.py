@@ -78,7 +78,8 @@ def build_loss(
     if mcfg.wrapper == "matryoshka":
         return PerDimMatryoshkaLoss(
             model, inner, matryoshka_dims=dims, matryoshka_weights=weights,
-            n_dims_per_step=mcfg.n_dims_per_step, rotation=rotation, **mcfg.wrapper_kwargs,
+            n_dims_per_step=mcfg.n_dims_per_step, rotation=rotation,
+            similarity_weight=mcfg.similarity_weight, **mcfg.wrapper_kwargs,
         )
     if mcfg.wrapper == "matryoshka_2d":
         extra = {"n_dims_per_step": mcfg.n_dims_per_step, **mcfg.wrapper_kwargs}

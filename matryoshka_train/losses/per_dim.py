@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 from sentence_transformers.sentence_transformer.losses.matryoshka import (
     CachedLossDecorator,
@@ -35,6 +36,24 @@ from torch import Tensor
 
 from ..models.rotation import regrad
 
+SIMILARITY_KEY = "similarity"
+
+
+def similarity_term(full: Tensor, view: Tensor, dim: int) -> Tensor:
+    """1 − the Pearson correlation between the pairwise cosines of ``view`` truncated to ``dim`` and
+    those of ``full`` (detached: the full-size geometry is the target, not moved by this term),
+    over every pair of distinct rows. Invariant to the scale and offset of the cosines, so it asks
+    only that the small dim rank pairs as full size does, which is what an STS score measures."""
+    target = F.normalize(full.detach().float(), dim=-1)
+    small = shrink(view.float(), dim)
+    n = full.size(0)
+    off = ~torch.eye(n, dtype=torch.bool, device=full.device)
+    t = (target @ target.T)[off]
+    s = (small @ small.T)[off]
+    t, s = t - t.mean(), s - s.mean()
+    r = (t * s).sum() / (t.norm() * s.norm()).clamp_min(1e-12)
+    return 1.0 - r
+
 
 def dim_key(dim: int) -> str:
     """The loss-component name of one dim, as it appears in metrics.jsonl."""
@@ -44,10 +63,12 @@ def dim_key(dim: int) -> str:
 class _RecordingCachedDecorator(CachedLossDecorator):
     """sentence-transformers' per-dim loop for Cached* losses, remembering each dim's term."""
 
-    def __init__(self, *args: Any, rotation: Any = None, full: int = 0, **kwargs: Any):
+    def __init__(self, *args: Any, rotation: Any = None, full: int = 0, similarity_weight: float = 0.0,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.last: dict[int, Tensor] = {}
-        self.rotation, self.full = rotation, full
+        self.last_similarity: Tensor | None = None
+        self.rotation, self.full, self.similarity_weight = rotation, full, similarity_weight
 
     def _view(self, rep: Tensor, dim: int) -> Tensor:
         if self.rotation is not None and dim < self.full:
@@ -74,6 +95,19 @@ class _RecordingCachedDecorator(CachedLossDecorator):
                 for t_mb, d_mb in zip(truncated, leaves):
                     for t, d in zip(t_mb, d_mb):
                         t.backward(weight * d.grad)
+        self.last_similarity = None
+        small = [idx for idx in indices if self.matryoshka_dims[idx] < self.full]
+        if self.similarity_weight > 0 and small:
+            full = torch.cat([r for minibatch in reps for r in minibatch])
+            view = full if self.rotation is None else regrad(full, self.rotation)
+            term = self.similarity_weight * torch.stack([
+                self.matryoshka_weights[idx] * similarity_term(full, view, self.matryoshka_dims[idx])
+                for idx in small
+            ]).sum()
+            if torch.is_grad_enabled():
+                term.backward()  # into the cached embeddings, like the per-dim terms above
+            self.last_similarity = term.detach()
+            loss = loss + self.last_similarity
         return loss
 
 
@@ -139,15 +173,16 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
             loss = PerDimMatryoshkaLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=[384, 128, 32])
     """
 
-    def __init__(self, *args: Any, rotation: Any = None, **kwargs: Any):
+    def __init__(self, *args: Any, rotation: Any = None, similarity_weight: float = 0.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.rotation = rotation
+        self.similarity_weight = similarity_weight
         self.full = self.model.get_embedding_dimension() or max(self.matryoshka_dims)
         if self.uses_gradient_cache:
             plain = self.loss.calculate_loss.fn  # undo the parent's decorator, put ours in its place
             self.loss.calculate_loss = _RecordingCachedDecorator(
                 plain, self.matryoshka_dims, self.matryoshka_weights, self.n_dims_per_step,
-                rotation=rotation, full=self.full,
+                rotation=rotation, full=self.full, similarity_weight=similarity_weight,
             )
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
@@ -155,11 +190,18 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
             return self._cached_forward(sentence_features, labels)
         original = self.model.forward
         terms: dict[int, Tensor] = {}
+        captured: list[Tensor] = []  # each column's full-size embeddings, as the model returned them
+
+        def capturing(features: dict[str, Tensor]) -> dict[str, Tensor]:
+            output = original(features)
+            captured.append(output["sentence_embedding"])
+            return output
+
         try:
             decorated = (
-                _RotatedForward(original, self.rotation, self.full)
+                _RotatedForward(capturing, self.rotation, self.full)
                 if self.rotation is not None
-                else ForwardDecorator(original)
+                else ForwardDecorator(capturing)
             )
             self.model.forward = decorated
             indices = list(range(len(self.matryoshka_dims)))
@@ -178,7 +220,18 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
                 terms[dim] = weight * self.loss(sentence_features, dim_labels)
         finally:
             self.model.forward = original
-        return self._by_dim(terms)
+        out = self._by_dim(terms)
+        if self.similarity_weight > 0 and captured:
+            full = torch.cat(captured)
+            view = full if self.rotation is None else regrad(full, self.rotation)
+            sims = [
+                self.matryoshka_weights[idx] * similarity_term(full, view, self.matryoshka_dims[idx])
+                for idx in indices
+                if self.matryoshka_dims[idx] < self.full
+            ]
+            if sims:
+                out[SIMILARITY_KEY] = self.similarity_weight * torch.stack(sims).sum()
+        return out
 
     def _cached_forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
         total = self.loss(sentence_features, labels)
@@ -186,6 +239,9 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
         out = {dim_key(d): total.new_zeros(()) for d in self.matryoshka_dims}
         for dim, value in recorded.items():
             out[dim_key(dim)] = value.to(total.device, total.dtype)
+        similarity = getattr(self.loss.calculate_loss, "last_similarity", None)
+        if similarity is not None:
+            out[SIMILARITY_KEY] = similarity.to(total.device, total.dtype)
         carrier = dim_key(next(iter(recorded), self.matryoshka_dims[0]))
         others = sum((v for k, v in out.items() if k != carrier), total.new_zeros(()))
         out[carrier] = total - others  # numerically this dim's term; carries the gradient-cache hook

@@ -71,6 +71,28 @@ def pca_rotation(embeddings: Tensor) -> Tensor:
     return vectors[:, order].T.contiguous().float()
 
 
+def part_way(weight: Tensor, fraction: float) -> Tensor:
+    """The rotation ``fraction`` of the way from no rotation to ``weight`` along the shortest path
+    between them, ``exp(fraction · log W)``: 0 gives the identity, 1 ``weight`` itself, and every
+    point between is orthogonal, so it too changes no full-size cosine. A ``weight`` that is a
+    reflection (determinant −1) has no real logarithm; its last row is negated first, which flips
+    the sign of the last coordinate only and so changes no cosine at any truncation below full size."""
+    width = weight.shape[0]
+    if fraction >= 1.0:
+        return weight
+    if fraction <= 0.0:
+        return torch.eye(width, dtype=weight.dtype)
+    # why: torch has no matrix logarithm; scipy comes with sentence-transformers
+    import scipy.linalg
+
+    w = weight.detach().cpu().double().clone()
+    if torch.linalg.det(w) < 0:
+        w[-1] = -w[-1]
+    log = torch.from_numpy(scipy.linalg.logm(w.numpy()).real)
+    log = 0.5 * (log - log.T)  # skew-symmetric to rounding error: its exponential is orthogonal
+    return torch.linalg.matrix_exp(fraction * log).to(weight.dtype)
+
+
 def add_rotation(model: Any, weight: Tensor) -> str:
     """Insert a rotation ``Dense`` after pooling (before a Normalize module, if any); returns its
     name in the model."""
@@ -144,7 +166,8 @@ def rotation_summary(dense: Dense | None, rcfg: Any, why: str = "") -> dict[str,
     how orthogonal it ended."""
     if dense is None:
         return {"enabled": False, "why": why}
-    return {"enabled": True, "why": why, "width": dense.in_features, "init": rcfg.init, "decouple": rcfg.decouple,
+    return {"enabled": True, "why": why, "width": dense.in_features, "init": rcfg.init,
+            "pca_fraction": rcfg.pca_fraction if rcfg.init == "pca" else None, "decouple": rcfg.decouple,
             "learning_rate": rcfg.learning_rate, "orthogonality_error": orthogonality_error(dense)}
 
 

@@ -252,16 +252,17 @@ def training_curves(runs: list[RunData], path: Path) -> Path | None:
                 {k for e in train for k in e if k.startswith("dim") and k[3:].isdigit()}, key=lambda k: -int(k[3:])
             )
             if len(runs) == 1:
-                for key in components + [k for k in ("anchor",) if any(k in e for e in train)]:
+                extra = {"anchor": ("grey", "anchor term"), "similarity": ("tab:brown", "similarity term")}
+                for key in components + [k for k in extra if any(k in e for e in train)]:
                     xs = [e for e in train if key in e]
-                    color = _dim_color(int(key[3:]), all_dims) if key != "anchor" else "grey"
+                    color = extra[key][0] if key in extra else _dim_color(int(key[3:]), all_dims)
                     loss_ax.plot(
                         [e["step"] for e in xs],
                         [e[key] for e in xs],
                         linewidth=1.2,
                         alpha=0.9,
                         color=color,
-                        label=f"{key[3:]} dims" if key != "anchor" else "anchor term",
+                        label=extra[key][1] if key in extra else f"{key[3:]} dims",
                     )
         if evaluators:
             name, metric = evaluators[0]

@@ -21,7 +21,7 @@ from ..evaluation.spec import build_matryoshka_evaluator
 from ..losses.anchor import AnchoredLoss
 from ..losses.build import build_loss
 from ..models.loading import freeze
-from ..models.rotation import Decoupling, add_rotation, find_rotation, pca_rotation
+from ..models.rotation import Decoupling, add_rotation, find_rotation, part_way, pca_rotation
 from . import distributed
 from .prepare import Preparation, dim_weights_decision, layerwise_decay_decision, prepare, rotation_decision
 from .speed import SpeedPlan, decide
@@ -84,8 +84,10 @@ def start_rotation(prep: Preparation, echo: Callable[[str], None]) -> Any:
             texts = _training_texts(prep.datasets, rcfg.pca_texts)
             with torch.no_grad():
                 emb = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
-            weight = pca_rotation(emb.float().cpu())
-            echo(f"Rotation: {width}×{width}, started from the principal directions of {len(texts)} training texts")
+            weight = part_way(pca_rotation(emb.float().cpu()), rcfg.pca_fraction)
+            share = "" if rcfg.pca_fraction == 1 else f" ({rcfg.pca_fraction:g} of the way from no rotation)"
+            echo(f"Rotation: {width}×{width}, started from the principal directions of {len(texts)} training "
+                 f"texts{share}")
         else:
             weight = torch.eye(width)
             echo(f"Rotation: {width}×{width}, started from the identity")
@@ -273,12 +275,22 @@ def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str
     weights, weights_why = dim_weights_decision(config, dims) if dims else (None, "")
     return [
         *lines,
-        f"Rotation (matryoshka.rotation): {'on' if on else 'off'} ({why})",
+        f"Rotation (matryoshka.rotation): {'on' if on else 'off'} ({why})" + (start_line(config) if on else ""),
         f"Layer-wise LR decay (training.layerwise_lr_decay): {decay if decay is not None else 'off'} ({decay_why})",
         *([f"Dim weights (matryoshka.weights): {fmt_weights(weights)} ({weights_why})"] if weights_why else []),
         *decide(t).lines(),
         SpeedPlan.sampler_line(t.batch_sampler, resolve_batch_sampler(config)),
     ]
+
+
+def start_line(config: RunConfig) -> str:
+    """How the rotation starts, as the check line's tail."""
+    rcfg = config.matryoshka.rotation
+    if rcfg.init != "pca":
+        return "; starts from no rotation"
+    if rcfg.pca_fraction == 1:
+        return "; starts from the PCA rotation of training texts"
+    return f"; starts {rcfg.pca_fraction:g} of the way from no rotation to the PCA rotation of training texts"
 
 
 def anchor_cost(plan: Plan) -> dict[str, Any] | None:

@@ -197,6 +197,11 @@ def config_problems(config: RunConfig) -> list[Problem]:
             ))
     if config.model.lora is not None and missing_peft_message():
         problems.append(Problem("model.lora", missing_peft_message()))
+    m = config.matryoshka
+    if m.similarity_weight > 0 and m.wrapper != "matryoshka":
+        problems.append(Problem("matryoshka.similarity_weight",
+                                f"works with wrapper 'matryoshka' only, not '{m.wrapper}'; set it to 0 or use "
+                                "wrapper matryoshka"))
     return (problems + _training_argument_problems(config) + _best_metric_problems(config)
             + reference_problems(config) + tracker_problems(config.training.report_to) + rotation_problems(config))
 
