@@ -82,7 +82,7 @@ def part_way(weight: Tensor, fraction: float) -> Tensor:
         return weight
     if fraction <= 0.0:
         return torch.eye(width, dtype=weight.dtype)
-    # why: torch has no matrix logarithm; scipy comes with sentence-transformers
+    # why: torch has no matrix logarithm, and only a part-way start needs one: scipy loads here, not at import
     import scipy.linalg
 
     w = weight.detach().cpu().double().clone()
