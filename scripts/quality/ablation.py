@@ -681,6 +681,19 @@ def half_way_line(found: dict) -> str:
                      "its worst margin (the ranking rule's step for it came with this comparison: by the summed "
                      "gain alone, which the written sets' 8- and 16-dim scores dominate, three quarters would "
                      "rank first).")
+    seen = found.get("realistic-seen", {})
+    seen_new, seen_old = NEW_DEFAULT["realistic-seen"], WHOLE_PCA["realistic-seen"]
+    if {seen_new, seen_old} <= set(seen):
+        full = SUITES["realistic-seen"].full
+
+        def at_full(name: str, ev: str) -> str:
+            return f"{100 * (primary(seen[name], ev, 'after')[full] - primary(seen[name], ev, 'before')[full]):+.2f}"
+
+        seen_evs = [ev for ev in (*SUITES["realistic-seen"].evaluators, PUBLIC_STS["name"])
+                    if ev in seen[seen_new]["after"] and ev in seen[seen_old]["after"]]
+        line += (" On `realistic-seen` the half-way start costs some full size: against its base, "
+                 + "; ".join(f"{ev} {at_full(seen_new, ev)} where the whole start gave {at_full(seen_old, ev)}"
+                             for ev in seen_evs) + ".")
     return line
 
 
