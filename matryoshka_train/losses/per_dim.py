@@ -16,6 +16,10 @@ value being that dim's *weighted* term, so the logged values add up to the logge
 * With a learned rotation (``matryoshka.rotation`` with ``decouple``), the terms below full size
   see the embeddings through :func:`~matryoshka_train.models.rotation.regrad`: same values, a
   gradient into the rotation only (see :mod:`matryoshka_train.models.rotation`).
+* With ``similarity_weight > 0`` (``matryoshka.similarity_weight``) a ``similarity`` key joins the
+  dims: per smaller dim, 1 − the Pearson correlation of its pairwise cosines over the step's texts
+  with the full-size ones (:func:`similarity_term`), in the plain path from the one forward's
+  embeddings, in the gradient-cache path inside the cache's loss step (the same gradient).
 """
 
 from __future__ import annotations
@@ -53,6 +57,13 @@ def similarity_term(full: Tensor, view: Tensor, dim: int) -> Tensor:
     t, s = t - t.mean(), s - s.mean()
     r = (t * s).sum() / (t.norm() * s.norm()).clamp_min(1e-12)
     return 1.0 - r
+
+
+def similarity_total(full: Tensor, rotation: Any, dims_weights: list[tuple[int, float]], weight: float) -> Tensor:
+    """``weight`` × Σ over the given (dim, dim weight) of ``dim weight × similarity_term``; with a
+    decoupled rotation the small dims see ``full`` through :func:`regrad`, as their loss terms do."""
+    view = full if rotation is None else regrad(full, rotation)
+    return weight * torch.stack([w * similarity_term(full, view, d) for d, w in dims_weights]).sum()
 
 
 def dim_key(dim: int) -> str:
@@ -96,14 +107,11 @@ class _RecordingCachedDecorator(CachedLossDecorator):
                     for t, d in zip(t_mb, d_mb):
                         t.backward(weight * d.grad)
         self.last_similarity = None
-        small = [idx for idx in indices if self.matryoshka_dims[idx] < self.full]
+        small = [(self.matryoshka_dims[i], self.matryoshka_weights[i]) for i in indices
+                 if self.matryoshka_dims[i] < self.full]
         if self.similarity_weight > 0 and small:
             full = torch.cat([r for minibatch in reps for r in minibatch])
-            view = full if self.rotation is None else regrad(full, self.rotation)
-            term = self.similarity_weight * torch.stack([
-                self.matryoshka_weights[idx] * similarity_term(full, view, self.matryoshka_dims[idx])
-                for idx in small
-            ]).sum()
+            term = similarity_total(full, self.rotation, small, self.similarity_weight)
             if torch.is_grad_enabled():
                 term.backward()  # into the cached embeddings, like the per-dim terms above
             self.last_similarity = term.detach()
@@ -221,16 +229,10 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
         finally:
             self.model.forward = original
         out = self._by_dim(terms)
-        if self.similarity_weight > 0 and captured:
-            full = torch.cat(captured)
-            view = full if self.rotation is None else regrad(full, self.rotation)
-            sims = [
-                self.matryoshka_weights[idx] * similarity_term(full, view, self.matryoshka_dims[idx])
-                for idx in indices
-                if self.matryoshka_dims[idx] < self.full
-            ]
-            if sims:
-                out[SIMILARITY_KEY] = self.similarity_weight * torch.stack(sims).sum()
+        small = [(self.matryoshka_dims[i], self.matryoshka_weights[i]) for i in indices
+                 if self.matryoshka_dims[i] < self.full]
+        if self.similarity_weight > 0 and small and captured:
+            out[SIMILARITY_KEY] = similarity_total(torch.cat(captured), self.rotation, small, self.similarity_weight)
         return out
 
     def _cached_forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
