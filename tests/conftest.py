@@ -161,3 +161,12 @@ def no_dropout_model_dir(tiny_model_dir, tmp_path):
     bert.config.hidden_dropout_prob = bert.config.attention_probs_dropout_prob = 0.0
     model.save(str(tmp_path / "nodropout"))
     return tmp_path / "nodropout"
+
+
+def triplet_batch(model, data_dir: Path, n: int = 8) -> list:
+    """The first ``n`` rows of the tiny triplets, tokenized per column (anchor, positive, negative):
+    a real batch for calling a loss directly."""
+    from datasets import load_dataset  # why: only the loss tests need it; conftest loads for every test
+
+    rows = load_dataset("json", data_files=str(data_dir / "triplets.jsonl"), split="train").select(range(n))
+    return [model.tokenize(list(rows[c])) for c in ("anchor", "positive", "negative")]

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from datasets import load_dataset
+from conftest import triplet_batch
 from sentence_transformers import SentenceTransformer
 
 from matryoshka_train.config import LossConfig, MatryoshkaConfig, validate
@@ -18,11 +18,6 @@ from matryoshka_train.training.entry import run
 DIMS = [32, 16, 8]
 
 
-def _batch(model, data_dir, n=8):
-    rows = load_dataset("json", data_files=str(data_dir / "triplets.jsonl"), split="train").select(range(n))
-    return [model.tokenize(list(rows[c])) for c in ("anchor", "positive", "negative")]
-
-
 def _anchored(model, name="mnrl", weight=10.0, **kwargs):
     inner = build_loss(model, LossConfig(name=name, kwargs=kwargs), MatryoshkaConfig(dims=DIMS, reduction="mean"), DIMS)
     return AnchoredLoss(model, inner, AnchoredLoss.frozen_copy_of(model), weight, "cosine")
@@ -32,7 +27,7 @@ def test_anchor_term_is_exactly_zero_for_an_untrained_copy(tiny_model_dir, data_
     model = SentenceTransformer(str(tiny_model_dir))
     model.eval()  # dropout off: trained model and reference compute the same numbers
     loss = _anchored(model)
-    out = loss(_batch(model, data_dir), None)
+    out = loss(triplet_batch(model, data_dir), None)
     assert out["anchor"].item() == 0.0
     assert set(out) == {"dim32", "dim16", "dim8", "anchor"}  # per-dim components compose with the anchor
     assert all(out[f"dim{d}"].item() > 0 for d in DIMS)
@@ -48,7 +43,7 @@ def test_distance_values():
 def test_reference_gets_no_gradient_and_is_not_a_submodule(tiny_model_dir, data_dir):
     model = SentenceTransformer(str(tiny_model_dir))
     loss = _anchored(model)
-    out = loss(_batch(model, data_dir), None)
+    out = loss(triplet_batch(model, data_dir), None)
     sum(out.values()).backward()
     assert all(p.grad is None and not p.requires_grad for p in loss.reference.parameters())
     assert any(p.grad is not None for p in model.parameters())
@@ -70,7 +65,7 @@ def test_cached_loss_gets_the_same_gradient_as_the_plain_loss(tiny_model_dir, da
         model.eval()
         inner = build_loss(model, LossConfig(name=name, kwargs=kwargs), MatryoshkaConfig(dims=DIMS), DIMS)
         loss = AnchoredLoss(model, inner, copy.deepcopy(reference), 10.0, "cosine")
-        out = loss(_batch(model, data_dir), None)
+        out = loss(triplet_batch(model, data_dir), None)
         assert out["anchor"].item() > 0
         sum(out.values()).backward()
         grads[name] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
@@ -162,7 +157,7 @@ def test_per_dim_components_add_up_to_the_plain_matryoshka_loss(name, kwargs, ti
 
     model = SentenceTransformer(str(tiny_model_dir))
     model.eval()
-    batch = _batch(model, data_dir)
+    batch = triplet_batch(model, data_dir)
     reference = MatryoshkaLoss(model, loss_class(LossConfig(name=name).name)(model, **kwargs), DIMS)(batch, None)
     ours = build_loss(model, LossConfig(name=name, kwargs=kwargs), MatryoshkaConfig(dims=DIMS), DIMS)(batch, None)
     assert list(ours) == ["dim32", "dim16", "dim8"]

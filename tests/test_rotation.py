@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from datasets import load_dataset
+from conftest import triplet_batch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules.dense import Dense
 
@@ -27,11 +27,6 @@ from matryoshka_train.models.rotation import (
 from matryoshka_train.training.entry import run
 
 DIMS = [32, 16, 8]
-
-
-def _batch(model, data_dir, n=8):
-    rows = load_dataset("json", data_files=str(data_dir / "triplets.jsonl"), split="train").select(range(n))
-    return [model.tokenize(list(rows[c])) for c in ("anchor", "positive", "negative")]
 
 
 def _rotated(tiny_model_dir, decouple=True):
@@ -63,7 +58,7 @@ def _name(model, dense):
 def test_full_size_term_trains_the_encoder_only_and_small_dims_the_rotation_only(tiny_model_dir, data_dir, name):
     model, dense = _rotated(tiny_model_dir)
     kwargs = {"mini_batch_size": 4} if name == "cmnrl" else {}
-    batch = _batch(model, data_dir)
+    batch = triplet_batch(model, data_dir)
     full_only = build_loss(model, LossConfig(name=name, kwargs=kwargs), MatryoshkaConfig(dims=[32]), [32],
                            rotation=dense)
     encoder, rotation = _grads(model, dense, full_only, batch)
@@ -77,13 +72,13 @@ def test_full_size_term_trains_the_encoder_only_and_small_dims_the_rotation_only
 def test_without_decoupling_every_term_trains_everything(tiny_model_dir, data_dir):
     model, dense = _rotated(tiny_model_dir, decouple=False)
     loss = build_loss(model, LossConfig(name="mnrl"), MatryoshkaConfig(dims=[16, 8]), [16, 8])
-    encoder, rotation = _grads(model, dense, loss, _batch(model, data_dir))
+    encoder, rotation = _grads(model, dense, loss, triplet_batch(model, data_dir))
     assert encoder > 0 and rotation > 0
 
 
 def test_decoupled_loss_has_the_same_value_as_the_plain_one(tiny_model_dir, data_dir):
     model, dense = _rotated(tiny_model_dir, decouple=False)
-    batch = _batch(model, data_dir)
+    batch = triplet_batch(model, data_dir)
     plain = build_loss(model, LossConfig(name="mnrl"), MatryoshkaConfig(dims=DIMS), DIMS)
     expected = {k: v.item() for k, v in plain(batch, None).items()}
     Decoupling(dense)

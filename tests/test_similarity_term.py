@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from datasets import load_dataset
+from conftest import triplet_batch
 from sentence_transformers import SentenceTransformer
 
 from matryoshka_train.config import LossConfig, MatryoshkaConfig, validate
@@ -17,11 +17,6 @@ from matryoshka_train.losses.per_dim import SIMILARITY_KEY, similarity_term
 from matryoshka_train.training.entry import run
 
 DIMS = [32, 16, 8]
-
-
-def _batch(model, data_dir, n=8):
-    rows = load_dataset("json", data_files=str(data_dir / "triplets.jsonl"), split="train").select(range(n))
-    return [model.tokenize(list(rows[c])) for c in ("anchor", "positive", "negative")]
 
 
 def test_term_is_zero_when_the_small_dim_keeps_every_cosine_and_ignores_their_scale():
@@ -37,7 +32,7 @@ def test_term_is_zero_when_the_small_dim_keeps_every_cosine_and_ignores_their_sc
 
 def test_term_is_reported_apart_and_only_below_full_size(tiny_model_dir, data_dir):
     model = SentenceTransformer(str(tiny_model_dir))
-    batch = _batch(model, data_dir)
+    batch = triplet_batch(model, data_dir)
     loss = build_loss(model, LossConfig(name="mnrl"), MatryoshkaConfig(dims=DIMS, similarity_weight=2.0), DIMS)
     out = loss(batch, None)
     assert set(out) == {"dim32", "dim16", "dim8", SIMILARITY_KEY}
@@ -54,7 +49,7 @@ def test_term_is_reported_apart_and_only_below_full_size(tiny_model_dir, data_di
 def test_descending_the_term_makes_the_small_dim_rank_pairs_as_full_size_does(tiny_model_dir, data_dir):
     model = SentenceTransformer(str(tiny_model_dir))
     model.eval()
-    batch = _batch(model, data_dir)
+    batch = triplet_batch(model, data_dir)
     loss = build_loss(model, LossConfig(name="mnrl"), MatryoshkaConfig(dims=[32, 8], similarity_weight=1.0), [32, 8])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     first = None
@@ -78,7 +73,7 @@ def test_cached_loss_gets_the_same_term_and_gradient_as_the_plain_loss(tiny_mode
         model.eval()
         mcfg = MatryoshkaConfig(dims=DIMS, weights=[1.0, 2.0, 2.0], similarity_weight=weight)
         loss = build_loss(model, LossConfig(name=name.replace("without", "mnrl"), kwargs=kwargs), mcfg, DIMS)
-        out = loss(_batch(model, data_dir), None)
+        out = loss(triplet_batch(model, data_dir), None)
         sum(out.values()).backward()
         got[name] = ({k: v.item() for k, v in out.items()},
                      torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
