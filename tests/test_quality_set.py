@@ -8,9 +8,10 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, TINY_DIM
 
 DATA = REPO / "data" / "realistic"
+DETAILS = REPO / "data" / "sts-details"
 
 
 def _rows(name: str) -> list[dict]:
@@ -32,10 +33,29 @@ def test_the_set_is_as_large_as_the_issue_asks_and_held_out_rows_are_not_trained
 
 def test_assembled_files_match_the_written_batches(tmp_path):
     """make_realistic_data.py is deterministic: rerunning it reproduces the committed files."""
-    before = {n: (DATA / n).read_bytes() for n in ("train.jsonl", "heldout.jsonl", "sts.jsonl")}
+    files = [DATA / n for n in ("train.jsonl", "heldout.jsonl", "sts.jsonl")] + [DETAILS / "pairs.jsonl"]
+    before = {f: f.read_bytes() for f in files}
     subprocess.run([sys.executable, "scripts/quality/make_realistic_data.py"], cwd=REPO, check=True,
                    capture_output=True)
-    assert {n: (DATA / n).read_bytes() for n in before} == before
+    assert {f: f.read_bytes() for f in files} == before
+
+
+def test_the_details_set_spreads_over_the_scale_in_the_public_benchmarks_genres():
+    """data/sts-details: 1,000 distinct scored pairs of captions, news and forum lines, every fifth of the
+    scale represented, and most of the middle of the scale made of pairs that differ in one detail."""
+    rows = [json.loads(line) for line in (DETAILS / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) >= 1000
+    assert len({(r["sentence1"], r["sentence2"]) for r in rows}) == len(rows)
+    assert {r["genre"] for r in rows} == {"caption", "news", "forum"}
+    scores = [float(r["score"]) for r in rows]
+    assert all(0 <= s <= 5 for s in scores)
+    assert all(sum(lo <= s < lo + 1 for s in scores) >= 100 for lo in range(4))
+    middle = [r for r in rows if 1.5 <= float(r["score"]) <= 3.2]
+    one_detail = {"subject", "count", "object", "action", "place", "time", "number", "attribute"}
+    assert sum(r["case"] in one_detail for r in middle) > len(middle) / 2
+    trained = {t[k] for n in ("train.jsonl", "heldout.jsonl", "hard.jsonl") for t in _rows(n)
+               for k in ("anchor", "positive", "negative")}
+    assert not {r[k] for r in rows for k in ("sentence1", "sentence2")} & trained  # an evaluation, not a recall
 
 
 def test_the_ablation_config_passes_check():
@@ -119,7 +139,7 @@ def test_every_ablation_run_is_also_scored_on_the_public_sts_test(monkeypatch, t
 
     config = load_config(REPO / "scripts/quality/realistic.yaml", overrides)
     names = [ev.name for ev in config.evaluation.evaluators]
-    assert names == ["realistic-sts", "sts-independent", "realistic-heldout", "stsb-test"]
+    assert names == ["realistic-sts", "sts-independent", "realistic-heldout", "stsb-test", "sts-details"]
 
 
 def test_rerunning_some_variants_keeps_the_others_stored(tmp_path):
@@ -164,3 +184,49 @@ def test_the_best_variant_is_judged_on_the_public_sts_test_where_the_old_default
     for r in raw.values():  # the old defaults unscored on STS-B: the written sets decide
         del r["after"]["stsb-test"], r["before"]["stsb-test"]
     assert ablation.choose(suite, raw)[:2] == (True, "loses-full-size")
+
+
+def test_rescore_scores_saved_variants_on_the_details_set_and_records_it(tmp_path, tiny_model_dir, monkeypatch):
+    """--rescore: a stored variant not scored on sts-details is scored from its saved model (after) and
+    the model it started from (before), by `mtrain eval`; a variant whose model is gone stays unscored."""
+    import shutil
+
+    ablation = _quality_script("ablation")
+    pairs = tmp_path / "pairs.jsonl"
+    words = ["a cat sits on a mat", "a dog runs in a park", "the market fell today", "rain is expected",
+             "a man plays a guitar", "a woman plays a piano"]
+    pairs.write_text("".join(json.dumps({"sentence1": a, "sentence2": b, "score": float(i % 6)}) + "\n"
+                             for i, (a, b) in enumerate(zip(words, words[1:] + words[:1]))))
+    monkeypatch.setitem(ablation.DETAILS_STS, "source", {"path": str(pairs)})
+    out_root = tmp_path / "runs"
+    shutil.copytree(tiny_model_dir, out_root / "trained")
+    dims = [TINY_DIM, 8]
+    stored = tmp_path / "suite.json"
+    unscored = {"dims": dims, "before": {}, "after": {}, "primary_metric": {}}
+    stored.write_text(json.dumps({"results": {"trained": json.loads(json.dumps(unscored)), "gone": unscored}}))
+    suite = ablation.SUITES["realistic-seen"]  # a suite with its own base model: before is scored on that
+    ablation.rescore(suite, stored, out_root, tiny_model_dir)
+    results = json.loads(stored.read_text())["results"]
+    trained = results["trained"]
+    assert trained["rescored"] == ["sts-details"] and trained["primary_metric"]["sts-details"] == "spearman_cosine"
+    assert set(trained["after"]["sts-details"]) == {str(d) for d in dims}
+    assert trained["before"]["sts-details"] == trained["after"]["sts-details"]  # the same weights both sides
+    assert "sts-details" not in results["gone"]["after"] and "rescored" not in results["gone"]
+
+
+def test_variants_not_scored_on_a_set_the_old_defaults_were_scored_on_are_not_ranked():
+    """A variant judged on fewer sets than the old defaults would win by missing the set it was not scored
+    on: choose() leaves it out."""
+    ablation = _quality_script("ablation")
+    suite = ablation.SUITES["realistic"]
+    evs = (*suite.evaluators, "stsb-test", "sts-details")
+
+    def result(small: float, sets=evs) -> dict:
+        dims = ("384", "64", "32", "16", "8")
+        after = {ev: {d: {"s": 0.5 if d == "384" else small} for d in dims} for ev in sets}
+        before = {ev: {d: {"s": 0.5} for d in dims} for ev in sets}
+        return {"primary_metric": {ev: "s" for ev in sets}, "after": after, "before": before}
+
+    raw = {"defaults": result(0.49), "scored-everywhere": result(0.55),
+           "never-on-details": result(0.70, evs[:-1])}
+    assert ablation.choose(suite, raw)[:3] == (True, "scored-everywhere", ["scored-everywhere"])

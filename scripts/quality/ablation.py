@@ -44,6 +44,13 @@ DOCS = ROOT / "docs"
 # scripts/quality/public_sts.py (not committed) and added to every suite's evaluators.
 PUBLIC_STS = {"type": "sts", "name": "stsb-test", "source": {"path": "data/public/stsb-test.jsonl"},
               "columns": ["sentence1", "sentence2", "score"], "score_range": [0, 5]}
+# A third written STS set (data/sts-details), in STS-B's genres (captions, news, forum lines), most pairs
+# differing in one detail; written after the first ablations to show the full-size loss on written text.
+# Runs score it in-run; runs from before it are scored afterwards from their saved models (--rescore).
+DETAILS_STS = {"type": "sts", "name": "sts-details", "source": {"path": "data/sts-details/pairs.jsonl"},
+               "columns": ["sentence1", "sentence2", "score"], "score_range": [0, 5]}
+# the sets scored besides a suite's own two, where a run was scored on them: judged by the same target
+EXTRA_SETS = (PUBLIC_STS["name"], DETAILS_STS["name"])
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,12 @@ REALISTIC = Suite(
         "rotation-coupled-llrd0.65": ("learned rotation, coupled, layer-wise LR decay 0.65",
                                       ["matryoshka.rotation.enabled=true", "matryoshka.rotation.decouple=false",
                                        "training.layerwise_lr_decay=0.65"]),
+        "rotation-coupled-llrd0.65-small2-half": ("as the default, with layer-wise LR decay 0.65",
+                                                  ["matryoshka.rotation.enabled=true",
+                                                   "matryoshka.rotation.decouple=false",
+                                                   "training.layerwise_lr_decay=0.65",
+                                                   "matryoshka.weights=[1, 1, 1, 2, 2, 2, 2]",
+                                                   "matryoshka.rotation.pca_fraction=0.5"]),
     },
     description=(
         "Each variant is `scripts/quality/realistic.yaml` (all-MiniLM-L6-v2; NLI-style triplets written for this "
@@ -236,6 +249,11 @@ REALISTIC_HARD = Suite(
                                           "training.layerwise_lr_decay=0.8",
                                           "matryoshka.weights=[1, 1, 1, 2, 2, 2, 2]",
                                           "matryoshka.rotation.pca_fraction=0.5"]),
+        "rotation-llrd0.65-small2-half": ("as the default, with layer-wise LR decay 0.65",
+                                          ["matryoshka.rotation.enabled=true", "matryoshka.rotation.decouple=false",
+                                           "training.layerwise_lr_decay=0.65",
+                                           "matryoshka.weights=[1, 1, 1, 2, 2, 2, 2]",
+                                           "matryoshka.rotation.pca_fraction=0.5"]),
     },
     description=(
         "Each variant is `scripts/quality/realistic-hard.yaml`: the realistic suite's config trained on "
@@ -300,7 +318,7 @@ def public_evaluation(config: str) -> list[str]:
 
     public_sts.fetch()
     evaluators = yaml.safe_load((ROOT / config).read_text(encoding="utf-8"))["evaluation"]["evaluators"]
-    return [f"evaluation.evaluators={json.dumps([*evaluators, PUBLIC_STS])}"]
+    return [f"evaluation.evaluators={json.dumps([*evaluators, PUBLIC_STS, DETAILS_STS])}"]
 
 
 def train_base(suite: Suite, out_root: Path, reuse: bool) -> list[str]:
@@ -400,9 +418,9 @@ def verdict(suite: Suite, base: dict, row: dict, evaluators: tuple[str, ...] = (
     return (not misses, "meets the target" if not misses else "misses: " + ", ".join(misses))
 
 
-def public(raw: dict, phase: str = "after") -> dict[str, dict[str, float]]:
-    """Each variant's STS-B test scores per dim, for the variants scored on it (older runs were not)."""
-    name = PUBLIC_STS["name"]
+def public(raw: dict, phase: str = "after", name: str = PUBLIC_STS["name"]) -> dict[str, dict[str, float]]:
+    """Each variant's scores per dim on an extra set (STS-B test unless ``name`` says), for the variants
+    scored on it (older runs were not)."""
     return {n: primary(r, name, phase) for n, r in raw.items() if name in r.get(phase, {})}
 
 
@@ -411,9 +429,9 @@ def small_dim_score(suite: Suite, base: dict, row: dict, evaluators: tuple[str, 
 
 
 def judge(suite: Suite, result: dict, with_public: bool = True) -> tuple[bool, str, float]:
-    """A run against the target on the suite's written sets, and on STS-B too where it was scored on it
-    (``with_public``): (meets the target, the target text, summed gain at the small dims)."""
-    extra = (PUBLIC_STS["name"],) if with_public else ()
+    """A run against the target on the suite's written sets, and on STS-B and sts-details too where it was
+    scored on them (``with_public``): (meets the target, the target text, summed gain at the small dims)."""
+    extra = EXTRA_SETS if with_public else ()
     evs = tuple(ev for ev in (*suite.evaluators, *extra) if ev in result["after"])
     row = {ev: primary(result, ev, "after") for ev in evs}
     base = {ev: primary(result, ev, "before") for ev in evs}
@@ -424,21 +442,25 @@ def judge(suite: Suite, result: dict, with_public: bool = True) -> tuple[bool, s
 def worst_margin(suite: Suite, result: dict) -> float:
     """The smallest gain over the base model at the small dims of every set scored (points ×100): the
     target asks for a gain at each, so this is how far the run is from missing it."""
-    evs = [ev for ev in (*suite.evaluators, PUBLIC_STS["name"]) if ev in result["after"]]
+    evs = [ev for ev in (*suite.evaluators, *EXTRA_SETS) if ev in result["after"]]
     return min(100 * (primary(result, ev, "after")[d] - primary(result, ev, "before")[d])
                for ev in evs for d in suite.small)
 
 
 def choose(suite: Suite, raw: dict) -> tuple[bool, str, list[str], str]:
     """The suite's best variant: where the old defaults and others were scored on the public STS-B test,
-    only those, judged on all three sets: meeting the target, then keeping the full size on every set,
+    only those, judged on every set scored (and only the variants scored on each set the old defaults were
+    scored on): meeting the target, then keeping the full size on every set,
     then fewest misses of the target, then the largest worst margin over the base at the small dims
     (a target asked of every dim is as safe as its narrowest dim), then the summed gain at the small
     dims. Returns (meets the target, name, the names tied with it, the target text)."""
     scored_public = set(public(raw)) if suite.before in public(raw) else set()
+    required = [ev for ev in EXTRA_SETS if suite.before in raw and ev in raw[suite.before]["after"]]
     ranked = []
     for name in raw:
         if scored_public and name not in scored_public:
+            continue
+        if any(ev not in raw[name]["after"] for ev in required):  # judged on fewer sets: not comparable
             continue
         ok, text, gain = judge(suite, raw[name], with_public=bool(scored_public))
         misses = [] if ok else text[len("misses: "):].split(", ")
@@ -464,6 +486,9 @@ def main() -> None:
                         "rotation-coupled) for STEPS steps each, whole `mtrain run` wall time, alternating, "
                         "--repeats times; on an idle machine")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rescore", action="store_true",
+                        help="instead of training: score the suite's stored variants (at --seed, if given) on "
+                        "data/sts-details from their saved models under --out, where they were not scored on it")
     parser.add_argument("--seed", type=int, default=None,
                         help="a second measurement: every variant with training.seed=SEED (the suite's own base "
                         "model kept), stored apart as docs/quality/<suite>-seed<SEED>.json; the verdict reports how "
@@ -472,6 +497,15 @@ def main() -> None:
     if args.cost:
         measure_cost(SUITES[args.suite], args.suite, args.only or [SUITES[args.suite].before, "rotation-coupled"],
                      args.cost, args.repeats, ROOT / args.out / f"cost-{args.suite}", args.note)
+    elif args.rescore:
+        suite = SUITES[args.suite]
+        stored = DOCS / "quality" / suite.stored
+        out_root = ROOT / args.out / args.suite
+        base_dir = out_root / "base"
+        if args.seed is not None:
+            stored = stored.with_name(f"{stored.stem}-seed{args.seed}.json")
+            out_root = ROOT / args.out / f"{args.suite}-seed{args.seed}"
+        rescore(suite, stored, out_root, base_dir)
     elif not args.from_json:
         suite = SUITES[args.suite]
         names = args.only or list(suite.variants)
@@ -490,6 +524,53 @@ def main() -> None:
         store(stored, suite, raw, started, args.note, keep_others=bool(args.only))
     write_docs()
     print((DOCS / "quality.md").read_text())
+
+
+def rescore(suite: Suite, stored: Path, out_root: Path, base_dir: Path) -> None:
+    """Score the stored variants that were not scored on DETAILS_STS from their saved models in
+    ``out_root`` (`mtrain eval`), and the model they started from for the "before" column, and merge
+    the scores into ``stored``; each variant records which sets were scored this way (``rescored``).
+    Variants whose saved model is gone are left unscored (a dash in the tables)."""
+    import tempfile
+
+    import yaml  # why: only the ablation runs read and write configs themselves
+
+    data = json.loads(stored.read_text())
+    name = DETAILS_STS["name"]
+    todo = [n for n, r in data["results"].items() if name not in r["after"]]
+    found = [n for n in todo if (out_root / n / "modules.json").is_file()]
+    if not found:
+        print(f"[rescore] {stored.name}: nothing to score ({len(todo)} unscored, none saved in {out_root})")
+        return
+    dims = data["results"][found[0]]["dims"]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "eval.yaml"
+        config.write_text(yaml.safe_dump({"matryoshka": {"dims": dims}, "evaluation": {"evaluators": [DETAILS_STS]},
+                                          "batch_size": 128}))
+
+        def evaluate(label: str, model: str) -> dict:
+            out = Path(tmp) / label
+            cmd = [sys.executable, "-m", "matryoshka_train", "eval", model, "--config", str(config), "--output",
+                   str(out), "--quiet"]
+            print(f"[rescore {label}] {' '.join(cmd[2:])}", flush=True)
+            proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True,
+                                  text=True, check=False)
+            if proc.returncode != 0:
+                sys.exit(f"[rescore {label}] failed:\n{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
+            return json.loads((out / "results.json").read_text())
+
+        base_model = str(base_dir) if suite.base is not None else \
+            yaml.safe_load((ROOT / suite.config).read_text(encoding="utf-8"))["model"]["name_or_path"]
+        before = evaluate("base", base_model)
+        for n in found:
+            after = evaluate(n, str(out_root / n))
+            result = data["results"][n]
+            result["after"][name] = after["after"][name]
+            result["before"][name] = before["after"][name]
+            result["primary_metric"][name] = after["primary_metric"][name]
+            result.setdefault("rescored", []).append(name)
+    stored.write_text(json.dumps(data, indent=1))
+    print(f"[rescore] {stored.name}: scored {len(found)} of {len(todo)} on {name}")
 
 
 def store(stored: Path, suite: Suite, raw: dict, started: dt.datetime, note: str, keep_others: bool) -> None:
@@ -593,11 +674,11 @@ def verdict_lines() -> list[str]:
                "and one rate, and in between the rotation started at PCA, at one rate, then with the decay, then "
                "with the dim weights. Against the base model "
                "(Spearman ×100, (a) `realistic-sts`, (b) `sts-independent`, "
-               "(c) the public STS-B test, where the run was scored on it; the target column applies the target to "
-               "each set scored):")
+               "(c) the public STS-B test, (d) `sts-details`, each where the run was scored on it; the target column "
+               "applies the target to each set scored):")
     out += ["", "| set | run | (a) 384 | (a) 64 | (a) 8 | (b) 384 | (b) 64 | (b) 8 | (c) 384 | (c) 64 | (c) 32 | (c) 8 "
-            "| target |",
-            "|---|---|" + "---:|" * 10 + "---|"]
+            "| (d) 384 | (d) 64 | (d) 8 | target |",
+            "|---|---|" + "---:|" * 13 + "---|"]
     for key, raw in found.items():
         suite = SUITES[key]
         names = list(raw)
@@ -616,6 +697,9 @@ def verdict_lines() -> list[str]:
             after, before = public(raw), public(raw, "before")
             cells += " | " + " | ".join(f"{100 * (after[name][d] - before[name][d]):+.2f}" if name in after else "—"
                                         for d in ("384", "64", "32", "8"))
+            d_after, d_before = public(raw, name=DETAILS_STS["name"]), public(raw, "before", DETAILS_STS["name"])
+            cells += " | " + " | ".join(f"{100 * (d_after[name][d] - d_before[name][d]):+.2f}" if name in d_after
+                                        else "—" for d in ("384", "64", "8"))
             target = judge(suite, raw[name])[1] if name != "no-matryoshka" else ""
             out.append(f"| {key} | {label} (`{name}`) | {cells} | {target} |")
     out += [
@@ -652,7 +736,7 @@ def half_way_line(found: dict) -> str:
     raw, new, old = found.get("realistic", {}), NEW_DEFAULT["realistic"], WHOLE_PCA["realistic"]
     if not {new, old} <= set(raw):
         return ""
-    evs = [ev for ev in (*SUITES["realistic"].evaluators, PUBLIC_STS["name"])
+    evs = [ev for ev in (*SUITES["realistic"].evaluators, *EXTRA_SETS)
            if ev in raw[new]["after"] and ev in raw[old]["after"]]
 
     def moved(name: str, ev: str) -> str:
@@ -689,7 +773,7 @@ def half_way_line(found: dict) -> str:
         def at_full(name: str, ev: str) -> str:
             return f"{100 * (primary(seen[name], ev, 'after')[full] - primary(seen[name], ev, 'before')[full]):+.2f}"
 
-        seen_evs = [ev for ev in (*SUITES["realistic-seen"].evaluators, PUBLIC_STS["name"])
+        seen_evs = [ev for ev in (*SUITES["realistic-seen"].evaluators, *EXTRA_SETS)
                     if ev in seen[seen_new]["after"] and ev in seen[seen_old]["after"]]
         line += (" On `realistic-seen` the half-way start costs some full size: against its base, "
                  + "; ".join(f"{ev} {at_full(seen_new, ev)} where the whole start gave {at_full(seen_old, ev)}"
@@ -744,7 +828,7 @@ def rotation_rate_line(found: dict) -> str:
     slow, fast = "rotation-coupled-llrd0.8-rotlr2e-6", "rotation-coupled-llrd0.8-lr1e-3"
     if not {default, slow} <= set(raw):
         return ""
-    evs = [ev for ev in (*SUITES["realistic"].evaluators, PUBLIC_STS["name"])
+    evs = [ev for ev in (*SUITES["realistic"].evaluators, *EXTRA_SETS)
            if ev in raw[default]["after"] and ev in raw[slow]["after"]]
     gap = max(abs(100 * (primary(raw[default], ev, "after")[d] - primary(raw[slow], ev, "after")[d]))
               for ev in evs for d in primary(raw[default], ev, "after"))
@@ -771,7 +855,7 @@ def seed_line() -> str:
             first = json.loads(base_file.read_text())["results"]
             second = json.loads(other.read_text())["results"]
             for name in set(first) & set(second):
-                for ev in (*suite.evaluators, PUBLIC_STS["name"]):
+                for ev in (*suite.evaluators, *EXTRA_SETS):
                     if ev not in first[name]["after"] or ev not in second[name]["after"]:
                         continue
                     a, b = primary(first[name], ev, "after"), primary(second[name], ev, "after")
@@ -801,7 +885,7 @@ def other_seeds(key: str, name: str, ev: str, judged: bool = False) -> list[str]
                        + ".")
             if judged:
                 ok, text, _ = judge(SUITES[key], runs[name])
-                out.append(" That run meets the target on all three sets." if ok
+                out.append(" That run meets the target on every set scored." if ok
                            else f" That run, against the target: {text[len('misses: '):]}.")
     return out
 
@@ -853,7 +937,8 @@ def full_size_loss(found: dict) -> list[str]:
         lines.append(
             f"- **{label} on STS-B** (`{name}`): " + ", ".join(f"{d} {shift('realistic', name, pub, d):+.2f}"
                                                                          for d in dims)
-            + (". It meets the target on all three sets." if ok else f"; against the target: {text[len('misses: '):]}.")
+            + (". It meets the target on every set scored." if ok
+               else f"; against the target: {text[len('misses: '):]}.")
             + "".join(other_seeds("realistic", name, pub))
         )
     for key in ("realistic-hard", "realistic-seen"):
@@ -872,7 +957,8 @@ def full_size_loss(found: dict) -> list[str]:
             + ", ".join(f"{d} {shift(key, name, pub, d):+.2f}" for d in ("384", "64", "32", "16", "8"))
             + (" against its base" if suite.base else "")
             + (f"; at full size {', '.join(others)}" if others else "")
-            + (". It meets the target on all three sets." if ok else f"; against the target: {text[len('misses: '):]}.")
+            + (". It meets the target on every set scored." if ok
+               else f"; against the target: {text[len('misses: '):]}.")
             + "".join(other_seeds(key, name, pub, judged=True))
             + (" Here MNRL without Matryoshka loses at full size too, so this suite does not isolate the Matryoshka "
                "objective's cost (the issue's MNRL alone: +0.09)."
@@ -919,6 +1005,7 @@ def section(key: str, suite: Suite, stored: dict) -> list[str]:
         a, b = suite.evaluators
         lines.append(f"| **{name}**: {desc} | {cells(rows[name][a])} | {cells(rows[name][b])} | {text} |")
     lines += public_table(suite, raw, dims)
+    lines += public_table(suite, raw, dims, DETAILS_STS["name"])
     meets, best, tied, target_text = choose(suite, raw)
     pub_after, pub_before = public(raw), public(raw, "before")
     judged_public = suite.before in pub_after
@@ -926,6 +1013,11 @@ def section(key: str, suite: Suite, stored: dict) -> list[str]:
         shifts = ", ".join(
             f"{ev} {100 * (rows[suite.before][ev][suite.full] - base[ev][suite.full]):+.2f}" for ev in suite.evaluators
         )
+        details = DETAILS_STS["name"]
+        details_after, details_before = public(raw, name=details), public(raw, "before", details)
+        if suite.before in details_after:
+            old = details_after[suite.before][suite.full] - details_before[suite.before][suite.full]
+            shifts += f", sts-details {100 * old:+.2f}"
         if suite.before in pub_after:
             old = pub_after[suite.before][suite.full] - pub_before[suite.before][suite.full]
             shifts += f", STS-B test {100 * old:+.2f}"
@@ -970,7 +1062,7 @@ def section(key: str, suite: Suite, stored: dict) -> list[str]:
         "",
         "### Verdict",
         "",
-        (f"Among the variants scored on the public STS-B test, judged on all three sets: the full size kept on "
+        (f"Among the variants scored on the public STS-B test, judged on every set scored: the full size kept on "
          f"every set, then fewest misses of the target, then the largest worst margin over the base at dims "
          f"{', '.join(suite.small)} of any set, then the summed gain at those dims"
          if judged_public else
@@ -987,24 +1079,34 @@ def section(key: str, suite: Suite, stored: dict) -> list[str]:
     return lines
 
 
-def public_table(suite: Suite, raw: dict, dims: list[str]) -> list[str]:
-    """The suite's variants on the public STS-B test (PUBLIC_STS), where they were scored on it."""
-    after, before = public(raw), public(raw, "before")
+def public_table(suite: Suite, raw: dict, dims: list[str], pub: str = PUBLIC_STS["name"]) -> list[str]:
+    """The suite's variants on an extra set (the public STS-B test, PUBLIC_STS, unless ``pub`` names
+    DETAILS_STS), where they were scored on it."""
+    after, before = public(raw, name=pub), public(raw, "before", pub)
     if not after:
         return []
-    pub = PUBLIC_STS["name"]
     base = next(iter(before.values()))
     rows = [f"| base model, truncated | {' | '.join(f'{100 * base[d]:.2f}' for d in dims)} | |"]
     for name, row in after.items():
         cells = " | ".join(f"{100 * row[d]:.2f} ({100 * (row[d] - base[d]):+.2f})" for d in dims)
         rows.append(f"| {name} | {cells} | {verdict(suite, {pub: base}, {pub: row}, (pub,))[1]} |")
+    rescored = [n for n in after if pub in raw[n].get("rescored", [])]
+    intro = ("On the public STS-B test (1,379 pairs, issue 17's benchmark, fetched from PyPI by "
+             "`scripts/quality/public_sts.py`; Spearman ×100, change against the base model in brackets), for the "
+             "variants scored on it; the target column applies the same target to STS-B:"
+             if pub == PUBLIC_STS["name"] else
+             "On `sts-details` (`data/sts-details`, 1,000 pairs written for this project in the public STS "
+             "benchmark's genres: image captions, news, forum lines, most pairs differing in one detail; Spearman "
+             "×100, change against the base model in brackets), for the variants scored on it"
+             + (f" ({len(rescored)} of them scored afterwards from their saved models, `ablation.py --rescore`: the "
+                "set was written after they ran)" if rescored else "")
+             + "; the target column applies the same target to it:")
+    label = "STS-B" if pub == PUBLIC_STS["name"] else pub
     return [
         "",
-        "On the public STS-B test (1,379 pairs, issue 17's benchmark, fetched from PyPI by "
-        "`scripts/quality/public_sts.py`; Spearman ×100, change against the base model in brackets), for the "
-        "variants scored on it; the target column applies the same target to STS-B:",
+        intro,
         "",
-        f"| variant | {' | '.join(dims)} | target on STS-B |",
+        f"| variant | {' | '.join(dims)} | target on {label} |",
         "|---|" + "---:|" * len(dims) + "---|",
         *rows,
     ]

@@ -11,6 +11,9 @@ present, no text repeated, scores in range) and writes, deterministically:
     data/realistic/hard.jsonl      written/hard/triplets-*.jsonl (5,004 more triplets, files 38-63 each
                                    drilling one hard case), shuffled (seed 17): with train.jsonl, the
                                    harder set (scripts/quality/realistic-hard.yaml)
+    data/sts-details/pairs.jsonl   data/sts-details/written/part-*.jsonl: 1,000 scored pairs in the public STS
+                                   benchmark's genres (captions, news, forum lines), most differing in one
+                                   detail (data/sts-details/README.md)
 
     python scripts/quality/make_realistic_data.py
 """
@@ -27,11 +30,13 @@ DATA = ROOT / "data" / "realistic"
 HELDOUT = 500
 TRIPLET_KEYS = ("anchor", "positive", "negative", "topic", "register")
 STS_KEYS = ("sentence1", "sentence2", "score", "style")
+DETAILS = ROOT / "data" / "sts-details"
+DETAILS_KEYS = ("sentence1", "sentence2", "score", "genre", "case")
 
 
-def read(pattern: str, keys: tuple[str, ...]) -> list[dict]:
+def read(pattern: str, keys: tuple[str, ...], folder: Path = DATA / "written") -> list[dict]:
     rows = []
-    for path in sorted((DATA / "written").glob(pattern)):  # written/ only: written/hard/ is read apart
+    for path in sorted(folder.glob(pattern)):  # written/ only: written/hard/ is read apart
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
@@ -54,6 +59,11 @@ def main() -> None:
     hard = read("hard/triplets-*.jsonl", TRIPLET_KEYS)
     if {t["anchor"] for t in hard} & set(anchors) or len({t["anchor"] for t in hard}) != len(hard):
         sys.exit("a triplet anchor of written/hard/ is repeated; make every anchor distinct")
+    details = read("part-*.jsonl", DETAILS_KEYS, DETAILS / "written")
+    if any(not 0 <= float(p["score"]) <= 5 for p in details):
+        sys.exit("an sts-details score is outside 0-5")
+    if len({(p["sentence1"], p["sentence2"]) for p in details}) != len(details):
+        sys.exit("an sts-details pair is repeated; make every pair distinct")
     rng = random.Random(17)
     rng.shuffle(triplets)
     heldout, train = triplets[:HELDOUT], triplets[HELDOUT:]
@@ -61,8 +71,10 @@ def main() -> None:
     for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout), ("sts.jsonl", pairs),
                        ("hard.jsonl", hard)):
         (DATA / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    (DETAILS / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in details),
+                                         encoding="utf-8")
     print(f"{len(train)} training triplets, {len(heldout)} held out, {len(pairs)} scored pairs, "
-          f"{len(hard)} more hard triplets -> {DATA}")
+          f"{len(hard)} more hard triplets -> {DATA}; {len(details)} detail pairs -> {DETAILS}")
 
 
 if __name__ == "__main__":
