@@ -203,7 +203,11 @@ def test_rescore_scores_saved_variants_on_the_details_set_and_records_it(tmp_pat
     dims = [TINY_DIM, 8]
     stored = tmp_path / "suite.json"
     unscored = {"dims": dims, "before": {}, "after": {}, "primary_metric": {}}
-    stored.write_text(json.dumps({"results": {"trained": json.loads(json.dumps(unscored)), "gone": unscored}}))
+    (out_root / "trained" / "results.json").write_text(json.dumps(unscored))  # the run that saved it
+    shutil.copytree(tiny_model_dir, out_root / "overwritten")  # a later run's model: not the stored one's
+    (out_root / "overwritten" / "results.json").write_text(json.dumps({"after": {"realistic-sts": {"384": 1}}}))
+    stored.write_text(json.dumps({"results": {"trained": json.loads(json.dumps(unscored)), "gone": unscored,
+                                              "overwritten": json.loads(json.dumps(unscored))}}))
     suite = ablation.SUITES["realistic-seen"]  # a suite with its own base model: before is scored on that
     ablation.rescore(suite, stored, out_root, tiny_model_dir)
     results = json.loads(stored.read_text())["results"]
@@ -211,7 +215,8 @@ def test_rescore_scores_saved_variants_on_the_details_set_and_records_it(tmp_pat
     assert trained["rescored"] == ["sts-details"] and trained["primary_metric"]["sts-details"] == "spearman_cosine"
     assert set(trained["after"]["sts-details"]) == {str(d) for d in dims}
     assert trained["before"]["sts-details"] == trained["after"]["sts-details"]  # the same weights both sides
-    assert "sts-details" not in results["gone"]["after"] and "rescored" not in results["gone"]
+    for n in ("gone", "overwritten"):
+        assert "sts-details" not in results[n]["after"] and "rescored" not in results[n]
 
 
 def test_variants_not_scored_on_a_set_the_old_defaults_were_scored_on_are_not_ranked():
