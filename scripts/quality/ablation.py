@@ -1078,7 +1078,7 @@ def full_size_loss(found: dict) -> list[str]:
                                                                          for d in dims)
             + (". It meets the target on every set scored." if ok
                else f"; against the target: {text[len('misses: '):]}.")
-            + "".join(other_seeds("realistic", name, pub))
+            + "".join(other_seeds("realistic", name, pub, judged=True))
         )
     for key in ("realistic-hard", "realistic-seen"):
         runs = found.get(key, {})
