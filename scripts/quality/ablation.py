@@ -307,16 +307,20 @@ SUITES = {"realistic": REALISTIC, "realistic-hard": REALISTIC_HARD, "realistic-s
           "quickstart": QUICKSTART}
 
 
-def mtrain_run(label: str, config: str, out: Path, overrides: list[str] | tuple[str, ...]) -> None:
-    """`mtrain run CONFIG` into ``out`` with ``--set`` overrides, offline, in its own process; exits the
-    script with the run's output tail if it fails."""
-    cmd = [sys.executable, "-m", "matryoshka_train", "run", config, "--overwrite", "--quiet",
-           "--set", f"training.output_dir={out}", *[x for o in overrides for x in ("--set", o)]]
+def mtrain(label: str, args: list[str]) -> None:
+    """`mtrain ARGS`, offline, in its own process; exits the script with the output tail if it fails."""
+    cmd = [sys.executable, "-m", "matryoshka_train", *args]
     print(f"[{label}] {' '.join(cmd[2:])}", flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
                           check=False)
     if proc.returncode != 0:
         sys.exit(f"[{label}] failed:\n{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
+
+
+def mtrain_run(label: str, config: str, out: Path, overrides: list[str] | tuple[str, ...]) -> None:
+    """`mtrain run CONFIG` into ``out`` with ``--set`` overrides (see ``mtrain``)."""
+    mtrain(label, ["run", config, "--overwrite", "--quiet", "--set", f"training.output_dir={out}",
+                   *[x for o in overrides for x in ("--set", o)]])
 
 
 def public_evaluation(config: str) -> list[str]:
@@ -574,13 +578,7 @@ def rescore(suite: Suite, stored: Path, out_root: Path, base_dir: Path) -> None:
 
         def evaluate(label: str, model: str) -> dict:
             out = Path(tmp) / label
-            cmd = [sys.executable, "-m", "matryoshka_train", "eval", model, "--config", str(config), "--output",
-                   str(out), "--quiet"]
-            print(f"[rescore {label}] {' '.join(cmd[2:])}", flush=True)
-            proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True,
-                                  text=True, check=False)
-            if proc.returncode != 0:
-                sys.exit(f"[rescore {label}] failed:\n{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
+            mtrain(f"rescore {label}", ["eval", model, "--config", str(config), "--output", str(out), "--quiet"])
             return json.loads((out / "results.json").read_text())
 
         base_model = str(base_dir) if suite.base is not None else \
@@ -767,11 +765,7 @@ def decay_line(found: dict) -> str:
     parts = []
     sets = ("realistic-sts", "sts-independent", PUBLIC_STS["name"], DETAILS_STS["name"])
     for key in ("realistic", "realistic-hard", "realistic-seen"):
-        stored = DOCS / "quality" / SUITES[key].stored
-        for path in [stored, *sorted(stored.parent.glob(f"{stored.stem}-seed*.json"))]:
-            if not path.is_file():
-                continue
-            runs = json.loads(path.read_text())["results"]
+        for seed, runs in [("", found.get(key, {})), *other_seed_results(key)]:
             new, old = NEW_DEFAULT[key], HALF_WAY[key]
             if not {new, old} <= set(runs):
                 continue
@@ -783,9 +777,8 @@ def decay_line(found: dict) -> str:
                 small = [100 * (a[d] - b[d]) for d in SUITES[key].small]
                 cells.append(f"{ev} {100 * (a['384'] - b['384']):+.2f} at full size, {min(small):+.2f} to "
                              f"{max(small):+.2f} at 64 to 8")
-            seed = f", seed {path.stem.rsplit('-seed', 1)[1]}" if "-seed" in path.stem else ""
             verdict_text = judge(SUITES[key], runs[new])[1]
-            parts.append(f"`{key}`{seed}: " + "; ".join(cells) + f" ({verdict_text})")
+            parts.append(f"`{key}`{f', seed {seed}' if seed else ''}: " + "; ".join(cells) + f" ({verdict_text})")
     if not parts:
         return ""
     line = ("- **Why the decay is 0.65.** Against decay 0.8 with the same dim weights and half-way start (the "
@@ -904,12 +897,8 @@ def details_line(found: dict) -> str:
         name = NEW_DEFAULT[key]
         if name not in public(runs, name=ev):
             continue
-        seeds = []
-        stored = DOCS / "quality" / SUITES[key].stored
-        for other in sorted(stored.parent.glob(f"{stored.stem}-seed*.json")):
-            more = json.loads(other.read_text())["results"]
-            if name in more and ev in more[name]["after"]:
-                seeds.append(f"{shift(more, name)} at seed {other.stem.rsplit('-seed', 1)[1]}")
+        seeds = [f"{shift(more, name)} at seed {seed}" for seed, more in other_seed_results(key)
+                 if name in more and ev in more[name]["after"]]
         line += (f" The default on `{key}`: {shift(runs, name)} at full size"
                  + (f" ({', '.join(seeds)})" if seeds else "")
                  + ", " + ", ".join(f"{d} {shift(runs, name, d)}" for d in ("64", "32", "8")) + ".")
@@ -980,15 +969,20 @@ def rotation_rate_line(found: dict) -> str:
     return line
 
 
+def other_seed_results(key: str) -> list[tuple[str, dict]]:
+    """Each other seed stored for the suite (``--seed``, docs/quality/<suite>-seed<N>.json): (seed, results)."""
+    stored = DOCS / "quality" / SUITES[key].stored
+    return [(path.stem.rsplit("-seed", 1)[1], json.loads(path.read_text())["results"])
+            for path in sorted(stored.parent.glob(f"{stored.stem}-seed*.json"))]
+
+
 def seed_line() -> str:
     """The verdict's bullet on seed noise: how far a second seed moved the scores, where one was run
     (``--seed``), every dim of both sets, against the same variant at the suite's own seed."""
     moved = []
     for key, suite in SUITES.items():
-        base_file = DOCS / "quality" / suite.stored
-        for other in sorted(base_file.parent.glob(f"{base_file.stem}-seed*.json")):
-            first = json.loads(base_file.read_text())["results"]
-            second = json.loads(other.read_text())["results"]
+        for _, second in other_seed_results(key):
+            first = json.loads((DOCS / "quality" / suite.stored).read_text())["results"]
             for name in set(first) & set(second):
                 for ev in (*suite.evaluators, *EXTRA_SETS):
                     if ev not in first[name]["after"] or ev not in second[name]["after"]:
@@ -1009,13 +1003,10 @@ def seed_line() -> str:
 def other_seeds(key: str, name: str, ev: str, judged: bool = False) -> list[str]:
     """Sentences giving a variant's change against the base on ``ev`` at every dim under each other seed
     stored for the suite (``--seed``); ``judged``: and how that run stands against the target."""
-    stored = DOCS / "quality" / SUITES[key].stored
     out = []
-    for other in sorted(stored.parent.glob(f"{stored.stem}-seed*.json")):
-        runs = json.loads(other.read_text())["results"]
+    for seed, runs in other_seed_results(key):
         if name in runs and ev in runs[name]["after"]:
             after, before = primary(runs[name], ev, "after"), primary(runs[name], ev, "before")
-            seed = other.stem.rsplit("-seed", 1)[1]
             out.append(f" At seed {seed}: " + ", ".join(f"{d} {100 * (after[d] - before[d]):+.2f}" for d in after)
                        + ".")
             if judged:
