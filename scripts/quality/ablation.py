@@ -422,6 +422,11 @@ def primary(results: dict, evaluator: str, phase: str) -> dict[str, float]:
     return {dim: m[metric] for dim, m in results[phase][evaluator].items()}
 
 
+def gain(result: dict, evaluator: str, dim: str) -> float:
+    """A run's change against the model it started from, on one evaluator at one dim (points ×100)."""
+    return 100 * (primary(result, evaluator, "after")[dim] - primary(result, evaluator, "before")[dim])
+
+
 def verdict(suite: Suite, base: dict, row: dict, evaluators: tuple[str, ...] = ()) -> tuple[bool, str]:
     """The target: beat the base at every trained dim <= 64 on both sets (or ``evaluators``), full size
     within 0.5 points."""
@@ -460,8 +465,7 @@ def worst_margin(suite: Suite, result: dict) -> float:
     """The smallest gain over the base model at the small dims of every set scored (points ×100): the
     target asks for a gain at each, so this is how far the run is from missing it."""
     evs = [ev for ev in (*suite.evaluators, *EXTRA_SETS) if ev in result["after"]]
-    return min(100 * (primary(result, ev, "after")[d] - primary(result, ev, "before")[d])
-               for ev in evs for d in suite.small)
+    return min(gain(result, ev, d) for ev in evs for d in suite.small)
 
 
 def choose(suite: Suite, raw: dict) -> tuple[bool, str, list[str], str]:
@@ -831,7 +835,7 @@ def half_way_line(found: dict) -> str:
                  + "; ".join(f"{ev} {moved(p75, ev)}" for ev in evs if ev in raw[p75]["after"]) + ".")
         if pub in raw[p75]["after"] and pub in raw[new]["after"]:
             def at32(name: str) -> float:
-                return 100 * (primary(raw[name], pub, "after")["32"] - primary(raw[name], pub, "before")["32"])
+                return gain(raw[name], pub, "32")
             meets, text, _ = judge(SUITES["realistic"], raw[p75])
             if meets:
                 line += (f" It meets the target too, with STS-B at 32 dims {at32(p75):+.2f} against the base where "
@@ -848,7 +852,7 @@ def half_way_line(found: dict) -> str:
         full = SUITES["realistic-seen"].full
 
         def at_full(name: str, ev: str) -> str:
-            return f"{100 * (primary(seen[name], ev, 'after')[full] - primary(seen[name], ev, 'before')[full]):+.2f}"
+            return f"{gain(seen[name], ev, full):+.2f}"
 
         seen_evs = [ev for ev in (*SUITES["realistic-seen"].evaluators, *EXTRA_SETS)
                     if ev in seen[seen_new]["after"] and ev in seen[seen_old]["after"]]
@@ -868,7 +872,7 @@ def details_line(found: dict) -> str:
         return ""
 
     def shift(runs: dict, name: str, dim: str = "384") -> str:
-        return f"{100 * (primary(runs[name], ev, 'after')[dim] - primary(runs[name], ev, 'before')[dim]):+.2f}"
+        return f"{gain(runs[name], ev, dim):+.2f}"
 
     line = ("- **The third written set, `sts-details`, shows a full-size loss, but not the Matryoshka objective's.** "
             "Its 1,000 pairs were written in STS-B's genres (captions, news, forum lines), most differing in one "
@@ -933,8 +937,7 @@ def decoupled_line(found: dict) -> str:
     evs = SUITES["realistic-seen"].evaluators
 
     def shift(name: str, dim: str) -> str:
-        return " / ".join(f"{100 * (primary(raw[name], ev, 'after')[dim] - primary(raw[name], ev, 'before')[dim]):+.2f}"
-                          for ev in evs)
+        return " / ".join(f"{gain(raw[name], ev, dim):+.2f}" for ev in evs)
 
     return line + (
         f" On `realistic-seen` (against its base, (a) / (b)): decoupled {shift('rotation-decoupled', '384')} at full "
@@ -962,10 +965,9 @@ def rotation_rate_line(found: dict) -> str:
             "and the encoder adapting to it.")
     pub = PUBLIC_STS["name"]
     if fast in raw and pub in raw[fast]["after"] and pub in raw[default]["after"]:
-        def at32(name: str) -> float:
-            return 100 * (primary(raw[name], pub, "after")["32"] - primary(raw[name], pub, "before")["32"])
         line += (f" Trained further (rotation lr 1e-3, `{fast}`) it fits the written text's directions: STS-B at 32 "
-                 f"dims {at32(fast):+.2f} against the base, at the encoder's rate {at32(default):+.2f}.")
+                 f"dims {gain(raw[fast], pub, '32'):+.2f} against the base, at the encoder's rate "
+                 f"{gain(raw[default], pub, '32'):+.2f}.")
     return line
 
 
@@ -1032,7 +1034,7 @@ def full_size_loss(found: dict) -> list[str]:
     """The verdict's account of issue 17's full-size loss: reproduced on the public STS-B test (where the
     realistic suite's runs were scored on it), never on the STS sets written here."""
     def shift(key: str, name: str, ev: str, dim: str = "384") -> float:
-        return 100 * (primary(found[key][name], ev, "after")[dim] - primary(found[key][name], ev, "before")[dim])
+        return gain(found[key][name], ev, dim)
 
     pub = PUBLIC_STS["name"]
     raw = found.get("realistic", {})
