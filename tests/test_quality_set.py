@@ -8,10 +8,12 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, TINY_DIM
 
 DATA = REPO / "data" / "realistic"
 DETAILS = REPO / "data" / "sts-details"
+HEADLINES = REPO / "data" / "sts-headlines"
 
 
 def _rows(name: str) -> list[dict]:
@@ -33,7 +35,8 @@ def test_the_set_is_as_large_as_the_issue_asks_and_held_out_rows_are_not_trained
 
 def test_assembled_files_match_the_written_batches(tmp_path):
     """make_realistic_data.py is deterministic: rerunning it reproduces the committed files."""
-    files = [DATA / n for n in ("train.jsonl", "heldout.jsonl", "sts.jsonl")] + [DETAILS / "pairs.jsonl"]
+    files = [DATA / n for n in ("train.jsonl", "heldout.jsonl", "sts.jsonl")] + [DETAILS / "pairs.jsonl",
+                                                                                  HEADLINES / "pairs.jsonl"]
     before = {f: f.read_bytes() for f in files}
     subprocess.run([sys.executable, "scripts/quality/make_realistic_data.py"], cwd=REPO, check=True,
                    capture_output=True)
@@ -56,6 +59,57 @@ def test_the_details_set_spreads_over_the_scale_in_the_public_benchmarks_genres(
     trained = {t[k] for n in ("train.jsonl", "heldout.jsonl", "hard.jsonl") for t in _rows(n)
                for k in ("anchor", "positive", "negative")}
     assert not {r[k] for r in rows for k in ("sentence1", "sentence2")} & trained  # an evaluation, not a recall
+
+
+def test_the_headlines_set_has_word_overlap_rising_with_the_score_in_each_genre():
+    """data/sts-headlines: 1,000 distinct pairs of news and forum lines whose word overlap rises with the
+    score band in each genre (the public benchmark's structure, which the other written sets lack), every
+    band represented, and no sentence shared with the training text or the public STS-B test."""
+    profile = _quality_script("sts_profile")
+    rows = [json.loads(line) for line in (HEADLINES / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) >= 1000
+    assert len({(r["sentence1"], r["sentence2"]) for r in rows}) == len(rows)
+    assert {r["genre"] for r in rows} == {"news", "forum"}
+    for genre in ("news", "forum"):
+        picked = [r for r in rows if r["genre"] == genre]
+        means = profile.band_means([float(r["score"]) for r in picked],
+                                   [profile.overlap(r["sentence1"], r["sentence2"]) for r in picked])
+        assert None not in means and all(a < b for a, b in zip(means, means[1:])), (genre, means)
+    trained = {t[k] for n in ("train.jsonl", "heldout.jsonl", "hard.jsonl") for t in _rows(n)
+               for k in ("anchor", "positive", "negative")}
+    sentences = {r[k] for r in rows for k in ("sentence1", "sentence2")}
+    assert not sentences & trained
+    public = REPO / "data" / "public" / "stsb-test.jsonl"  # fetched by public_sts.py; absent on a fresh clone
+    if public.is_file():
+        stsb = {json.loads(line)[k] for line in public.read_text(encoding="utf-8").splitlines()
+                for k in ("sentence1", "sentence2")}
+        assert not sentences & stsb
+
+
+def test_sts_profile_overlap_and_bands():
+    """The overlap the headlines set is built on: Jaccard of lowercased word sets, averaged per score band."""
+    profile = _quality_script("sts_profile")
+    assert profile.overlap("A cat sat.", "a cat ran") == 0.5  # {a, cat} of {a, cat, sat, ran}
+    assert profile.overlap("", "") == 0.0
+    means = profile.band_means([0.5, 0.7, 4.2, 5.0], [0.1, 0.3, 0.6, 0.8])
+    assert means[1:4] == [None, None, None] and means[0] == pytest.approx(0.2) and means[4] == pytest.approx(0.7)
+
+
+def test_sts_profile_cli_prints_the_overlap_profile_and_rejects_a_bad_file(tmp_path):
+    good = tmp_path / "pairs.jsonl"
+    good.write_text("".join(json.dumps({"sentence1": f"x {i} y", "sentence2": f"x {i} z", "score": i % 6,
+                                        "genre": "g"}) + "\n" for i in range(12)))
+    run = [sys.executable, "scripts/quality/sts_profile.py"]
+    proc = subprocess.run([*run, str(good)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "12 pairs" in proc.stdout and "0.500" in proc.stdout  # {x, i} of {x, i, y, z}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "no pair here"}) + "\n")
+    proc = subprocess.run([*run, str(bad)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and "needs JSON lines with sentence1, sentence2 and score" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([*run, str(good), "--model", "no-equals-sign"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and "write it as NAME=PATH" in proc.stderr
 
 
 def test_the_ablation_config_passes_check():
@@ -139,7 +193,8 @@ def test_every_ablation_run_is_also_scored_on_the_public_sts_test(monkeypatch, t
 
     config = load_config(REPO / "scripts/quality/realistic.yaml", overrides)
     names = [ev.name for ev in config.evaluation.evaluators]
-    assert names == ["realistic-sts", "sts-independent", "realistic-heldout", "stsb-test", "sts-details"]
+    assert names == ["realistic-sts", "sts-independent", "realistic-heldout", "stsb-test", "sts-details",
+                     "sts-headlines"]
 
 
 def test_rerunning_some_variants_keeps_the_others_stored(tmp_path):
@@ -186,9 +241,10 @@ def test_the_best_variant_is_judged_on_the_public_sts_test_where_the_old_default
     assert ablation.choose(suite, raw)[:2] == (True, "loses-full-size")
 
 
-def test_rescore_scores_saved_variants_on_the_details_set_and_records_it(tmp_path, tiny_model_dir, monkeypatch):
-    """--rescore: a stored variant not scored on sts-details is scored from its saved model (after) and
-    the model it started from (before), by `mtrain eval`; a variant whose model is gone stays unscored."""
+def test_rescore_scores_saved_variants_on_the_later_sets_and_records_it(tmp_path, tiny_model_dir, monkeypatch):
+    """--rescore: a stored variant not scored on the later written sets (sts-details, sts-headlines) is
+    scored on each it lacks from its saved model (after) and the model it started from (before), by
+    `mtrain eval`; a variant whose model is gone stays unscored."""
     import shutil
 
     ablation = _quality_script("ablation")
@@ -198,6 +254,7 @@ def test_rescore_scores_saved_variants_on_the_details_set_and_records_it(tmp_pat
     pairs.write_text("".join(json.dumps({"sentence1": a, "sentence2": b, "score": float(i % 6)}) + "\n"
                              for i, (a, b) in enumerate(zip(words, words[1:] + words[:1]))))
     monkeypatch.setitem(ablation.DETAILS_STS, "source", {"path": str(pairs)})
+    monkeypatch.setitem(ablation.HEADLINES_STS, "source", {"path": str(pairs)})
     out_root = tmp_path / "runs"
     shutil.copytree(tiny_model_dir, out_root / "trained")
     dims = [TINY_DIM, 8]
@@ -206,15 +263,26 @@ def test_rescore_scores_saved_variants_on_the_details_set_and_records_it(tmp_pat
     (out_root / "trained" / "results.json").write_text(json.dumps(unscored))  # the run that saved it
     shutil.copytree(tiny_model_dir, out_root / "overwritten")  # a later run's model: not the stored one's
     (out_root / "overwritten" / "results.json").write_text(json.dumps({"after": {"realistic-sts": {"384": 1}}}))
+    half = json.loads(json.dumps(unscored))  # scored on sts-details in its run: only sts-headlines is missing
+    for phase in ("before", "after"):
+        half[phase]["sts-details"] = {str(d): {"spearman_cosine": 0.123} for d in dims}
+    half["primary_metric"]["sts-details"] = "spearman_cosine"
+    shutil.copytree(tiny_model_dir, out_root / "half")
+    (out_root / "half" / "results.json").write_text(json.dumps(half))
     stored.write_text(json.dumps({"results": {"trained": json.loads(json.dumps(unscored)), "gone": unscored,
-                                              "overwritten": json.loads(json.dumps(unscored))}}))
+                                              "overwritten": json.loads(json.dumps(unscored)), "half": half}}))
     suite = ablation.SUITES["realistic-seen"]  # a suite with its own base model: before is scored on that
     ablation.rescore(suite, stored, out_root, tiny_model_dir)
     results = json.loads(stored.read_text())["results"]
     trained = results["trained"]
-    assert trained["rescored"] == ["sts-details"] and trained["primary_metric"]["sts-details"] == "spearman_cosine"
-    assert set(trained["after"]["sts-details"]) == {str(d) for d in dims}
-    assert trained["before"]["sts-details"] == trained["after"]["sts-details"]  # the same weights both sides
+    assert trained["rescored"] == ["sts-details", "sts-headlines"]
+    for name in ("sts-details", "sts-headlines"):
+        assert trained["primary_metric"][name] == "spearman_cosine"
+        assert set(trained["after"][name]) == {str(d) for d in dims}
+        assert trained["before"][name] == trained["after"][name]  # the same weights both sides
+    assert results["half"]["rescored"] == ["sts-headlines"]  # its own run's sts-details score is kept
+    assert results["half"]["after"]["sts-details"]["8"] == {"spearman_cosine": 0.123}
+    assert results["half"]["after"]["sts-headlines"] == trained["after"]["sts-headlines"]
     for n in ("gone", "overwritten"):
         assert "sts-details" not in results[n]["after"] and "rescored" not in results[n]
 

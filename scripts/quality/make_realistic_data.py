@@ -14,6 +14,9 @@ present, no text repeated, scores in range) and writes, deterministically:
     data/sts-details/pairs.jsonl   data/sts-details/written/part-*.jsonl: 1,000 scored pairs in the public STS
                                    benchmark's genres (captions, news, forum lines), most differing in one
                                    detail (data/sts-details/README.md)
+    data/sts-headlines/pairs.jsonl data/sts-headlines/written/part-*.jsonl: 1,000 scored pairs of news
+                                   headlines and forum lines in which word overlap rises with the score,
+                                   as in the public benchmark (data/sts-headlines/README.md)
 
     python scripts/quality/make_realistic_data.py
 """
@@ -32,6 +35,7 @@ TRIPLET_KEYS = ("anchor", "positive", "negative", "topic", "register")
 STS_KEYS = ("sentence1", "sentence2", "score", "style")
 DETAILS = ROOT / "data" / "sts-details"
 DETAILS_KEYS = ("sentence1", "sentence2", "score", "genre", "case")
+HEADLINES = ROOT / "data" / "sts-headlines"
 
 
 def read(pattern: str, keys: tuple[str, ...], folder: Path = DATA / "written") -> list[dict]:
@@ -60,10 +64,12 @@ def main() -> None:
     if {t["anchor"] for t in hard} & set(anchors) or len({t["anchor"] for t in hard}) != len(hard):
         sys.exit("a triplet anchor of written/hard/ is repeated; make every anchor distinct")
     details = read("part-*.jsonl", DETAILS_KEYS, DETAILS / "written")
-    if any(not 0 <= float(p["score"]) <= 5 for p in details):
-        sys.exit("an sts-details score is outside 0-5")
-    if len({(p["sentence1"], p["sentence2"]) for p in details}) != len(details):
-        sys.exit("an sts-details pair is repeated; make every pair distinct")
+    headlines = read("part-*.jsonl", DETAILS_KEYS, HEADLINES / "written")
+    for name, rows in (("sts-details", details), ("sts-headlines", headlines)):
+        if any(not 0 <= float(p["score"]) <= 5 for p in rows):
+            sys.exit(f"an {name} score is outside 0-5")
+        if len({(p["sentence1"], p["sentence2"]) for p in rows}) != len(rows):
+            sys.exit(f"an {name} pair is repeated; make every pair distinct")
     rng = random.Random(17)
     rng.shuffle(triplets)
     heldout, train = triplets[:HELDOUT], triplets[HELDOUT:]
@@ -71,10 +77,12 @@ def main() -> None:
     for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout), ("sts.jsonl", pairs),
                        ("hard.jsonl", hard)):
         (DATA / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    (DETAILS / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in details),
-                                         encoding="utf-8")
+    for folder, rows in ((DETAILS, details), (HEADLINES, headlines)):
+        (folder / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                            encoding="utf-8")
     print(f"{len(train)} training triplets, {len(heldout)} held out, {len(pairs)} scored pairs, "
-          f"{len(hard)} more hard triplets -> {DATA}; {len(details)} detail pairs -> {DETAILS}")
+          f"{len(hard)} more hard triplets -> {DATA}; {len(details)} detail pairs -> {DETAILS}; "
+          f"{len(headlines)} headline and forum pairs -> {HEADLINES}")
 
 
 if __name__ == "__main__":
