@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO, TINY_DIM
 
 DATA = REPO / "data" / "realistic"
@@ -110,6 +111,31 @@ def test_sts_profile_cli_prints_the_overlap_profile_and_rejects_a_bad_file(tmp_p
     assert "Traceback" not in proc.stderr
     proc = subprocess.run([*run, str(good), "--model", "no-equals-sign"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 1 and "write it as NAME=PATH" in proc.stderr
+
+
+def test_sts_profile_start_scores_the_rotation_start_from_the_training_texts(tmp_path, tiny_model_dir, capsys):
+    """--start: the first model scored under the PCA start at each fraction; fraction 0 is no rotation,
+    so it matches the model's own truncated score; a file without the text columns is a one-line error."""
+    from scipy.stats import spearmanr
+    from sentence_transformers import SentenceTransformer
+
+    profile = _quality_script("sts_profile")
+    words = ["a cat sits on a mat", "a dog runs in a park", "the market fell today", "rain is expected",
+             "a man plays a guitar", "a woman plays a piano", "shares rose in early trade", "snow fell overnight"]
+    rows = [{"sentence1": a, "sentence2": b, "score": float(i % 6)} for i, (a, b) in enumerate(zip(words, words[1:]))]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"anchor": w, "positive": w[::-1], "negative": w.upper(), "topic": "t"})
+                             + "\n" for w in words))
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    profile.start_costs(("tiny", model), rows, train, ["anchor", "positive", "negative"], dims=(16, 8))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "rotation's start" in line]
+    assert [line.split("start, ")[1].split(" of the way")[0] for line in lines] == ["0", "0.25", "0.5", "1"]
+    a = model.encode([r["sentence1"] for r in rows], convert_to_tensor=True)[:, :8]
+    b = model.encode([r["sentence2"] for r in rows], convert_to_tensor=True)[:, :8]
+    own = 100 * spearmanr(torch.nn.functional.cosine_similarity(a, b), [r["score"] for r in rows])[0]
+    assert lines[0].endswith(f"8 {own:.2f}")  # no rotation: the model's own first 8 coordinates
+    with pytest.raises(SystemExit, match="no anchorx texts found"):
+        profile.start_costs(("tiny", model), rows, train, ["anchorx"], dims=(8,))
 
 
 def test_the_ablation_config_passes_check():

@@ -236,7 +236,7 @@ def test_a_config_without_the_quality_keys_trains_with_the_rotation_on(tiny_conf
     saved = SentenceTransformer(str(tmp_path / "out"))
     assert find_rotation(saved) is not None
     assert config.training.layerwise_lr_decay == "auto"  # and with the rotation comes the layer-wise decay
-    assert results["layerwise_lr_decay"]["value"] == 0.65 and results["layerwise_lr_decay"]["why"].startswith("auto:")
+    assert results["layerwise_lr_decay"]["value"] == 0.5 and results["layerwise_lr_decay"]["why"].startswith("auto:")
     assert config.matryoshka.weights == "auto"  # and the smaller half of the dims weigh double
     assert config.matryoshka.dims == [32, 16, 8]
     assert results["matryoshka_weights"]["value"] == [1, 2, 2]
@@ -273,19 +273,19 @@ def test_auto_dim_weights_reach_the_loss_and_a_config_value_wins(tiny_config):
 
 def test_auto_layerwise_decay_hands_the_trainer_lower_rates_for_lower_layers(tiny_config):
     """With the rotation on, `auto` gives the trainer a rate per layer: the top layer the configured
-    rate, each one below 0.65x the one above, the embeddings lowest; a number set in the config wins."""
+    rate, each one below 0.5x the one above, the embeddings lowest; a number set in the config wins."""
     from matryoshka_train.training.arguments import training_arguments
     from matryoshka_train.training.plan import build_plan
 
     config = validate(tiny_config)
     lr = config.training.learning_rate
     mapping = training_arguments(build_plan(config, echo=lambda _: None)).learning_rate_mapping
-    decays = [lr, 0.65 * lr, 0.65**2 * lr]  # 2 layers, then the embeddings
+    decays = [lr, 0.5 * lr, 0.5**2 * lr]  # 2 layers, then the embeddings
     assert sorted(mapping.values(), reverse=True) == pytest.approx(decays)
     cfg = copy.deepcopy(tiny_config)
-    cfg["training"]["layerwise_lr_decay"] = 0.5
+    cfg["training"]["layerwise_lr_decay"] = 0.8  # not auto's value: the configured number wins
     mapping = training_arguments(build_plan(validate(cfg), echo=lambda _: None)).learning_rate_mapping
-    assert sorted(mapping.values(), reverse=True) == pytest.approx([lr, 0.5 * lr, 0.25 * lr])
+    assert sorted(mapping.values(), reverse=True) == pytest.approx([lr, 0.8 * lr, 0.64 * lr])
     cfg["training"]["layerwise_lr_decay"] = None
     assert not training_arguments(build_plan(validate(cfg), echo=lambda _: None)).learning_rate_mapping
 
@@ -300,7 +300,7 @@ def test_auto_layerwise_decay_keeps_one_rate_without_the_rotation_or_without_lay
     static = torch.nn.Sequential(torch.nn.EmbeddingBag(10, 4))  # parameter '0.weight': no transformer layers
     decay, why = layerwise_decay_decision(validate(tiny_config), static)
     assert decay is None and "no transformer layers" in why
-    assert layerwise_decay_decision(validate(tiny_config))[0] == 0.65
+    assert layerwise_decay_decision(validate(tiny_config))[0] == 0.5
 
 
 @pytest.mark.parametrize(
@@ -345,7 +345,7 @@ def test_check_prints_the_rotation_decision(write_config, tiny_config, capsys):
     out = capsys.readouterr().out
     assert "Rotation (matryoshka.rotation): on (auto:" in out
     assert "; starts 0.5 of the way from no rotation to the PCA rotation of training texts" in out
-    assert "Layer-wise LR decay (training.layerwise_lr_decay): 0.65 (auto: with the learned rotation" in out
+    assert "Layer-wise LR decay (training.layerwise_lr_decay): 0.5 (auto: with the learned rotation" in out
     assert "Dim weights (matryoshka.weights): [1, 2, 2] (auto: with the learned rotation, the smaller half" in out
 
 

