@@ -7,8 +7,9 @@ overrides that fully specify the variant:
 * ``realistic`` (scripts/quality/realistic.yaml): all-MiniLM-L6-v2 on data/realistic/train.jsonl
   (NLI-style triplets written for this project), 7 dims 384…8, batch 64, lr 2e-5, 1 epoch, scored
   on data/realistic/sts.jsonl and data/sts-independent (two STS sets written independently of the
-  training text), data/sts-details (a third, in the public STS benchmark's genres), the public STS-B
-  test and held-out triplets.
+  training text), data/sts-details (a third, in the public STS benchmark's genres), data/sts-headlines
+  (a fourth, news headlines and forum lines in the benchmark's overlap structure), the public STS-B test
+  and held-out triplets.
 * ``realistic-hard`` (scripts/quality/realistic-hard.yaml): the same on train.jsonl plus hard.jsonl
   (11,296 triplets, 176 steps).
 * ``realistic-seen``: first trains all-MiniLM-L6-v2 at full size on every written triplet (the way it
@@ -498,7 +499,7 @@ def small_dim_score(suite: Suite, base: dict, row: dict, evaluators: tuple[str, 
 
 
 def judge(suite: Suite, result: dict, with_public: bool = True) -> tuple[bool, str, float]:
-    """A run against the target on the suite's written sets, and on STS-B and sts-details too where it was
+    """A run against the target on the suite's written sets, and on STS-B and the later sets too where it was
     scored on them (``with_public``): (meets the target, the target text, summed gain at the small dims)."""
     extra = EXTRA_SETS if with_public else ()
     evs = tuple(ev for ev in (*suite.evaluators, *extra) if ev in result["after"])
@@ -819,18 +820,31 @@ def verdict_lines() -> list[str]:
     return out
 
 
+ALL_SETS = ("realistic-sts", "sts-independent", *EXTRA_SETS)  # every set a realistic suite's run can be scored on
+
+
+def run_changes(new: dict, old: dict, dims: tuple[str, ...]) -> list[str]:
+    """What run ``new`` changes against run ``old`` on each set both were scored on, at ``dims``
+    (points ×100): one "set d +x, d +y" piece per set."""
+    cells = []
+    for ev in ALL_SETS:
+        if ev in new["after"] and ev in old["after"]:
+            a, b = primary(new, ev, "after"), primary(old, ev, "after")
+            cells.append(f"{ev} " + ", ".join(f"{d} {100 * (a[d] - b[d]):+.2f}" for d in dims))
+    return cells
+
+
 def decay_changes(found: dict, new_of: dict, old_of: dict) -> list[str]:
     """Per suite and seed where both ran: what ``new_of[suite]`` changes against ``old_of[suite]`` on every
     set scored, at full size and as the range over the small dims, with the new run against the target."""
     parts = []
-    sets = ("realistic-sts", "sts-independent", PUBLIC_STS["name"], *(late["name"] for late in LATE_SETS))
     for key in ("realistic", "realistic-hard", "realistic-seen"):
         for seed, runs in [("", found.get(key, {})), *other_seed_results(key)]:
             new, old = new_of[key], old_of[key]
             if not {new, old} <= set(runs):
                 continue
             cells = []
-            for ev in sets:
+            for ev in ALL_SETS:
                 if ev not in runs[new]["after"] or ev not in runs[old]["after"]:
                     continue
                 a, b = primary(runs[new], ev, "after"), primary(runs[old], ev, "after")
@@ -869,11 +883,7 @@ def decay_line(found: dict) -> str:
         runs = found.get(key, {})
         if not {lower[key], NEW_DEFAULT[key]} <= set(runs):
             continue
-        cells = []
-        for ev in ("realistic-sts", "sts-independent", pub, *(late["name"] for late in LATE_SETS)):
-            if ev in runs[lower[key]]["after"] and ev in runs[NEW_DEFAULT[key]]["after"]:
-                a, b = primary(runs[lower[key]], ev, "after"), primary(runs[NEW_DEFAULT[key]], ev, "after")
-                cells.append(f"{ev} " + ", ".join(f"{d} {100 * (a[d] - b[d]):+.2f}" for d in ("384", "64", "32", "8")))
+        cells = run_changes(runs[lower[key]], runs[NEW_DEFAULT[key]], ("384", "64", "32", "8"))
         probes.append(f"`{key}`: " + "; ".join(cells) + f" ({judge(SUITES[key], runs[lower[key]])[1]})")
     if probes:
         line += (" Decay 0.35 (`…llrd0.35-small2-half`), against 0.5, one seed: " + ". ".join(probes)
@@ -894,12 +904,7 @@ def probe_line(found: dict) -> str:
         return ""
     pieces = []
     for name, label in probes:
-        cells = []
-        for ev in ("realistic-sts", "sts-independent", PUBLIC_STS["name"], *(late["name"] for late in LATE_SETS)):
-            if ev in raw[name]["after"] and ev in raw[ref]["after"]:
-                a, b = primary(raw[name], ev, "after"), primary(raw[ref], ev, "after")
-                cells.append(f"{ev} " + ", ".join(f"{d} {100 * (a[d] - b[d]):+.2f}"
-                                                  for d in ("384", "64", "32", "16", "8")))
+        cells = run_changes(raw[name], raw[ref], ("384", "64", "32", "16", "8"))
         pieces.append(f"{label} (`{name}`), against `{ref}`: " + "; ".join(cells)
                       + f" ({judge(SUITES['realistic'], raw[name])[1]})")
     return ("- **Tried against `sts-headlines`' 32-dim miss, on `realistic` with decay 0.65, and not kept.** "
@@ -913,13 +918,7 @@ def half_way_line(found: dict) -> str:
     raw, new, old = found.get("realistic", {}), HALF_WAY["realistic"], WHOLE_PCA["realistic"]
     if not {new, old} <= set(raw):
         return ""
-    evs = [ev for ev in (*SUITES["realistic"].evaluators, *EXTRA_SETS)
-           if ev in raw[new]["after"] and ev in raw[old]["after"]]
-
-    def moved(name: str, ev: str) -> str:
-        a, b = primary(raw[name], ev, "after"), primary(raw[old], ev, "after")
-        return ", ".join(f"{d} {100 * (a[d] - b[d]):+.2f}" for d in ("384", "64", "32", "16", "8"))
-
+    dims = ("384", "64", "32", "16", "8")
     line = ("- **Why the rotation starts half-way.** The PCA start orders directions by their variance over the "
             "training text, which serves the written sets; all-MiniLM-L6-v2's own leading coordinates serve STS-B "
             "better at 32 dims (untrained, the whole PCA start costs STS-B about 2.4 points at 32 dims and gains "
@@ -927,12 +926,12 @@ def half_way_line(found: dict) -> str:
             "data/realistic/train.jsonl` scores a model under the start). Half-way along the shortest path "
             "of rotations keeps part of each. Against the whole PCA start (`" + old + "`), the half-way start "
             "(`" + new + "`) moves the scores by: "
-            + "; ".join(f"{ev} {moved(new, ev)}" for ev in evs) + ". It trades part of the written sets' "
+            + "; ".join(run_changes(raw[new], raw[old], dims)) + ". It trades part of the written sets' "
             "small-dim gain (still above the base at every dim) for STS-B's.")
     p75, pub = "rotation-coupled-llrd0.8-small2-pca0.75", PUBLIC_STS["name"]
     if p75 in raw:
         line += (f" Three quarters of the way (`{p75}`), against the whole start: "
-                 + "; ".join(f"{ev} {moved(p75, ev)}" for ev in evs if ev in raw[p75]["after"]) + ".")
+                 + "; ".join(run_changes(raw[p75], raw[old], dims)) + ".")
         if pub in raw[p75]["after"] and pub in raw[new]["after"]:
             def at32(name: str) -> float:
                 return gain(raw[name], pub, "32")

@@ -99,10 +99,12 @@ def main() -> None:
         rows = read(path)
         gold = [float(r["score"]) for r in rows]
         genres = sorted({r.get("genre") or "all" for r in rows})
+        picks = {"all": list(range(len(rows)))}  # the whole set, then each genre where there are several
+        if len(genres) > 1:
+            picks |= {g: [i for i, r in enumerate(rows) if r.get("genre") == g] for g in genres if g != "all"}
         print(f"== {path} ({len(rows)} pairs)")
         print(f"  word overlap per score band   {bands}")
-        for genre in ["all", *[g for g in genres if g != "all"]] if len(genres) > 1 else ["all"]:
-            pick = [i for i, r in enumerate(rows) if genre == "all" or r.get("genre") == genre]
+        for genre, pick in picks.items():
             print(f"  {genre:<14} {len(pick):>5} pairs  "
                   + show(band_means([gold[i] for i in pick], [overlap(rows[i]["sentence1"], rows[i]["sentence2"])
                                                                for i in pick])))
@@ -110,8 +112,7 @@ def main() -> None:
             continue
         cos = {name: cosines(model, rows) for name, model in loaded}
         base = loaded[0][0]
-        for genre in ["all", *[g for g in genres if g != "all"]] if len(genres) > 1 else ["all"]:
-            pick = [i for i, r in enumerate(rows) if genre == "all" or r.get("genre") == genre]
+        for genre, pick in picks.items():
             rho = {n: 100 * spearmanr(c[pick], [gold[i] for i in pick])[0] for n, c in cos.items()}
             print(f"  Spearman {genre:<14} {base} {rho[base]:.2f}; "
                   + ", ".join(f"{n} {rho[n] - rho[base]:+.2f}" for n in cos if n != base))
