@@ -887,8 +887,9 @@ def decay_line(found: dict) -> str:
         probes.append(f"`{key}`: " + "; ".join(cells) + f" ({judge(SUITES[key], runs[lower[key]])[1]})")
     if probes:
         line += (" Decay 0.35 (`…llrd0.35-small2-half`), against 0.5, one seed: " + ". ".join(probes)
-                 + ". Lower still moves the same way; it was run at one seed only, so the default stays at 0.5 "
-                 "until a second seed measures it.")
+                 + ". Where the model has seen the training text (`realistic-seen`) lower still keeps more full "
+                 "size; where it has not, it keeps no more full size and gives up small-dim gain on every set, so "
+                 "the default stays at 0.5.")
     return line
 
 
