@@ -309,12 +309,6 @@ REALISTIC_HARD = Suite(
                                            "training.layerwise_lr_decay=0.35",
                                            "matryoshka.weights=[1, 1, 1, 2, 2, 2, 2]",
                                            "matryoshka.rotation.pca_fraction=0.5"]),
-        "rotation-llrd0.65-small2-quarter": ("as `rotation-llrd0.65-small2-half`, with the rotation started a "
-                                             "quarter of the way to the PCA rotation instead of half-way",
-                                             ["matryoshka.rotation.enabled=true", "matryoshka.rotation.decouple=false",
-                                              "training.layerwise_lr_decay=0.65",
-                                              "matryoshka.weights=[1, 1, 1, 2, 2, 2, 2]",
-                                              "matryoshka.rotation.pca_fraction=0.25"]),
     },
     description=(
         "Each variant is `scripts/quality/realistic-hard.yaml`: the realistic suite's config trained on "
