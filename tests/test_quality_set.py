@@ -15,6 +15,7 @@ from conftest import REPO, TINY_DIM
 DATA = REPO / "data" / "realistic"
 DETAILS = REPO / "data" / "sts-details"
 HEADLINES = REPO / "data" / "sts-headlines"
+DOMAIN = REPO / "data" / "news-forum-texts"
 
 
 def _rows(name: str) -> list[dict]:
@@ -36,8 +37,8 @@ def test_the_set_is_as_large_as_the_issue_asks_and_held_out_rows_are_not_trained
 
 def test_assembled_files_match_the_written_batches(tmp_path):
     """make_realistic_data.py is deterministic: rerunning it reproduces the committed files."""
-    files = [DATA / n for n in ("train.jsonl", "heldout.jsonl", "sts.jsonl")] + [DETAILS / "pairs.jsonl",
-                                                                                  HEADLINES / "pairs.jsonl"]
+    files = [DATA / n for n in ("train.jsonl", "heldout.jsonl", "sts.jsonl")] + [
+        DETAILS / "pairs.jsonl", HEADLINES / "pairs.jsonl", DOMAIN / "texts.jsonl"]
     before = {f: f.read_bytes() for f in files}
     subprocess.run([sys.executable, "scripts/quality/make_realistic_data.py"], cwd=REPO, check=True,
                    capture_output=True)
@@ -85,6 +86,28 @@ def test_the_headlines_set_has_word_overlap_rising_with_the_score_in_each_genre(
         stsb = {json.loads(line)[k] for line in public.read_text(encoding="utf-8").splitlines()
                 for k in ("sentence1", "sentence2")}
         assert not sentences & stsb
+
+
+def test_the_domain_texts_are_unlabelled_news_and_forum_lines_none_of_them_an_evaluated_sentence():
+    """data/news-forum-texts: the unlabelled domain text the domain-PCA variant fits its start on. It
+    must not hold a sentence of sts-headlines (the set it is judged on), or the start would have seen
+    the test; and it must pass `mtrain check` as a matryoshka.rotation.pca_source."""
+    rows = [json.loads(line) for line in (DOMAIN / "texts.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) >= 1000 and all(set(r) == {"text"} for r in rows)  # every column is read: text only
+    written = [json.loads(line) for f in sorted((DOMAIN / "written").glob("part-*.jsonl"))
+               for line in f.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in written] == [r["text"] for r in rows]
+    assert {r["genre"] for r in written} == {"news", "forum"}
+    norm = [" ".join(r["text"].lower().split()) for r in rows]
+    assert len(set(norm)) == len(norm)
+    pairs = [json.loads(line) for line in (HEADLINES / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    evaluated = {" ".join(p[k].lower().split()) for p in pairs for k in ("sentence1", "sentence2")}
+    assert not set(norm) & evaluated
+    ablation = _quality_script("ablation")
+    proc = subprocess.run([sys.executable, "-m", "matryoshka_train", "check", "scripts/quality/realistic.yaml",
+                           "--set", ablation.DOMAIN_PCA_OVERRIDE], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and f"{len(rows)} distinct from data/news-forum-texts/texts.jsonl" in proc.stdout, (
+        proc.stdout + proc.stderr)
 
 
 def test_sts_profile_overlap_and_bands():
@@ -136,6 +159,22 @@ def test_sts_profile_start_scores_the_rotation_start_from_the_training_texts(tmp
     assert lines[0].endswith(f"8 {own:.2f}")  # no rotation: the model's own first 8 coordinates
     with pytest.raises(SystemExit, match="no anchorx texts found"):
         profile.start_costs(("tiny", model), rows, train, ["anchorx"], dims=(8,))
+    # --domain: two more starts, fit on the domain texts alone and with as many training texts; the first
+    # one is the PCA rotation of the domain texts' embeddings, half-way (checked against the framework's own)
+    from matryoshka_train.models.rotation import part_way, pca_rotation
+
+    domain = tmp_path / "domain.jsonl"
+    news = ["floods close the coast road", "the council votes on rents", "a port strike enters day three",
+            "storm cuts power to the north", "the court delays the verdict", "bank raises rates again"]
+    domain.write_text("".join(json.dumps({"text": t}) + "\n" for t in news))
+    profile.start_costs(("tiny", model), rows, train, ["anchor", "positive", "negative"], (domain, ["text"]), dims=(8,))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "rotation's start" in line]
+    assert len(lines) == 6 and "PCA of domain.jsonl alone" in lines[4] and "+ as many training texts" in lines[5]
+    turn = part_way(pca_rotation(model.encode(news, convert_to_tensor=True, normalize_embeddings=True).float()), 0.5)
+    a8, b8 = ((model.encode([r[k] for r in rows], convert_to_tensor=True, normalize_embeddings=True) @ turn.T)[:, :8]
+              for k in ("sentence1", "sentence2"))
+    alone = 100 * spearmanr(torch.nn.functional.cosine_similarity(a8, b8), [r["score"] for r in rows])[0]
+    assert lines[4].endswith(f"8 {alone:.2f}")
 
 
 def test_the_ablation_config_passes_check():
@@ -265,6 +304,12 @@ def test_the_best_variant_is_judged_on_the_public_sts_test_where_the_old_default
     for r in raw.values():  # the old defaults unscored on STS-B: the written sets decide
         del r["after"]["stsb-test"], r["before"]["stsb-test"]
     assert ablation.choose(suite, raw)[:2] == (True, "loses-full-size")
+    # a variant whose start reads domain text is a user's choice, never ranked as the default, however good
+    raw["rotation-coupled-llrd0.5-small2-half-domainmix"] = result(0.60, 0.90, None)
+    assert ablation.choose(suite, raw)[:2] == (True, "loses-full-size")
+    del raw["rotation-coupled-llrd0.5-small2-half-domainmix"]
+    raw["rotation-coupled-llrd0.5-small2-half-domainmixer"] = result(0.60, 0.90, None)  # only the suffixes count
+    assert ablation.choose(suite, raw)[1] == "rotation-coupled-llrd0.5-small2-half-domainmixer"
 
 
 def test_rescore_scores_saved_variants_on_the_later_sets_and_records_it(tmp_path, tiny_model_dir, monkeypatch):

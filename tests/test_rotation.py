@@ -358,3 +358,90 @@ def test_auto_leaves_an_anchored_run_unrotated_and_an_explicit_rotation_with_an_
     assert not on and "anchor" in reason and not config_problems(validate(cfg))
     cfg["matryoshka"]["rotation"] = {"enabled": True}
     assert any("an anchor pulls toward the unrotated reference" in str(p) for p in config_problems(validate(cfg)))
+
+
+def _texts_file(path, texts, key="text"):
+    path.write_text("".join(json.dumps({key: t, "n": i}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+    return str(path)
+
+
+def test_pca_source_fits_the_start_on_its_own_texts(tiny_config, tiny_model_dir, tmp_path):
+    """matryoshka.rotation.pca_source: the start is the PCA rotation of the base model's embeddings of
+    that file's texts (not the training texts), and results.json says where the texts came from."""
+    from matryoshka_train.training.plan import build_plan
+
+    places = ("north", "river", "old")
+    texts = [f"report {i}: {w} near the {v} station"
+             for i, (w, v) in enumerate((w, v) for w in ("floods", "fire", "strike", "storm", "crash") for v in places)]
+    path = _texts_file(tmp_path / "domain.jsonl", texts)
+    cfg = copy.deepcopy(tiny_config)
+    cfg["matryoshka"]["rotation"] = {"enabled": True, "pca_fraction": 1.0, "pca_source": {"path": path},
+                                     "pca_training_share": 0}
+    lines = []
+    plan = build_plan(validate(cfg), echo=lines.append)
+    base = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    expected = pca_rotation(base.encode(texts, convert_to_tensor=True, normalize_embeddings=True).float().cpu())
+    got = plan.rotation.linear.weight.detach()
+    # principal directions are defined up to sign: compare row by row, up to it
+    assert torch.allclose((got * expected).sum(1).abs(), torch.ones(32), atol=1e-3)
+    cfg["matryoshka"]["rotation"] = {"enabled": True, "pca_fraction": 1.0}
+    from_training = build_plan(validate(cfg), echo=lambda _: None).rotation.linear.weight.detach()
+    assert not torch.allclose((got * from_training).sum(1).abs(), torch.ones(32), atol=1e-2)
+    assert any(f"principal directions of {len(texts)} texts of {path}" in line for line in lines)
+    assert rotation_summary(plan.rotation, plan.config.matryoshka.rotation)["pca_texts_from"] == path
+    summary = rotation_summary(plan.rotation, validate(cfg).matryoshka.rotation)
+    assert summary["pca_texts_from"] == "training texts" and summary["pca_training_share"] is None
+
+
+def test_pca_training_share_mixes_in_as_many_training_texts_by_default(tiny_config, tmp_path):
+    """pca_training_share 0.5 (the default with a pca_source): the start is fit on the source's texts
+    plus as many training texts; 0.75 on three training texts per source text."""
+    from matryoshka_train.training.plan import pca_start_texts
+    from matryoshka_train.training.prepare import prepare
+
+    domain = [f"domain line {i}" for i in range(6)]
+    path = _texts_file(tmp_path / "domain.jsonl", domain)
+    for share, own in ((0.5, 6), (0.75, 18), (0.0, 0)):
+        cfg = copy.deepcopy(tiny_config)
+        cfg["matryoshka"]["rotation"] = {"pca_source": {"path": path}, "pca_training_share": share}
+        texts, whose = pca_start_texts(prepare(validate(cfg), echo=lambda _: None))
+        assert texts[own:] == domain and len(texts) == own + 6
+        assert not set(texts[:own]) & set(domain)
+        assert whose == (f"texts: {own} training texts and 6 of {path}" if own else f"texts of {path}")
+
+
+def test_check_names_the_pca_source_and_a_bad_one_is_one_clear_problem(write_config, tiny_config, tmp_path, capsys):
+    from matryoshka_train.cli import main
+
+    cfg = copy.deepcopy(tiny_config)
+    path = _texts_file(tmp_path / "domain.jsonl", ["one text here", "another text there", "a third one"])
+    cfg["matryoshka"]["rotation"] = {"pca_source": {"path": path}}
+    assert main(["check", str(write_config(cfg))]) == 0
+    out = capsys.readouterr().out
+    assert f"to the PCA rotation of the texts of {path} with training texts (0.5 of the whole)" in out
+    assert f"3 distinct from {path}" in out
+
+    for source, columns, says in (
+        ({"path": str(tmp_path / "missing.jsonl")}, None, "file not found"),
+        ({"path": path}, ["body"], "column(s) body not in"),
+        ({"path": _texts_file(tmp_path / "one.jsonl", ["same", "same"])}, None, "holds 1 distinct text(s)"),
+    ):
+        cfg["matryoshka"]["rotation"] = {"pca_source": source, "pca_columns": columns}
+        assert main(["run", str(write_config(cfg))]) != 0
+        err = capsys.readouterr().err
+        assert says in err and "matryoshka.rotation.pca" in err and "Traceback" not in err
+
+
+def test_pca_source_without_the_pca_start_is_refused_and_with_the_rotation_off_is_a_warning(tiny_config, tmp_path):
+    from matryoshka_train.errors import ConfigError
+    from matryoshka_train.training.check import check
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg["matryoshka"]["rotation"] = {"init": "identity", "pca_source": {"path": "x.jsonl"}}
+    with pytest.raises(ConfigError, match="set init: pca"):
+        validate(cfg)
+    path = _texts_file(tmp_path / "domain.jsonl", ["one text here", "another text there"])
+    cfg["matryoshka"]["rotation"] = {"enabled": False, "pca_source": {"path": path}}
+    report = check(validate(cfg))
+    assert report.ok
+    assert any("pca_source is set but the rotation is off" in w for w in report.warnings)

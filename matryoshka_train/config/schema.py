@@ -265,7 +265,22 @@ class RotationConfig(Section):
         "pca", description="pca: start from the principal directions of the base model's embeddings of "
         "training texts (largest variance first); identity: start from no rotation.",
     )
-    pca_texts: int = Field(4096, gt=1, description="How many training texts the PCA start encodes.")
+    pca_texts: int = Field(4096, gt=1, description="How many texts the PCA start encodes.")
+    pca_source: SourceConfig | None = Field(
+        None, description="Fit the PCA start on these texts instead of the training texts: unlabelled text "
+        "from the domain the model will serve (e.g. the documents it will index), when that differs from the "
+        "training text. A source like a dataset's (path or hub); its text columns are read (see pca_columns). "
+        "null (default): the training texts. On a domain unlike the training text the training texts' PCA "
+        "start loses at small dims and the domain's own gains (docs/quality.md). Only with init: pca.",
+    )
+    pca_columns: list[str] | None = Field(
+        None, description="The columns of pca_source that hold texts; null: every text column.",
+    )
+    pca_training_share: float = Field(
+        0.5, ge=0, lt=1, description="With pca_source: the share of the PCA start's texts that are training "
+        "texts, the rest pca_source's. 0.5 (default) adds as many training texts as pca_source gives, so the "
+        "start orders directions for both; 0 fits on pca_source alone (measured in docs/quality.md).",
+    )
     pca_fraction: float = Field(
         0.5, ge=0, le=1, description="How far the PCA start turns: 1 is the PCA rotation itself, 0.5 (default) "
         "the rotation half-way along the shortest path from no rotation to it (still orthogonal), 0 no rotation. "
@@ -281,6 +296,13 @@ class RotationConfig(Section):
     learning_rate: float | None = Field(
         None, gt=0, description="Learning rate of the rotation; null: training.learning_rate."
     )
+
+    @model_validator(mode="after")
+    def _pca_source_needs_pca(self) -> RotationConfig:
+        if self.init != "pca" and (self.pca_source is not None or self.pca_columns is not None):
+            raise ValueError("pca_source and pca_columns choose the texts of the PCA start: set init: pca, "
+                             "or remove them")
+        return self
 
 
 class MatryoshkaConfig(Section):

@@ -167,7 +167,11 @@ def rotation_summary(dense: Dense | None, rcfg: Any, why: str = "") -> dict[str,
     if dense is None:
         return {"enabled": False, "why": why}
     return {"enabled": True, "why": why, "width": dense.in_features, "init": rcfg.init,
-            "pca_fraction": rcfg.pca_fraction if rcfg.init == "pca" else None, "decouple": rcfg.decouple,
+            "pca_fraction": rcfg.pca_fraction if rcfg.init == "pca" else None,
+            "pca_texts_from": (None if rcfg.init != "pca" else "training texts" if rcfg.pca_source is None
+                               else rcfg.pca_source.describe()),
+            "pca_training_share": rcfg.pca_training_share if rcfg.pca_source is not None else None,
+            "decouple": rcfg.decouple,
             "learning_rate": rcfg.learning_rate, "orthogonality_error": orthogonality_error(dense)}
 
 

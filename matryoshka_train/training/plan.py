@@ -81,13 +81,12 @@ def start_rotation(prep: Preparation, echo: Callable[[str], None]) -> Any:
     else:
         width = prep.embedding_dim
         if rcfg.init == "pca":
-            texts = _training_texts(prep.datasets, rcfg.pca_texts)
+            texts, whose = pca_start_texts(prep)
             with torch.no_grad():
                 emb = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
             weight = part_way(pca_rotation(emb.float().cpu()), rcfg.pca_fraction)
             share = "" if rcfg.pca_fraction == 1 else f" ({rcfg.pca_fraction:g} of the way from no rotation)"
-            echo(f"Rotation: {width}×{width}, started from the principal directions of {len(texts)} training "
-                 f"texts{share}")
+            echo(f"Rotation: {width}×{width}, started from the principal directions of {len(texts)} {whose}{share}")
         else:
             weight = torch.eye(width)
             echo(f"Rotation: {width}×{width}, started from the identity")
@@ -96,6 +95,22 @@ def start_rotation(prep: Preparation, echo: Callable[[str], None]) -> Any:
     if rcfg.decouple:
         Decoupling(dense)
     return dense
+
+
+def pca_start_texts(prep: Preparation) -> tuple[list[str], str]:
+    """The texts the PCA start is fit on, and what they are: the training texts, or with
+    ``pca_source`` its texts plus training texts making ``pca_training_share`` of the whole."""
+    rcfg = prep.config.matryoshka.rotation
+    if prep.pca_texts is None:
+        return _training_texts(prep.datasets, rcfg.pca_texts), "training texts"
+    share, source = rcfg.pca_training_share, rcfg.pca_source.describe()
+    wanted = min(rcfg.pca_texts, round(len(prep.pca_texts) * share / (1 - share)))
+    own = _training_texts(prep.datasets, wanted) if wanted else []
+    taken = set(own)
+    texts = own + [t for t in prep.pca_texts if t not in taken]
+    if not own:
+        return texts, f"texts of {source}"
+    return texts, f"texts: {len(own)} training texts and {len(texts) - len(own)} of {source}"
 
 
 def _training_texts(datasets: list[PreparedDataset], limit: int) -> list[str]:
@@ -288,9 +303,13 @@ def start_line(config: RunConfig) -> str:
     rcfg = config.matryoshka.rotation
     if rcfg.init != "pca":
         return "; starts from no rotation"
+    whose = "training texts"
+    if rcfg.pca_source is not None:
+        whose = f"the texts of {rcfg.pca_source.describe()}" + (
+            f" with training texts ({rcfg.pca_training_share:g} of the whole)" if rcfg.pca_training_share else "")
     if rcfg.pca_fraction == 1:
-        return "; starts from the PCA rotation of training texts"
-    return f"; starts {rcfg.pca_fraction:g} of the way from no rotation to the PCA rotation of training texts"
+        return f"; starts from the PCA rotation of {whose}"
+    return f"; starts {rcfg.pca_fraction:g} of the way from no rotation to the PCA rotation of {whose}"
 
 
 def anchor_cost(plan: Plan) -> dict[str, Any] | None:

