@@ -265,7 +265,8 @@ class RotationConfig(Section):
         "pca", description="pca: start from the principal directions of the base model's embeddings of "
         "training texts (largest variance first); identity: start from no rotation.",
     )
-    pca_texts: int = Field(4096, gt=1, description="How many texts the PCA start encodes.")
+    pca_texts: int = Field(4096, gt=1, description="How many texts the PCA start reads at most from each of "
+                           "its sources: the training texts, and pca_source where one is given.")
     pca_source: SourceConfig | None = Field(
         None, description="Fit the PCA start on these texts instead of the training texts: unlabelled text "
         "from the domain the model will serve (e.g. the documents it will index), when that differs from the "
