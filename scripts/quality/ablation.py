@@ -1217,7 +1217,7 @@ def domain_line(found: dict) -> str:
                 (meets if ok else misses).append(label_run + ("" if ok else f" ({text})"))
                 at = ", ".join(f"{d} {gain(runs[name], ev, d):+.2f}" for d in ("384", "64", "32", "16", "8")
                                if ev in runs[name]["after"])
-                runs_of.append(f"{label_run}: {text}; sts-headlines against the base {at}; against the default "
+                runs_of.append(f"{label_run}: {text}; sts-headlines against the base {at}; against the default: "
                                + "; ".join(run_changes(runs[name], runs[ref], ("384", "64", "32", "16", "8"))))
         if runs_of:
             parts.append(f"The start {label}, variant `…{suffix}`: " + ". ".join(runs_of))
