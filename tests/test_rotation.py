@@ -445,3 +445,9 @@ def test_pca_source_without_the_pca_start_is_refused_and_with_the_rotation_off_i
     report = check(validate(cfg))
     assert report.ok
     assert any("pca_source is set but the rotation is off" in w for w in report.warnings)
+    from matryoshka_train.training.prepare import prepare
+
+    printed = []
+    prepare(validate(cfg), echo=printed.append)  # as run prepares: printed, not only listed
+    assert any(line.startswith("Warning: matryoshka.rotation.pca_source is set but the rotation is off")
+               for line in printed)

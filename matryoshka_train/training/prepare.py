@@ -78,7 +78,7 @@ def prepare(config: RunConfig, echo: Callable[[str], None] = print, check: bool 
     prep.datasets = list(read.prepared.values())
     prep.unverified += read.unverified
     step(read.problems, DataError)
-    step(read_pca_source(prep, hub_ok, check), DataError)
+    step(read_pca_source(prep, hub_ok, check, echo), DataError)
 
     problems: list[Problem] = []
     if check and not (is_local(config.model.name_or_path) or hub_ok):
@@ -135,9 +135,10 @@ def prepare(config: RunConfig, echo: Callable[[str], None] = print, check: bool 
     return prep
 
 
-def read_pca_source(prep: Preparation, hub_ok: bool, check: bool) -> list[Problem]:
+def read_pca_source(prep: Preparation, hub_ok: bool, check: bool,
+                    echo: Callable[[str], None] = print) -> list[Problem]:
     """Read ``matryoshka.rotation.pca_source`` (when set) into ``prep.pca_texts``; the problems found.
-    Not read where the rotation is off (a warning says so)."""
+    Not read where the rotation is off (a warning says so: listed for check, printed for run)."""
     rcfg = prep.config.matryoshka.rotation
     if rcfg.pca_source is None:
         return []
@@ -145,6 +146,8 @@ def read_pca_source(prep: Preparation, hub_ok: bool, check: bool) -> list[Proble
     on, why = rotation_decision(prep.config)
     if not on:
         prep.warnings.append(f"{where} is set but the rotation is off ({why}), so its texts are not used")
+        if not check:
+            echo(f"Warning: {prep.warnings[-1]}")
         return []
     try:
         if rcfg.pca_source.hub and not hub_ok:
