@@ -134,13 +134,29 @@ def text_columns(ds: Dataset) -> list[str]:
     return [c for c in ds.column_names if c not in LABEL_COLUMNS]
 
 
+def string_columns(ds: Dataset) -> list[str]:
+    """The columns of ``ds`` that hold strings (texts), in order."""
+    return [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+
+
+def add_distinct_texts(ds: Dataset, columns: list[str], limit: int, seen: dict[str, None]) -> bool:
+    """Add the distinct, non-blank texts of the first ``limit`` rows of ``ds`` (``columns``, row by row)
+    to ``seen`` until it holds ``limit``; True once it does."""
+    for row in ds.select_columns(columns).select(range(min(len(ds), limit))):
+        for text in row.values():
+            if isinstance(text, str) and text.strip():
+                seen.setdefault(text, None)
+        if len(seen) >= limit:
+            return True
+    return False
+
+
 def source_texts(src: SourceConfig, columns: list[str] | None, limit: int, where: str) -> list[str]:
     """Up to ``limit`` distinct, non-blank texts of a source, row by row, from ``columns`` (every
     string column when None): unlabelled text, e.g. for the rotation's PCA start."""
     ds = read_source(src, where)
-    strings = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
     if columns is None:
-        columns = strings
+        columns = string_columns(ds)
         if not columns:
             raise DataError(f"{src.describe()} has no text column (it has: {', '.join(ds.column_names)}); "
                             "give a file with a text column, e.g. one JSON object per line: {\"text\": \"...\"}",
@@ -150,12 +166,7 @@ def source_texts(src: SourceConfig, columns: list[str] | None, limit: int, where
         raise DataError(f"column(s) {', '.join(missing)} not in {src.describe()}; it has: "
                         f"{', '.join(ds.column_names)}", where=where.rsplit(".", 1)[0] + ".pca_columns")
     seen: dict[str, None] = {}
-    for row in ds.select_columns(columns):
-        for text in row.values():
-            if isinstance(text, str) and text.strip():
-                seen.setdefault(text, None)
-        if len(seen) >= limit:
-            break
+    add_distinct_texts(ds, columns, limit, seen)
     if len(seen) < 2:
         raise DataError(f"{src.describe()} holds {len(seen)} distinct text(s) in {', '.join(columns)}; "
                         "the PCA start needs at least 2 (a few thousand is better)", where=where)

@@ -15,7 +15,7 @@ from ..config.registry import LOSSES
 from ..config.schema import RunConfig
 from ..data.distill_labels import attach_teacher_labels
 from ..data.pretokenize import pretokenize
-from ..data.sources import PreparedDataset
+from ..data.sources import PreparedDataset, add_distinct_texts, string_columns
 from ..errors import ConfigError, Problem, UserError
 from ..evaluation.spec import build_matryoshka_evaluator
 from ..losses.anchor import AnchoredLoss
@@ -117,15 +117,9 @@ def _training_texts(datasets: list[PreparedDataset], limit: int) -> list[str]:
     """Up to ``limit`` distinct texts from the training rows' text columns, datasets in turn."""
     seen: dict[str, None] = {}
     for prepared in datasets:
-        train = prepared.train
-        columns = [c for c, f in train.features.items() if getattr(f, "dtype", None) == "string"]
-        for row in train.select_columns(columns).select(range(min(len(train), limit))):
-            for text in row.values():
-                if isinstance(text, str) and text.strip():
-                    seen.setdefault(text, None)
-            if len(seen) >= limit:
-                return list(seen)[:limit]
-    return list(seen)
+        if add_distinct_texts(prepared.train, string_columns(prepared.train), limit, seen):
+            break
+    return list(seen)[:limit]
 
 
 def _teacher_labels(prep: Preparation, echo: Callable[[str], None]) -> None:
