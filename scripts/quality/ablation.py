@@ -235,12 +235,7 @@ REALISTIC = Suite(
                                                    "matryoshka.rotation.pca_fraction=0.5"]),
         "rotation-coupled-llrd0.5-small2-half": ("learned rotation, coupled, layer-wise LR decay 0.5, the smaller "
                                                  "half of the dims weighted 2, started half-way to the PCA rotation "
-                                                 "(the framework default now)",
-                                                 ["matryoshka.rotation.enabled=true",
-                                                  "matryoshka.rotation.decouple=false",
-                                                  "training.layerwise_lr_decay=0.5",
-                                                  "matryoshka.weights=[1, 1, 1, 2, 2, 2, 2]",
-                                                  "matryoshka.rotation.pca_fraction=0.5"]),
+                                                 "(the framework default now)", DEFAULT_OVERRIDES),
         "rotation-coupled-llrd0.35-small2-half": ("as the default, with layer-wise LR decay 0.35 instead of 0.5",
                                                   ["matryoshka.rotation.enabled=true",
                                                    "matryoshka.rotation.decouple=false",
@@ -314,11 +309,7 @@ REALISTIC_HARD = Suite(
                                            "matryoshka.rotation.pca_fraction=0.5"]),
         "rotation-llrd0.5-small2-half": ("learned rotation, every term trains everything, layer-wise LR decay 0.5, "
                                          "the smaller half of the dims weighted 2, started half-way to the PCA "
-                                         "rotation (the framework default now)",
-                                         ["matryoshka.rotation.enabled=true", "matryoshka.rotation.decouple=false",
-                                          "training.layerwise_lr_decay=0.5",
-                                          "matryoshka.weights=[1, 1, 1, 2, 2, 2, 2]",
-                                          "matryoshka.rotation.pca_fraction=0.5"]),
+                                         "rotation (the framework default now)", DEFAULT_OVERRIDES),
         "rotation-llrd0.35-small2-half": ("as the default, with layer-wise LR decay 0.35 instead of 0.5",
                                           ["matryoshka.rotation.enabled=true", "matryoshka.rotation.decouple=false",
                                            "training.layerwise_lr_decay=0.35",
