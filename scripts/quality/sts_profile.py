@@ -139,8 +139,9 @@ def file_texts(path: Path, columns: list[str], limit: int = 4096) -> list[str]:
     lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
     seen: dict[str, None] = {}
     for line in (x for x in lines if x.strip()):
+        row = json.loads(line)
         for column in columns:
-            text = json.loads(line).get(column)
+            text = row.get(column)
             if isinstance(text, str) and text.strip():
                 seen.setdefault(text, None)
     if not seen:
@@ -172,7 +173,8 @@ def start_costs(named_model, rows: list[dict], train: Path, columns: list[str],
                   for f in (0.0, 0.25, 0.5, 1.0)]
         if domain is not None:
             own = file_texts(*domain)
-            mixed = [*texts[:len(own)], *(t for t in own if t not in set(texts[:len(own)]))]
+            taken = set(texts[:len(own)])
+            mixed = [*texts[:len(own)], *(t for t in own if t not in taken)]
             starts += [(f"0.5 of the way to PCA of {domain[0].name} alone", part_way(pca_rotation(encode(own)), 0.5)),
                        (f"0.5 of the way to PCA of {domain[0].name} + as many training texts",
                         part_way(pca_rotation(encode(mixed)), 0.5))]
