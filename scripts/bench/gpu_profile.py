@@ -31,6 +31,9 @@ Variants (--variants, comma-separated; all by default):
   packed      our packed forward (training.packed_forward): position-wise layers on real tokens only,
               attention by flash attention's varlen kernel on CUDA in bf16 (padded attention elsewhere);
               the result's "packed" says which ran
+  pad64-compile, packed-compile  the same with each encoder layer compiled (training.compile_layers:
+              torch.compile, dynamic shapes, fusing the element-wise kernels between the matrix
+              products); the compile time falls in the warm-up steps (`warmup_s`)
 Timing adds no host-device synchronisation to the steps: batches are tokenized (and pinned) before
 the timed window, token counts come from the tokenizer's output on the host, each step end records
 a CUDA event, and the window synchronises only at its start and end. The sorted variants get each
@@ -84,7 +87,7 @@ PROFILES = {
     "xlmr-large": {"model": "xlmr-large", "batch": 2048, "columns": 3, "min_len": 16, "max_len": 256, "cached": True},
     "tiny": {"model": "tiny", "batch": 8, "columns": 3, "min_len": 4, "max_len": 60, "cached": False},
 }
-VARIANTS = ("plain", "sorted", "sorted-gpu", "pad64", "sorted-gpu-pad64", "packed")
+VARIANTS = ("plain", "sorted", "sorted-gpu", "pad64", "sorted-gpu-pad64", "packed", "pad64-compile", "packed-compile")
 
 
 def texts(p: dict, steps: int, seed: int) -> list[list[list[str]]]:
@@ -176,6 +179,7 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
     loss = losses.MatryoshkaLoss(model, inner, benchlib.matryoshka_dims(spec["hidden"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
     patched, min_via, undo = None, None, None
+    base = variant.removesuffix("-compile")
     if variant == "sorted":
         patched, min_via, undo = install_sorted(model, args.chunk_tokens, None)
     elif variant == "sorted-gpu":
@@ -183,12 +187,19 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
     elif variant == "sorted-gpu-pad64":
         patched, min_via, undo = install_sorted(model, args.gpu_chunk_tokens, args.chunk_min_tokens, round_to=64)
     packed = None
-    if variant == "packed":
+    if base == "packed":
         from matryoshka_train.models import packed_forward
 
         packed = packed_forward.install(model)
         if packed is None:
             raise RuntimeError(f"packed forward: not for this model ({packed_forward.why_not(model)})")
+    compiled = []
+    if variant.endswith("-compile"):
+        from matryoshka_train.models import compiled_layers
+
+        compiled = compiled_layers.install(model)
+        if not compiled:
+            raise RuntimeError("compile_layers: no encoder layers found")
     context, attach = host_lengths_context() if patched is not None or packed is not None else (None, None)
     params = benchlib.non_embedding_params(model)
     layers, hidden = benchlib.encoder_shape(model)
@@ -205,7 +216,7 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    feats = [[pad_to_multiple(f, 64) if variant.endswith("pad64") else f for f in b["features"]] for b in batches]
+    feats = [[pad_to_multiple(f, 64) if base.endswith("pad64") else f for f in b["features"]] for b in batches]
     if cuda:
         feats = [
             [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in f.items()} for f in b] for b in feats
@@ -252,6 +263,10 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
             sf.uninstall(model, patched)
         if packed is not None:
             packed_forward.uninstall(model, packed)
+        if compiled:
+            from matryoshka_train.models import compiled_layers
+
+            compiled_layers.uninstall(compiled)
         if undo is not None:
             undo()
     seconds = clock.seconds
@@ -280,6 +295,7 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
         "encoder_calls_per_step": counter.calls / args.steps,
         "distinct_encoder_shapes": len(set(counter.shapes)),
         "non_embedding_params": params,
+        "compiled_layers": len(compiled),
         "chunking": (
             {
                 "max_tokens": args.chunk_tokens if variant == "sorted" else args.gpu_chunk_tokens,

@@ -21,25 +21,29 @@
 # that fails is recorded and the suite goes on; a part that would get under MIN_PART_S is skipped).
 # SUITE_PARTS="a b ..." runs only the named parts (and may name the extra ones marked below):
 #   train-long    train.py, 16-256 tokens, batch 128: ours (defaults) first, then plain ST, alternating,
-#                 2 repeats, plus ours variants in the same process, one run each, each turning one #14
-#                 decision back: pad_to_multiple_of=null (exact widths), sorted_forward=true,
-#                 nan_check=every_step, and two new: sortedgpu (sorted forward with GPU-sized chunks,
-#                 widths rounded to 64) and packed (training.packed_forward: position-wise layers on real
-#                 tokens only, attention by flash attention's varlen kernel); profiles of theirs, ours, ours:sortedgpu, ours:packed (3 steps)
-#   train-short   train.py, 5-40 tokens, batch 512, ours first, the packed variant, profiles (3 steps)
-#   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): plain / sorted /
-#                 sorted-gpu / pad64 / sorted-gpu-pad64 / packed (varlen) forward, tokens/s, MFU, peak memory, 2 profiled steps each; then a
-#                 shape probe: forward+backward at 24 distinct widths, each twice (the first-use cost of a shape)
+#                 2 repeats, plus ours variants in the same process, one run each: sortedgpu (sorted
+#                 forward with GPU-sized chunks, widths rounded to 64) and packed (training.packed_forward:
+#                 position-wise layers on real tokens only, attention by flash attention's varlen kernel);
+#                 profiles of theirs, ours, ours:packed (3 steps)
+#   train-short   train.py, 5-40 tokens, batch 512, ours first, the packed variant
+#   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): pad64 / sorted-gpu-pad64 /
+#                 packed (varlen) / pad64-compile / packed-compile (each encoder layer compiled), tokens/s,
+#                 MFU, peak memory, 2 profiled steps each (the --smoke run adds plain, sorted, sorted-gpu
+#                 and the shape probe, which runs 1 and 2 measured on the H100)
 #   train-long-compile  train-long's setting, one run each: ours, theirs, ours:compile (training.compile_layers:
 #                 torch.compile on each encoder layer) and ours:packedcompile (packed forward + compiled layers);
 #                 the compile time falls in the warm-up steps
-#   profile-bert-cached   gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250), plain and pad64
-#   profile-bert-nocudnn  the same, plain and pad64, with cuDNN attention disabled (--sdpa flash,efficient,math)
+#   profile-bert-cached   gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250), pad64
+#   profile-bert-nocudnn  (extra) profile-bert's plain and pad64 with cuDNN attention disabled (--sdpa flash,efficient,math)
 #   train-long-nocudnn    (extra) train-long's ours vs theirs, one run each, cuDNN attention disabled
+#   train-long-decisions  (extra) train-long's ours vs theirs, one run each, and ours turning back one #14
+#                 decision each: pad_to_multiple_of=null, sorted_forward=true, nan_check=every_step
 #   profile-xlmr  gpu_profile.py xlmr-large (CachedMNRL, batch 2048), plain and sorted-gpu: only if >= 100 s are left
-# Measured on one H100 (2026-11-27, docs/benchmarks.md): train-long 124-128 s, train-short 47 s,
-# profile-bert 86-96 s, profile-bert-nocudnn 36 s, train-long-nocudnn 47 s; profile-bert-cached needed
-# more than 100 s with 4 variants (5.7 s per CachedMNRL step), now 2 variants and 3 steps.
+# The extra parts were measured in runs 1 and 2 (H100, 2026-11-27, docs/benchmarks.md) and are left
+# out of the default run to leave its budget to what is still unmeasured. Part times there: train-long
+# 124-128 s (then with 4 variants), train-short 47 s, profile-bert 86-96 s (then with the shape
+# probe), profile-bert-nocudnn 36 s, train-long-nocudnn 47 s; profile-bert-cached took over 100 s with
+# 4 variants (5.7 s per CachedMNRL step), now 1 variant and 3 steps.
 set -u
 
 smoke=0
@@ -63,6 +67,7 @@ if [ $smoke = 1 ]; then
   LONG=(--words 4 40 --batch 8 --steps 2 --warmup 1 --repeats 2 --profile-steps 1)
   SHORT=(--words 2 10 --batch 16 --steps 2 --warmup 1 --repeats 2)
   GPROF=(--steps 1 --warmup 1 --profile-steps 1 --shape-probe 4)
+  PB_VARIANTS=plain,sorted,sorted-gpu,pad64,sorted-gpu-pad64,packed,packed-compile
   CACHED=(--profile tiny --batch 12 --steps 1 --warmup 0 --variants sorted-gpu --label cached-smoke)
   XLMR=(--profile tiny --steps 1 --warmup 0 --variants plain --label xlmr-smoke)
   MIN_PART=${MIN_PART_S:-5}; XLMR_MIN=100000  # always skipped: exercises the budget check
@@ -70,8 +75,9 @@ else
   DEV=cuda; MODEL=bert-base; PROFILE=bert-base
   LONG=(--words 16 256 --batch 128 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
   SHORT=(--words 5 40 --batch 512 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
-  GPROF=(--steps 6 --warmup 2 --profile-steps 2 --shape-probe 24)
-  CACHED=(--profile bert-base-cached --steps 3 --warmup 1 --profile-steps 1 --variants plain,pad64)
+  GPROF=(--steps 6 --warmup 2 --profile-steps 2)
+  PB_VARIANTS=pad64,sorted-gpu-pad64,packed,pad64-compile,packed-compile  # plain and sorted: runs 1 and 2
+  CACHED=(--profile bert-base-cached --steps 3 --warmup 1 --profile-steps 1 --variants pad64)
   XLMR=(--profile xlmr-large --steps 2 --warmup 1 --variants plain,sorted-gpu)
   XLMR_MIN=100  # ~15 s imports, ~15 s building 560M parameters, 2 variants x 3 steps of ~5 s, loads
 fi
@@ -85,7 +91,7 @@ fi
   echo "== PYTHONPATH=${PYTHONPATH:-}"
 } > "$OUTDIR/env.txt" 2>&1
 
-EXTRA_PARTS=" train-long-nocudnn "  # run only when SUITE_PARTS names them
+EXTRA_PARTS=" profile-bert-nocudnn train-long-nocudnn train-long-decisions "  # run only when SUITE_PARTS names them
 part() {  # part NAME CAP_SECONDS MIN_SECONDS COMMAND...: skipped when less than MIN_SECONDS is left
   local name=$1 cap=$2 min=$3; shift 3
   local now left limit began rc secs
@@ -117,26 +123,28 @@ part() {  # part NAME CAP_SECONDS MIN_SECONDS COMMAND...: skipped when less than
 TRAIN=("$PY" scripts/bench/train.py --device "$DEV" --model "$MODEL" --out "$OUTDIR" --skip-tokenize-timing)
 GPU_PROFILE=("$PY" scripts/bench/gpu_profile.py --out "$OUTDIR")
 
-part train-long 230 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 1 \
-  --ours-variant nopad:training.pad_to_multiple_of=null \
-  --ours-variant sorted:training.sorted_forward=true \
-  --ours-variant nan_every_step:training.nan_check=every_step \
+part train-long 200 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 1 \
   --ours-variant sortedgpu:training.sorted_forward=true \
   --ours-variant sortedgpu:training.forward_chunk_tokens=65536 \
   --ours-variant sortedgpu:training.forward_chunk_min_tokens=16384 \
   --ours-variant packed:training.packed_forward=true \
-  --profile-sides theirs,ours,ours:sortedgpu,ours:packed
+  --profile-sides theirs,ours,ours:packed
 part train-short 130 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours --variant-repeats 1 \
   --ours-variant packed:training.packed_forward=true
-part profile-bert 130 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}"
-part train-long-compile 160 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label compiled --first ours \
+part profile-bert 170 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" \
+  --variants "$PB_VARIANTS"
+part train-long-compile 170 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label compiled --first ours \
   --variant-repeats 1 --ours-variant compile:training.compile_layers=true \
   --ours-variant packedcompile:training.packed_forward=true --ours-variant packedcompile:training.compile_layers=true
-part profile-bert-cached 100 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
+part profile-bert-cached 90 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
 part profile-bert-nocudnn 70 30 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" --variants plain,pad64 \
   --sdpa flash,efficient,math --label sdpa-nocudnn
 part train-long-nocudnn 150 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label long-sdpa-nocudnn --first ours \
   --sdpa flash,efficient,math --profile-sides ours
+part train-long-decisions 150 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label long-decisions --first ours \
+  --variant-repeats 1 --ours-variant nopad:training.pad_to_multiple_of=null \
+  --ours-variant sorted:training.sorted_forward=true --ours-variant nan_every_step:training.nan_check=every_step \
+  --profile-sides theirs,ours
 part profile-xlmr 150 $XLMR_MIN "${GPU_PROFILE[@]}" "${XLMR[@]}"
 
 total=$(( $(date +%s) - started ))
