@@ -71,6 +71,9 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     out, _ = suite
     record = _one(out, "train-tiny-cpu-words4-40-long-*.json")
     assert record["loss_equality"]["passed"] is True
+    packed = record["loss_equality"]["packed"]  # the packed forward against the plain one, fp32 and bf16
+    assert packed["passed"] and packed["fp32"]["attention"] == "padded"  # varlen needs CUDA
+    assert packed["fp32"]["grad_rel_diff"] <= 1e-4 and packed["bf16"]["bf16_noise"]["grad_rel_diff"] > 0
     for side in ("theirs", "ours"):
         assert len(record["runs"][side]) == 2
         assert [r["repeat"] for r in record["runs"][side]] == [0, 1]
@@ -87,7 +90,7 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     for which in ("first", "warm"):
         assert record["ratios"][which]["samples_per_s"] > 0
     # each variant ran once, or says why not (a config key the installed matryoshka_train lacks)
-    for label in ("sortedgpu", "packed"):
+    for label in ("sortedgpu", "padded"):
         side = f"ours:{label}"
         assert (
             (len(record["runs"].get(side, [])) == 1)
@@ -114,7 +117,7 @@ def test_train_first_ours_goes_first(suite):
     assert record["runs"]["ours"][0]["position_in_process"] == 0  # --first ours
     assert record["runs"]["theirs"][0]["position_in_process"] == 1  # then alternating (variants in between)
     assert record["runs"]["theirs"][1]["position_in_process"] < record["runs"]["ours"][1]["position_in_process"]
-    assert len(record["runs"]["ours:packed"]) == 1
+    assert len(record["runs"]["ours:padded"]) == 1
     assert record["complete"] is True and record["failed"] == {}
 
 
@@ -122,12 +125,13 @@ def test_compiled_part_runs_the_compiled_variants_beside_ours_and_theirs(suite):
     out, _ = suite
     record = _one(out, "train-tiny-cpu-words4-40-compiled-*.json")
     assert record["complete"] is True and record["failed"] == {}
-    for side in ("ours", "theirs", "ours:compile", "ours:packedcompile"):
+    for side in ("ours", "theirs", "ours:compile", "ours:paddedcompile", "ours:packedcompile"):
         assert len(record["runs"][side]) == 1, side
     assert record["variant_ratios"]["ours:compile"]["first"]["samples_per_s"] > 0
-    speed = {side: record["runs"][side][0]["speed"] for side in ("ours", "ours:compile", "ours:packedcompile")}
+    speed = {side: record["runs"][side][0]["speed"] for side in record["runs"] if side.startswith("ours")}
     assert not speed["ours"]["compile_layers"] and speed["ours:compile"]["compile_layers"]
     assert speed["ours:packedcompile"]["compile_layers"] and speed["ours:packedcompile"]["packed_forward"]
+    assert speed["ours:paddedcompile"]["compile_layers"] and not speed["ours:paddedcompile"]["packed_forward"]
     packed = record["runs"]["ours:packedcompile"][0]
     assert packed["padding"]["attention"] == "padded" and packed["pad_share"] == 0  # varlen needs CUDA
 

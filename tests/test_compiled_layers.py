@@ -63,4 +63,4 @@ def test_check_prints_it_and_auto_leaves_it_off(write_config, tiny_config, capsy
     assert "compile_layers: off (auto: measured 0.85x the default forward on CPU" in capsys.readouterr().out
     training = validate(tiny_config).training
     assert not decide(training, "cuda").compile_layers
-    assert "ours:compile" in decide(training, "cuda").reasons["compile_layers"]
+    assert "0.80-1.11x the packed forward" in decide(training, "cuda").reasons["compile_layers"]

@@ -12,7 +12,7 @@ are compiled, each in place (``nn.Module.compile``), with dynamic shapes:
 * the weights, their names and the saved model are unchanged: compiling wraps the call, not the
   module, and :func:`uninstall` unwraps it.
 
-Off (``auto``) until measured faster on a device: compiling costs seconds to minutes per run, paid
+Off (``auto``) on every device (training/speed.py has the figures): compiling costs seconds per run, paid
 back only over enough steps, and the GPU suite (``scripts/bench/gpu_suite.sh``) measures it.
 """
 

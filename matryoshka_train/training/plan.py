@@ -65,7 +65,7 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     evaluator = build_evaluator(config, prep, dims)
     precision = resolve_precision(config.training.precision, torch.cuda.is_available(), echo)
     batch_sampler = resolve_batch_sampler(config)
-    speed = decide(config.training)
+    speed = decide(config.training, precision=precision)
     return Plan(config, model, dims, prep.datasets, losses, evaluator, precision, batch_sampler, speed, rotation,
                 rotation_why, *layerwise_decay_decision(config, model), *dim_weights_decision(config, dims))
 

@@ -17,14 +17,23 @@ The evidence, in one place (update it when a benchmark on that device says other
   pays once; ``scripts/bench/train.py`` 16-256 words: a first run in the process at 2.6x the speed of
   exact widths (558.7 vs 215.1 samples/s). On
   CPU there is no such set-up and the extra padding is pure compute, so off there.
-* GPU-sized chunks (with widths rounded to ``pad_to_multiple_of``): not measured on a GPU yet, so off
-  unless asked for.
-* packed forward (``models/packed_forward.py``: position-wise layers on real tokens only): CPU
-  (all-MiniLM-L6-v2, 5-200 words, 2026-11-27) 1.30x the plain script but 0.69x the sorted forward, so
-  off there; built after the last GPU run and not measured on a GPU yet, so off there too.
+* GPU-sized chunks (with widths rounded to ``pad_to_multiple_of``): one H200, 2026-11-28: 0.41x our
+  padded forward in training (257.8 vs 631.7 samples/s), 0.40x in ``gpu_profile.py``; so the sorted
+  forward stays off on GPUs whatever its chunk size.
+* packed forward (``models/packed_forward.py``: position-wise layers on real tokens only, attention by
+  flash attention's varlen kernel): one H200, 2026-11-28, BERT-base, ``scripts/bench/train.py``
+  16-256 tokens batch 128: 1.17-1.59x the samples/s of our padded forward in the same process, at
+  57% of its peak memory (22.4 vs 39.4 GiB); 5-40 tokens batch 512: 1.01-1.03x, 62% of the memory
+  (16.1 vs 26.0 GiB); ``gpu_profile.py`` bert-base: 1.15x. So on for CUDA where the varlen kernel
+  runs (bf16/fp16 training on sm80 or newer); elsewhere its attention would run padded, per row,
+  which no GPU run measured, so off. CPU (all-MiniLM-L6-v2, 5-200 words, 2026-11-27): 1.30x the
+  plain script but 0.69x the sorted forward, so off there.
 * compiled layers (``models/compiled_layers.py``): CPU (all-MiniLM-L6-v2, 5-200 words, 2026-11-27)
-  0.85x our default forward (compiled steps alone, compile time excluded), so off there; not
-  measured on a GPU yet (the GPU suite runs it as ours:compile and ours:packedcompile), so off there.
+  0.85x our default forward (compiled steps alone, compile time excluded), so off there. One H200,
+  2026-11-28: 1.21x our padded forward in training and 1.23x in ``gpu_profile.py``, and on top of the
+  packed forward 1.35x in ``gpu_profile.py`` but 1.11x (first run) and 0.80x (warm run) in training,
+  where the packed step waits on the host; plus 4-14 s of compiling per run. Not faster than the
+  packed forward alone in training, so off.
 * pre-tokenization and our no-duplicates sampler: work on the host before or beside training,
   measured on the host (``scripts/bench/train.py`` tokenize-once timing, ``scripts/bench/sampler.py``
   >= 10x); they do not run on the accelerator, so they stay on for every device.
@@ -130,9 +139,27 @@ class SpeedPlan:
         }
 
 
-def decide(training: Any, device: str | None = None) -> SpeedPlan:
+def varlen_why_not(training: Any, device: str, precision: str | None = None) -> str | None:
+    """Why the packed forward's attention could not run on flash attention's varlen kernel in a run of
+    this ``training`` section on ``device`` (None: it can). ``precision`` is the run's resolved one
+    (``plan.resolve_precision``); without it, ``training.precision`` as that function would resolve it."""
+    if device != "cuda":
+        return "not a CUDA device"
+    if precision is None:
+        precision = training.precision
+        if precision == "auto" and torch.cuda.is_available():
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"  # as plan.resolve_precision
+    if precision == "fp32":
+        return "training in fp32 (the varlen kernel needs bf16 or fp16)"
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
+        return "a GPU older than sm80 (the varlen kernel needs Ampere or newer)"
+    return None
+
+
+def decide(training: Any, device: str | None = None, precision: str | None = None) -> SpeedPlan:
     """Resolve every ``auto`` speed key of a ``training`` config section for ``device`` (default: this
-    machine's training device). Values set explicitly in the config are kept, with reason "set in the
+    machine's training device) and the run's resolved ``precision`` (default: ``training.precision``
+    as the run would resolve it). Values set explicitly in the config are kept, with reason "set in the
     config"."""
     device = device or training_device()
     accelerator = device != "cpu"
@@ -153,14 +180,21 @@ def decide(training: Any, device: str | None = None) -> SpeedPlan:
         if accelerator
         else "measured 1.7-1.9x samples/s on CPU with texts of mixed length (docs/benchmarks.md)",
     )
+    varlen_no = varlen_why_not(training, device, precision)
     packed = pick(
         "packed_forward",
         training.packed_forward,
-        False,
-        "not measured on a GPU yet (scripts/bench/gpu_suite.sh measures it as ours:packed)"
-        if accelerator
-        else "measured 0.69x the sorted forward on CPU (1.30x the plain script; docs/benchmarks.md)",
+        varlen_no is None,
+        "measured 1.17-1.59x samples/s of the padded forward on 16-256-token text and 1.01-1.03x on 5-40 "
+        "tokens, at 57-62% of its memory (H200, docs/benchmarks.md)"
+        if varlen_no is None
+        else "measured 0.69x the sorted forward on CPU (1.30x the plain script; docs/benchmarks.md)"
+        if device == "cpu"
+        else f"off: {varlen_no}, so its attention would run padded, which no GPU run measured",
     )
+    if packed and training.packed_forward == "auto" and training.sorted_forward is True:
+        packed = False  # the config asked for the sorted forward by name: the automatic choice yields
+        reasons["packed_forward"] = "auto: off, because sorted_forward is set in the config"
     if packed and sorted_forward:
         sorted_forward = False  # the packed forward already runs no padding through the position-wise layers
         reasons["sorted_forward"] = "off: packed_forward replaces it"
@@ -168,7 +202,8 @@ def decide(training: Any, device: str | None = None) -> SpeedPlan:
         "compile_layers",
         training.compile_layers,
         False,
-        "not measured on a GPU yet (scripts/bench/gpu_suite.sh measures it as ours:compile)"
+        "measured 0.80-1.11x the packed forward alone in training on an H200, plus seconds of compiling "
+        "(docs/benchmarks.md)"
         if accelerator
         else "measured 0.85x the default forward on CPU, compile time aside (docs/benchmarks.md)",
     )
@@ -177,7 +212,7 @@ def decide(training: Any, device: str | None = None) -> SpeedPlan:
         training.forward_chunk_min_tokens,
         DEFAULT_CHUNK_MIN_TOKENS,
         f"{DEFAULT_CHUNK_MIN_TOKENS} padded tokens, the floor measured on CPU"
-        + ("; GPU-sized chunks are not measured yet" if accelerator else ""),
+        + ("; GPU-sized chunks measured 0.41x the padded forward on an H200" if accelerator else ""),
     )
     pretokenize = pick(
         "pretokenize",

@@ -20,19 +20,20 @@
 # Parts, in priority order (each under `timeout -s KILL`, capped at what is left of the budget; a part
 # that fails is recorded and the suite goes on; a part that would get under MIN_PART_S is skipped).
 # SUITE_PARTS="a b ..." runs only the named parts (and may name the extra ones marked below):
-#   train-long    train.py, 16-256 tokens, batch 128: ours (defaults) first, then plain ST, alternating,
-#                 2 repeats, plus ours variants in the same process, one run each: sortedgpu (sorted
-#                 forward with GPU-sized chunks, widths rounded to 64) and packed (training.packed_forward:
-#                 position-wise layers on real tokens only, attention by flash attention's varlen kernel);
-#                 profiles of theirs, ours, ours:packed (3 steps)
-#   train-short   train.py, 5-40 tokens, batch 512, ours first, the packed variant
+#   train-long    train.py, 16-256 tokens, batch 128: ours (defaults: on CUDA the packed forward) first,
+#                 then plain ST, alternating, 2 repeats, plus ours variants in the same process, one run
+#                 each: padded (packed_forward=false: the run-2 default, batches padded to 64) and sortedgpu
+#                 (sorted forward with GPU-sized chunks, widths rounded to 64); profiles of theirs, ours,
+#                 ours:padded (3 steps); the loss check adds packed vs plain in fp32 and bf16 (varlen on CUDA)
+#   train-short   train.py, 5-40 tokens, batch 512, ours first, the padded variant
 #   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): pad64 / sorted-gpu-pad64 /
 #                 packed (varlen) / pad64-compile / packed-compile (each encoder layer compiled), tokens/s,
 #                 MFU, peak memory, 2 profiled steps each (the --smoke run adds plain, sorted, sorted-gpu
 #                 and the shape probe, which runs 1 and 2 measured on the H100)
 #   train-long-compile  train-long's setting, one run each: ours, theirs, ours:compile (training.compile_layers:
-#                 torch.compile on each encoder layer) and ours:packedcompile (packed forward + compiled layers);
-#                 the compile time falls in the warm-up steps
+#                 torch.compile on each encoder layer, on top of the default), ours:paddedcompile (padded
+#                 forward + compiled layers) and ours:packedcompile (packed forward named in the config +
+#                 compiled layers: the same as ours:compile on CUDA); the compile time falls in the warm-up steps
 #   profile-bert-cached   gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250), pad64
 #   profile-bert-nocudnn  (extra) profile-bert's plain and pad64 with cuDNN attention disabled (--sdpa flash,efficient,math)
 #   train-long-nocudnn    (extra) train-long's ours vs theirs, one run each, cuDNN attention disabled
@@ -124,17 +125,18 @@ TRAIN=("$PY" scripts/bench/train.py --device "$DEV" --model "$MODEL" --out "$OUT
 GPU_PROFILE=("$PY" scripts/bench/gpu_profile.py --out "$OUTDIR")
 
 part train-long 200 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 1 \
+  --ours-variant padded:training.packed_forward=false \
   --ours-variant sortedgpu:training.sorted_forward=true \
   --ours-variant sortedgpu:training.forward_chunk_tokens=65536 \
   --ours-variant sortedgpu:training.forward_chunk_min_tokens=16384 \
-  --ours-variant packed:training.packed_forward=true \
-  --profile-sides theirs,ours,ours:packed
+  --profile-sides theirs,ours,ours:padded
 part train-short 130 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours --variant-repeats 1 \
-  --ours-variant packed:training.packed_forward=true
+  --ours-variant padded:training.packed_forward=false
 part profile-bert 170 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" \
   --variants "$PB_VARIANTS"
 part train-long-compile 170 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label compiled --first ours \
   --variant-repeats 1 --ours-variant compile:training.compile_layers=true \
+  --ours-variant paddedcompile:training.packed_forward=false --ours-variant paddedcompile:training.compile_layers=true \
   --ours-variant packedcompile:training.packed_forward=true --ours-variant packedcompile:training.compile_layers=true
 part profile-bert-cached 90 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
 part profile-bert-nocudnn 70 30 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" --variants plain,pad64 \

@@ -475,8 +475,61 @@ def loss_check(ctx: dict) -> dict:
         result["loss_abs_diff"] <= 1e-5 * max(1.0, abs(result["loss_plain"])) and result["grad_rel_diff"] <= 1e-4
     )
     result["device"] = args.device
+    result["packed"] = packed_check(model, loss, features, args.device)
+    result["passed"] = result["passed"] and result["packed"]["passed"]
     del model, loss
     return result
+
+
+def packed_check(model: Any, loss: Any, features: list[dict], device: str) -> dict:
+    """The packed forward (training.packed_forward) against the plain one on the same batch, dropout off:
+    in fp32 (attention padded per row: equal up to float rounding, the bar of the sorted check), and
+    under bf16 autocast, where on CUDA attention runs on flash attention's varlen kernel. bf16 rounds
+    differently on each path, so there the bar is bf16's own noise: the packed-vs-plain difference (loss
+    and gradients) must stay within twice the plain forward's own bf16-vs-fp32 difference."""
+    import torch
+
+    from matryoshka_train.models import packed_forward
+
+    def one(packed: bool, bf16: bool) -> tuple[float, Any, str | None]:
+        patched = packed_forward.install(model) if packed else None
+        if packed and patched is None:
+            raise RuntimeError(f"packed forward not for this model: {packed_forward.why_not(model)}")
+        try:
+            model.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+                value = loss([dict(f) for f in features], None)
+            value.backward()
+            grads = torch.cat([q.grad.float().flatten() for q in model.parameters() if q.grad is not None])
+            return float(value.detach()), grads, patched.attention if patched is not None else None
+        finally:
+            packed_forward.uninstall(model, patched)
+
+    def diff(x: tuple, y: tuple) -> dict:
+        return {"loss_abs_diff": abs(x[0] - y[0]),
+                "grad_rel_diff": float((x[1] - y[1]).norm() / y[1].norm().clamp_min(1e-12))}
+
+    was_training = model.training
+    model.eval()
+    try:
+        plain, packed = one(False, False), one(True, False)
+        out: dict[str, Any] = {"fp32": {"loss_plain": plain[0], "loss_packed": packed[0], "attention": packed[2],
+                                        **diff(packed, plain)}}
+        out["fp32"]["passed"] = bool(out["fp32"]["loss_abs_diff"] <= 1e-5 * max(1.0, abs(plain[0]))
+                                     and out["fp32"]["grad_rel_diff"] <= 1e-4)
+        # bf16: the varlen kernel on CUDA, padded attention on a CPU
+        plain16, packed16 = one(False, True), one(True, True)
+        noise = diff(plain16, plain)  # what bf16 alone changes on the plain path
+        got = diff(packed16, plain16)
+        out["bf16"] = {"loss_plain": plain16[0], "loss_packed": packed16[0], "attention": packed16[2], **got,
+                       "bf16_noise": noise,
+                       "passed": bool(got["loss_abs_diff"] <= 2 * noise["loss_abs_diff"] + 1e-3 * abs(plain[0])
+                                      and got["grad_rel_diff"] <= 2 * noise["grad_rel_diff"] + 1e-3)}
+        model.zero_grad(set_to_none=True)
+    finally:
+        model.train(was_training)
+    out["passed"] = all(v["passed"] for v in out.values() if isinstance(v, dict))
+    return out
 
 
 def tokenize_once_timing(ctx: dict) -> dict:
@@ -870,6 +923,15 @@ def main() -> None:
         f" (|diff| {check['loss_abs_diff']:.2e}); gradients relative diff {check['grad_rel_diff']:.2e}"
         f" -> {'PASS' if check['passed'] else 'FAIL'}"
     )
+    for precision, r in check["packed"].items():
+        if isinstance(r, dict):
+            print(
+                f"packed forward, {precision} (attention {r['attention']}): loss {r['loss_packed']:.6f} vs plain "
+                f"{r['loss_plain']:.6f} (|diff| {r['loss_abs_diff']:.2e}); gradients relative diff "
+                f"{r['grad_rel_diff']:.2e}"
+                + (f" (bf16's own: {r['bf16_noise']['grad_rel_diff']:.2e})" if "bf16_noise" in r else "")
+                + f" -> {'PASS' if r['passed'] else 'FAIL'}"
+            )
     if tokenizing and "error" not in tokenizing:
         print(
             f"tokenize once: {tokenizing['rows']} rows in {tokenizing['first_run_s']:.2f}s on the first run, "
