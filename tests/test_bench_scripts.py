@@ -90,7 +90,7 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     for which in ("first", "warm"):
         assert record["ratios"][which]["samples_per_s"] > 0
     # each variant ran once, or says why not (a config key the installed matryoshka_train lacks)
-    for label in ("sortedgpu", "padded"):
+    for label in ("sortedgpu", "padded", "merged"):
         side = f"ours:{label}"
         assert (
             (len(record["runs"].get(side, [])) == 1)
@@ -169,7 +169,7 @@ def test_gpu_profile_json(suite):
     out, _ = suite
     record = _one(out, "gpu-tiny-cpu-*.json")
     assert [r["variant"] for r in record["runs"]] == ["plain", "sorted", "sorted-gpu", "pad64", "sorted-gpu-pad64",
-                                                      "packed", "packed-compile"]
+                                                      "packed", "packed-compile", "packed-merged"]
     for r in record["runs"]:
         assert r["real_tokens_per_s"] > 0 and r["mfu"] >= 0 and "peak_memory_gib" in r
         assert r["profile"]["distinct_gemm_shapes"] > 0 and "host_device_syncs_per_step" in r["profile"]
@@ -184,6 +184,8 @@ def test_gpu_profile_json(suite):
     packed = next(r for r in record["runs"] if r["variant"] == "packed")
     assert packed["pad_share"] == 0 and packed["packed"]["attention"] == "padded"  # varlen needs CUDA
     assert packed["packed"]["forwards_without_host_lengths"] == 0  # lengths from the host, as in `mtrain run`
+    merged = next(r for r in record["runs"] if r["variant"] == "packed-merged")
+    assert merged["encoder_calls_per_step"] == 1 and packed["encoder_calls_per_step"] == 2  # anchors apart
     compiled = next(r for r in record["runs"] if r["variant"] == "packed-compile")
     assert compiled["compiled_layers"] == 2 and packed["compiled_layers"] == 0  # the tiny model's 2 layers
     assert compiled["pad_share"] == 0 and compiled["packed"]["attention"] == "padded"

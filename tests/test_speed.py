@@ -131,6 +131,8 @@ def test_check_prints_each_speed_decision_and_why(write_config, tiny_config, cap
         "pad_to_multiple_of: off (auto:",
         "dataloader_num_workers: 0 (auto:",
         "batch_sampler: no_duplicates_fast (auto:",
+        "packed_forward: off (auto: measured 0.69x",
+        "merge_columns: off (auto: not measured on a CPU",
     ):
         assert key in out, key
 
@@ -147,6 +149,7 @@ def test_a_config_without_speed_keys_trains_with_the_device_defaults(tiny_config
         "device": "cpu",
         "sorted_forward": True,
         "packed_forward": False,
+        "merge_columns": False,
         "compile_layers": False,
         "forward_chunk_min_tokens": 1024,
         "pretokenize": True,

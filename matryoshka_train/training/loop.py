@@ -12,6 +12,7 @@ written whole or not at all (:mod:`.checkpoints`); secrets are kept out of every
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -28,7 +29,7 @@ from ..config.loading import dump_resolved
 from ..config.schema import RunConfig
 from ..data.pretokenize import PretokenizedCollator, token_columns
 from ..errors import ConfigError, TrainingAborted
-from ..models import compiled_layers, packed_forward, sorted_forward
+from ..models import compiled_layers, merged_columns, packed_forward, sorted_forward
 from ..models.host_reads import no_host_reads
 from ..models.loading import resolve_model_path
 from ..models.lora import save_trained
@@ -243,6 +244,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
             preemption.installed(),
             fast_data_skip(),
             no_host_reads(trainer),
+            merged_columns.merged() if plan.speed.merge_columns else contextlib.nullcontext(),
         ):
             state.train_output = trainer.train(resume_from_checkpoint=checkpoint)
     finally:

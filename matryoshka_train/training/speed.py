@@ -28,6 +28,9 @@ The evidence, in one place (update it when a benchmark on that device says other
   runs (bf16/fp16 training on sm80 or newer); elsewhere its attention would run padded, per row,
   which no GPU run measured, so off. CPU (all-MiniLM-L6-v2, 5-200 words, 2026-11-27): 1.30x the
   plain script but 0.69x the sorted forward, so off there.
+* all columns in one encoder call (``models/merged_columns.py``): built after the H200 runs to cut the
+  host work that bounds the packed step there; not measured on a GPU yet (the GPU suite runs it as
+  ours:merged), so off.
 * compiled layers (``models/compiled_layers.py``): CPU (all-MiniLM-L6-v2, 5-200 words, 2026-11-27)
   0.85x our default forward (compiled steps alone, compile time excluded), so off there. One H200,
   2026-11-28: 1.21x our padded forward in training and 1.23x in ``gpu_profile.py``, and on top of the
@@ -73,6 +76,7 @@ class SpeedPlan:
     device: str
     sorted_forward: bool
     packed_forward: bool
+    merge_columns: bool
     compile_layers: bool
     forward_chunk_min_tokens: int
     pretokenize: bool
@@ -95,6 +99,7 @@ class SpeedPlan:
         for key in (
             "sorted_forward",
             "packed_forward",
+            "merge_columns",
             "compile_layers",
             "forward_chunk_min_tokens",
             "pretokenize",
@@ -128,6 +133,7 @@ class SpeedPlan:
             "device": self.device,
             "sorted_forward": self.sorted_forward,
             "packed_forward": self.packed_forward,
+            "merge_columns": self.merge_columns,
             "compile_layers": self.compile_layers,
             "forward_chunk_min_tokens": self.forward_chunk_min_tokens if self.sorted_forward else None,
             "pretokenize": self.pretokenize,
@@ -198,6 +204,14 @@ def decide(training: Any, device: str | None = None, precision: str | None = Non
     if packed and sorted_forward:
         sorted_forward = False  # the packed forward already runs no padding through the position-wise layers
         reasons["sorted_forward"] = "off: packed_forward replaces it"
+    merge = pick(
+        "merge_columns",
+        training.merge_columns,
+        False,
+        "not measured on a GPU yet (scripts/bench/gpu_suite.sh measures it as ours:merged)"
+        if accelerator
+        else "not measured on a CPU; it pays only with packed_forward, which is off on CPUs",
+    )
     compile_layers = pick(
         "compile_layers",
         training.compile_layers,
@@ -254,6 +268,7 @@ def decide(training: Any, device: str | None = None, precision: str | None = Non
         device=device,
         sorted_forward=bool(sorted_forward),
         packed_forward=bool(packed),
+        merge_columns=bool(merge),
         compile_layers=bool(compile_layers),
         forward_chunk_min_tokens=int(chunk_min),
         pretokenize=bool(pretokenize),

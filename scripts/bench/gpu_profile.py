@@ -34,6 +34,8 @@ Variants (--variants, comma-separated; all by default):
   pad64-compile, packed-compile  the same with each encoder layer compiled (training.compile_layers:
               torch.compile, dynamic shapes, fusing the element-wise kernels between the matrix
               products); the compile time falls in the warm-up steps (`warmup_s`)
+  packed-merged, packed-merged-compile  packed (and compiled) with all columns in one encoder call
+              (training.merge_columns) instead of sentence-transformers' anchors-apart two
 Timing adds no host-device synchronisation to the steps: batches are tokenized (and pinned) before
 the timed window, token counts come from the tokenizer's output on the host, each step end records
 a CUDA event, and the window synchronises only at its start and end. The sorted variants get each
@@ -87,7 +89,8 @@ PROFILES = {
     "xlmr-large": {"model": "xlmr-large", "batch": 2048, "columns": 3, "min_len": 16, "max_len": 256, "cached": True},
     "tiny": {"model": "tiny", "batch": 8, "columns": 3, "min_len": 4, "max_len": 60, "cached": False},
 }
-VARIANTS = ("plain", "sorted", "sorted-gpu", "pad64", "sorted-gpu-pad64", "packed", "pad64-compile", "packed-compile")
+VARIANTS = ("plain", "sorted", "sorted-gpu", "pad64", "sorted-gpu-pad64", "packed", "pad64-compile", "packed-compile",
+            "packed-merged", "packed-merged-compile")
 
 
 def texts(p: dict, steps: int, seed: int) -> list[list[list[str]]]:
@@ -161,6 +164,8 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import losses, modules
 
+    from matryoshka_train.models import merged_columns
+
     cuda = device == "cuda"
     gc.collect()
     if cuda:
@@ -179,7 +184,8 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
     loss = losses.MatryoshkaLoss(model, inner, benchlib.matryoshka_dims(spec["hidden"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
     patched, min_via, undo = None, None, None
-    base = variant.removesuffix("-compile")
+    base = variant.removesuffix("-compile").removesuffix("-merged")
+    merge = "-merged" in variant
     if variant == "sorted":
         patched, min_via, undo = install_sorted(model, args.chunk_tokens, None)
     elif variant == "sorted-gpu":
@@ -227,7 +233,10 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
     clock = benchlib.StepClock(device)
     window = benchlib.ProfileWindow(device, REPO) if args.profile_steps else None
     try:
-        with context if context is not None else contextlib.nullcontext():
+        with (
+            context if context is not None else contextlib.nullcontext(),
+            merged_columns.merged() if merge else contextlib.nullcontext(),
+        ):
             if cuda:
                 torch.cuda.synchronize()
             began = time.perf_counter()
@@ -296,6 +305,7 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
         "distinct_encoder_shapes": len(set(counter.shapes)),
         "non_embedding_params": params,
         "compiled_layers": len(compiled),
+        "merged_columns": merge,
         "chunking": (
             {
                 "max_tokens": args.chunk_tokens if variant == "sorted" else args.gpu_chunk_tokens,

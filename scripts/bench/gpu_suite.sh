@@ -22,14 +22,16 @@
 # SUITE_PARTS="a b ..." runs only the named parts (and may name the extra ones marked below):
 #   train-long    train.py, 16-256 tokens, batch 128: ours (defaults: on CUDA the packed forward) first,
 #                 then plain ST, alternating, 2 repeats, plus ours variants in the same process, one run
-#                 each: padded (packed_forward=false: the run-2 default, batches padded to 64) and sortedgpu
-#                 (sorted forward with GPU-sized chunks, widths rounded to 64); profiles of theirs, ours,
-#                 ours:padded (3 steps); the loss check adds packed vs plain in fp32 and bf16 (varlen on CUDA)
-#   train-short   train.py, 5-40 tokens, batch 512, ours first, the padded variant
-#   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): pad64 / sorted-gpu-pad64 /
-#                 packed (varlen) / pad64-compile / packed-compile (each encoder layer compiled), tokens/s,
-#                 MFU, peak memory, 2 profiled steps each (the --smoke run adds plain, sorted, sorted-gpu
-#                 and the shape probe, which runs 1 and 2 measured on the H100)
+#                 each: padded (packed_forward=false: the run-2 default, batches padded to 64), merged
+#                 (training.merge_columns: all columns in one encoder call) and sortedgpu (sorted forward
+#                 with GPU-sized chunks, widths rounded to 64); profiles of theirs, ours, ours:padded,
+#                 ours:merged (3 steps); the loss check adds packed vs plain in fp32 and bf16 (varlen on CUDA)
+#   train-short   train.py, 5-40 tokens, batch 512, ours first, the padded and merged variants
+#   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): pad64 / packed (varlen) /
+#                 packed-merged (one encoder call) / packed-compile (each encoder layer compiled) /
+#                 packed-merged-compile, tokens/s, MFU, peak memory, 2 profiled steps each (the --smoke
+#                 run: plain, sorted, sorted-gpu, pad64, sorted-gpu-pad64, packed, packed-compile,
+#                 packed-merged and the shape probe; the H100 runs 1-2 and the H200 run 1 measured the rest)
 #   train-long-compile  train-long's setting, one run each: ours, theirs, ours:compile (training.compile_layers:
 #                 torch.compile on each encoder layer, on top of the default), ours:paddedcompile (padded
 #                 forward + compiled layers) and ours:packedcompile (packed forward named in the config +
@@ -68,7 +70,7 @@ if [ $smoke = 1 ]; then
   LONG=(--words 4 40 --batch 8 --steps 2 --warmup 1 --repeats 2 --profile-steps 1)
   SHORT=(--words 2 10 --batch 16 --steps 2 --warmup 1 --repeats 2)
   GPROF=(--steps 1 --warmup 1 --profile-steps 1 --shape-probe 4)
-  PB_VARIANTS=plain,sorted,sorted-gpu,pad64,sorted-gpu-pad64,packed,packed-compile
+  PB_VARIANTS=plain,sorted,sorted-gpu,pad64,sorted-gpu-pad64,packed,packed-compile,packed-merged
   CACHED=(--profile tiny --batch 12 --steps 1 --warmup 0 --variants sorted-gpu --label cached-smoke)
   XLMR=(--profile tiny --steps 1 --warmup 0 --variants plain --label xlmr-smoke)
   MIN_PART=${MIN_PART_S:-5}; XLMR_MIN=100000  # always skipped: exercises the budget check
@@ -77,7 +79,7 @@ else
   LONG=(--words 16 256 --batch 128 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
   SHORT=(--words 5 40 --batch 512 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
   GPROF=(--steps 6 --warmup 2 --profile-steps 2)
-  PB_VARIANTS=pad64,sorted-gpu-pad64,packed,pad64-compile,packed-compile  # plain and sorted: runs 1 and 2
+  PB_VARIANTS=pad64,packed,packed-merged,packed-compile,packed-merged-compile  # plain, sorted: H100 runs 1, 2
   CACHED=(--profile bert-base-cached --steps 3 --warmup 1 --profile-steps 1 --variants pad64)
   XLMR=(--profile xlmr-large --steps 2 --warmup 1 --variants plain,sorted-gpu)
   XLMR_MIN=100  # ~15 s imports, ~15 s building 560M parameters, 2 variants x 3 steps of ~5 s, loads
@@ -126,12 +128,13 @@ GPU_PROFILE=("$PY" scripts/bench/gpu_profile.py --out "$OUTDIR")
 
 part train-long 200 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 1 \
   --ours-variant padded:training.packed_forward=false \
+  --ours-variant merged:training.merge_columns=true \
   --ours-variant sortedgpu:training.sorted_forward=true \
   --ours-variant sortedgpu:training.forward_chunk_tokens=65536 \
   --ours-variant sortedgpu:training.forward_chunk_min_tokens=16384 \
-  --profile-sides theirs,ours,ours:padded
+  --profile-sides theirs,ours,ours:padded,ours:merged
 part train-short 130 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours --variant-repeats 1 \
-  --ours-variant padded:training.packed_forward=false
+  --ours-variant padded:training.packed_forward=false --ours-variant merged:training.merge_columns=true
 part profile-bert 170 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" \
   --variants "$PB_VARIANTS"
 part train-long-compile 170 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label compiled --first ours \
