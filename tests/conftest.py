@@ -170,3 +170,35 @@ def triplet_batch(model, data_dir: Path, n: int = 8) -> list:
 
     rows = load_dataset("json", data_files=str(data_dir / "triplets.jsonl"), split="train").select(range(n))
     return [model.tokenize(list(rows[c])) for c in ("anchor", "positive", "negative")]
+
+
+def three_step_run(tiny_config: dict, model_dir: Path, out: Path, echo=None, rotation: bool | None = None,
+                   **training) -> tuple[dict, dict]:
+    """A 3-step run of ``tiny_config`` on ``model_dir`` (seed 5, no evaluators) with ``training`` keys
+    set; ``rotation`` False turns the learned rotation off. Returns (results, the saved model's weights)."""
+    import copy
+
+    from sentence_transformers import SentenceTransformer
+
+    from matryoshka_train.config import validate
+    from matryoshka_train.training.entry import run
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg["model"] = {"name_or_path": str(model_dir)}
+    cfg["training"].update(max_steps=3, output_dir=str(out), seed=5, **training)
+    cfg["evaluation"] = {"evaluators": []}
+    if rotation is not None:
+        cfg["matryoshka"]["rotation"] = {"enabled": rotation}
+    results = run(validate(cfg), echo=echo or (lambda _: None))
+    return results, SentenceTransformer(str(out), device="cpu").state_dict()
+
+
+def assert_trained_alike(changed: dict, plain: dict, model_dir: Path) -> None:
+    """``changed`` moved away from the weights in ``model_dir`` (it trained) and ended within 1e-4 of
+    ``plain`` (a speed feature must not change what a run learns)."""
+    from sentence_transformers import SentenceTransformer
+
+    base = SentenceTransformer(str(model_dir), device="cpu").state_dict()
+    assert max(float((changed[k] - base[k]).abs().max()) for k in base) > 1e-3  # it trained
+    diff = max(float((changed[k] - plain[k]).abs().max()) for k in base)
+    assert diff <= 1e-4, diff

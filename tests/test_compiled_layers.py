@@ -4,9 +4,8 @@ the GPU suite measures it."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
+from conftest import assert_trained_alike, three_step_run
 from sentence_transformers import SentenceTransformer
 
 from matryoshka_train.models import compiled_layers
@@ -29,29 +28,19 @@ def test_a_model_without_a_layer_list_is_left_alone():
 
 
 def test_a_compiled_run_ends_with_the_weights_of_an_uncompiled_one(tiny_config, no_dropout_model_dir, tmp_path):
-    from matryoshka_train.config import validate
-    from matryoshka_train.training.entry import run
-
     weights, said = {}, {}
     for compiled in (False, True):
-        cfg = copy.deepcopy(tiny_config)
-        cfg["model"] = {"name_or_path": str(no_dropout_model_dir)}
-        cfg["training"].update(max_steps=3, output_dir=str(tmp_path / f"c{compiled}"), compile_layers=compiled,
-                               seed=5)
-        cfg["evaluation"] = {"evaluators": []}
         lines: list[str] = []
-        results = run(validate(cfg), echo=lambda text, lines=lines: lines.append(str(text)))
+        results, weights[compiled] = three_step_run(tiny_config, no_dropout_model_dir, tmp_path / f"c{compiled}",
+                                                    echo=lambda text, lines=lines: lines.append(str(text)),
+                                                    compile_layers=compiled)
         assert results["speed"]["compile_layers"] is compiled
         said[compiled] = "\n".join(lines)
         saved = SentenceTransformer(str(tmp_path / f"c{compiled}"), device="cpu")
         assert all(layer._compiled_call_impl is None for layer in saved[0].auto_model.encoder.layer)
-        weights[compiled] = saved.state_dict()
     assert "compile_layers: 2 encoder layers compiled" in said[True]
     assert "compiled (dynamic shapes)" not in said[False]
-    base = SentenceTransformer(str(no_dropout_model_dir), device="cpu").state_dict()
-    assert max(float((weights[True][k] - base[k]).abs().max()) for k in base) > 1e-3  # it trained
-    diff = max(float((weights[True][k] - weights[False][k]).abs().max()) for k in base)
-    assert diff <= 1e-4, diff
+    assert_trained_alike(weights[True], weights[False], no_dropout_model_dir)
 
 
 def test_check_prints_it_and_auto_leaves_it_off(write_config, tiny_config, capsys):

@@ -4,12 +4,11 @@ sentence-transformers' own function back once the block ends."""
 
 from __future__ import annotations
 
-import copy
 import random
 
 import pytest
 import torch
-from conftest import WORDS
+from conftest import WORDS, assert_trained_alike, three_step_run
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.losses import merged_forward
 from sentence_transformers.sentence_transformer import losses
@@ -74,31 +73,20 @@ def test_the_original_function_is_back_after_the_block_even_after_an_error():
 
 def test_a_merged_run_ends_with_the_weights_of_an_unmerged_one(tiny_config, no_dropout_model_dir, tmp_path,
                                                                 monkeypatch):
-    from matryoshka_train.config import validate
-    from matryoshka_train.training.entry import run
-
     merged_calls = []
     real = merged_columns.all_columns_at_once
     monkeypatch.setattr(merged_columns, "all_columns_at_once",
                         lambda *a, **k: merged_calls.append(1) or real(*a, **k))
     weights, calls = {}, {}
     for merge in (False, True):
-        cfg = copy.deepcopy(tiny_config)
-        cfg["model"] = {"name_or_path": str(no_dropout_model_dir)}
-        cfg["training"].update(max_steps=3, output_dir=str(tmp_path / f"m{merge}"), merge_columns=merge,
-                               packed_forward=True, seed=5)
-        cfg["evaluation"] = {"evaluators": []}
         merged_calls.clear()
-        results = run(validate(cfg), echo=lambda _: None)
+        results, weights[merge] = three_step_run(tiny_config, no_dropout_model_dir, tmp_path / f"m{merge}",
+                                                 merge_columns=merge, packed_forward=True)
         calls[merge] = len(merged_calls)
         assert results["speed"]["merge_columns"] is merge and results["speed"]["packed_forward"] is True
-        weights[merge] = SentenceTransformer(str(tmp_path / f"m{merge}"), device="cpu").state_dict()
     assert calls[False] == 0 and calls[True] >= 3  # the losses embedded through it, in every step
     assert multiple_negatives_ranking.embed_columns is merged_forward.embed_columns  # restored after the run
-    base = SentenceTransformer(str(no_dropout_model_dir), device="cpu").state_dict()
-    assert max(float((weights[True][k] - base[k]).abs().max()) for k in base) > 1e-3  # it trained
-    diff = max(float((weights[True][k] - weights[False][k]).abs().max()) for k in base)
-    assert diff <= 1e-4, diff
+    assert_trained_alike(weights[True], weights[False], no_dropout_model_dir)
 
 
 def test_auto_leaves_it_off_until_measured_on_a_gpu():

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import WORDS
+from conftest import WORDS, assert_trained_alike, three_step_run
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import losses
 
@@ -122,32 +122,17 @@ def test_unsupported_models_are_left_alone(tiny_model_dir):
 
 
 def test_a_run_with_it_ends_with_the_weights_of_a_run_without(tiny_config, no_dropout_model_dir, tmp_path):
-    import copy
-
-    from matryoshka_train.config import validate
-    from matryoshka_train.training.entry import run
-
     weights = {}
     for packed in (False, True):
-        cfg = copy.deepcopy(tiny_config)
-        cfg["model"] = {"name_or_path": str(no_dropout_model_dir)}
-        cfg["training"].update(max_steps=3, output_dir=str(tmp_path / f"p{packed}"), packed_forward=packed,
-                               sorted_forward=False, seed=5)
-        cfg["evaluation"] = {"evaluators": []}
-        cfg["matryoshka"]["rotation"] = {"enabled": False}
-        results = run(validate(cfg), echo=lambda _: None)
+        results, weights[packed] = three_step_run(tiny_config, no_dropout_model_dir, tmp_path / f"p{packed}",
+                                                  rotation=False, packed_forward=packed, sorted_forward=False)
         assert results["speed"]["packed_forward"] is packed
         if packed:  # results.json says what ran: real tokens only, attention padded on a CPU
             padding = results["padding"]
             assert padding["attention"] == "padded" and padding["pad_share_run"] == 0.0
             assert padding["attention_why"] == "not on a CUDA device"
             assert padding["padded_tokens_plain"] > padding["padded_tokens_run"] == padding["real_tokens"] > 0
-        weights[packed] = SentenceTransformer(str(tmp_path / f"p{packed}"), device="cpu").state_dict()
-    base = SentenceTransformer(str(no_dropout_model_dir), device="cpu").state_dict()
-    moved = max(float((weights[True][k] - base[k]).abs().max()) for k in base)
-    assert moved > 1e-3  # training changed the weights
-    diff = max(float((weights[True][k] - weights[False][k]).abs().max()) for k in base)
-    assert diff <= 1e-4, diff
+    assert_trained_alike(weights[True], weights[False], no_dropout_model_dir)
 
 
 def test_check_prints_it_and_auto_leaves_it_off(write_config, tiny_config, capsys):
