@@ -156,6 +156,48 @@ def test_a_model_it_cannot_run_trains_plain_and_says_why(tiny_config, monkeypatc
     results = run(validate(cfg), echo=lines.append)
     assert results["train"]["steps"] == 1
     assert "packed_forward: not used for this model (model type 'mpnet' not verified); the plain forward runs" in lines
+    assert results["speed"]["packed_forward"] is False  # the record says what ran
+
+
+def test_auto_falls_back_to_padded_where_the_varlen_kernel_cannot_run(tiny_config, monkeypatch):
+    """auto turns the packed forward on only where its attention runs on the varlen kernel; a machine
+    whose kernel fails the probe (an older torch, a build without flash kernels) gets the padded
+    forward. A CPU stands in for such a machine here: auto is made to choose packed on it."""
+    import copy
+
+    from matryoshka_train.config import validate
+    from matryoshka_train.training import speed
+    from matryoshka_train.training.entry import run
+
+    monkeypatch.setattr(speed, "_packed_auto", lambda *args: (True, "measured faster (stand-in)"))
+    cfg = copy.deepcopy(tiny_config)
+    cfg["training"].update(max_steps=1)
+    cfg["evaluation"] = {"evaluators": []}
+    lines = []
+    results = run(validate(cfg), echo=lambda text: lines.append(str(text)))
+    assert results["train"]["steps"] == 1
+    assert "packed_forward (auto): off, not on a CUDA device; the padded forward runs" in lines
+    assert results["speed"]["packed_forward"] is False and results.get("padding") is None
+    cfg["training"]["packed_forward"] = True  # asked for by name: kept, attention padded per row
+    cfg["training"]["output_dir"] += "-named"
+    results = run(validate(cfg), echo=lambda _: None)
+    assert results["speed"]["packed_forward"] is True and results["padding"]["attention"] == "padded"
+
+
+def test_gradient_cache_losses_keep_it_off_on_a_gpu(tiny_config, monkeypatch):
+    """CachedMNRL embeds in mini-batches whose row lengths would be read back from the GPU, and no GPU
+    run measured the two together: auto keeps the packed forward off for such a run."""
+    from matryoshka_train.config import validate
+    from matryoshka_train.training import plan as plan_module
+
+    real, seen = plan_module.decide, []
+    monkeypatch.setattr(plan_module, "decide",
+                        lambda training, **kw: seen.append(kw["gradient_cache"]) or real(training, "cuda", **kw))
+    for loss, cached in (("cached_mnrl", True), ("mnrl", False)):
+        speed = plan_module.speed_plan(validate({**tiny_config, "loss": {"name": loss}}), "bf16")
+        assert speed.packed_forward is not cached
+        assert ("gradient-cache" in speed.reasons["packed_forward"]) is cached
+    assert seen == [True, False]
 
 
 def _reference_varlen(calls: list):

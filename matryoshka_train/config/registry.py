@@ -29,6 +29,11 @@ class LossSpec:
     def in_batch_negatives(self) -> bool:
         return self.inputs == "in_batch"
 
+    @property
+    def gradient_cache(self) -> bool:
+        """Embeds each batch in mini-batches (GradCache: the Cached* losses)."""
+        return self.class_name.startswith("Cached")
+
     def column_rule(self) -> str:
         return {
             "in_batch": "two or more text columns (anchor, positive, optional negatives) and no label column",

@@ -454,8 +454,9 @@ class TrainingConfig(Section):
         "the batch's real tokens only, packed into one row; attention runs on the packed tokens with flash "
         "attention's varlen kernel on CUDA in fp16/bf16, else per row with the padding mask. Same outputs "
         "up to float rounding; BERT/RoBERTa/XLM-R encoders only (others run as usual). "
-        "Replaces the sorted forward when on. 'auto': on for CUDA in bf16/fp16 on sm80 or newer (measured "
-        "1.17-1.59x samples/s and 57-62% of the memory on an H200, docs/benchmarks.md), off elsewhere.",
+        "Replaces the sorted forward when on. 'auto': on for CUDA in bf16/fp16 on sm80 or newer where the "
+        "varlen kernel runs, without a gradient-cache (Cached*) loss (measured 1.17-1.59x samples/s and 57-62% "
+        "of the memory on an H200, docs/benchmarks.md), off elsewhere.",
     )
     merge_columns: bool | Literal["auto"] = Field(
         "auto",

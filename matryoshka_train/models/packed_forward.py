@@ -271,6 +271,16 @@ def why_not(model: Any) -> str | None:
     return "no transformer encoder first" if hf is None else supported(hf, tokenizer)
 
 
+def varlen_unavailable_for(model: Any, precision: str) -> str | None:
+    """Why a run of ``model`` (a sentence-transformers model, on its training device) at ``precision``
+    (bf16, fp16, fp32) could not run attention on the varlen kernel; None if it can (probed once)."""
+    hf, _ = _encoder(model)
+    config = hf.config
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, next(hf.parameters()).dtype)
+    device = next(hf.parameters()).device
+    return varlen_unavailable(device, dtype, config.hidden_size // config.num_attention_heads)
+
+
 def install(model: Any) -> PackedForward | None:
     """Give a sentence-transformers model's encoder the packed forward and return it; None (and no
     change) where :func:`why_not` gives a reason. :func:`uninstall` undoes it."""

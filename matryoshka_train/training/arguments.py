@@ -15,9 +15,8 @@ from ..errors import ConfigError, Problem
 from ..models.loading import layerwise_learning_rates
 from ..reporting import progress
 from . import distributed
-from .plan import Plan, resolve_batch_sampler, resolve_precision, trainer_prompts
+from .plan import Plan, resolve_batch_sampler, resolve_precision, speed_plan, trainer_prompts
 from .prepare import Preparation, layerwise_decay_decision
-from .speed import decide
 
 # `mtrain run --quiet` sets this to 0; the one switch of every bar (see reporting/progress.py)
 PROGRESS_BARS = progress.PROGRESS_BARS
@@ -117,7 +116,7 @@ def argument_problems(prep: Preparation) -> list[Problem]:
         return []  # layer-wise rates need the model: not verifiable without it
     precision = resolve_precision(config.training.precision, torch.cuda.is_available(), lambda _: None)
     plan = Plan(config, prep.model, prep.dims or [], prep.datasets, {}, None, precision,
-                resolve_batch_sampler(config), decide(config.training, precision=precision), layerwise_decay=decay,
+                resolve_batch_sampler(config), speed_plan(config, precision), layerwise_decay=decay,
                 layerwise_why=why)
     try:
         training_arguments(plan)

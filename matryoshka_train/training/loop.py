@@ -13,6 +13,7 @@ written whole or not at all (:mod:`.checkpoints`); secrets are kept out of every
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -95,6 +96,31 @@ class Run:
             self.trackers.close()
         if self.main:
             redact.scrub_tree(self.out)
+
+
+def install_packed(plan: Plan, echo: Callable[[str], None]) -> Any:
+    """The packed forward where the speed plan has it on and it can run: not for a model it cannot run
+    (said, the plain forward runs), nor, when ``auto`` chose it, where attention could not run on the
+    varlen kernel (an older torch, a build without flash kernels: the case no GPU run measured). The
+    plan's speed record then says off, and why."""
+    if not plan.speed.packed_forward:
+        return None
+    packed = packed_forward.install(plan.model)
+    why = None
+    if packed is None:
+        why = packed_forward.why_not(plan.model)
+        echo(f"packed_forward: not used for this model ({why}); the plain forward runs")
+    elif plan.config.training.packed_forward == "auto":
+        why = packed_forward.varlen_unavailable_for(plan.model, plan.precision)
+        if why is not None:
+            packed_forward.uninstall(plan.model, packed)
+            packed = None
+            echo(f"packed_forward (auto): off, {why}; the padded forward runs")
+    if why is not None:
+        plan.speed = dataclasses.replace(
+            plan.speed, packed_forward=False, reasons={**plan.speed.reasons, "packed_forward": f"off: {why}"}
+        )
+    return packed
 
 
 def run_single(
@@ -228,10 +254,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
         if plan.speed.sorted_forward
         else None
     )
-    packed = state.packed = packed_forward.install(plan.model) if plan.speed.packed_forward else None
-    if plan.speed.packed_forward and packed is None:
-        state.echo(f"packed_forward: not used for this model ({packed_forward.why_not(plan.model)}); "
-                   "the plain forward runs")
+    packed = state.packed = install_packed(plan, state.echo)
     compiled = compiled_layers.install(plan.model) if plan.speed.compile_layers else []
     if plan.speed.compile_layers:
         state.echo(f"compile_layers: {len(compiled)} encoder layers compiled (dynamic shapes); the first steps "

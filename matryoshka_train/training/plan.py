@@ -65,7 +65,7 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     evaluator = build_evaluator(config, prep, dims)
     precision = resolve_precision(config.training.precision, torch.cuda.is_available(), echo)
     batch_sampler = resolve_batch_sampler(config)
-    speed = decide(config.training, precision=precision)
+    speed = speed_plan(config, precision)
     return Plan(config, model, dims, prep.datasets, losses, evaluator, precision, batch_sampler, speed, rotation,
                 rotation_why, *layerwise_decay_decision(config, model), *dim_weights_decision(config, dims))
 
@@ -185,6 +185,13 @@ def resolve_precision(asked: str, cuda: bool, echo: Callable[[str], None] = prin
     return asked
 
 
+def speed_plan(config: RunConfig, precision: str | None = None) -> SpeedPlan:
+    """The run's speed decisions (``training/speed.py``) for this machine's device, its resolved
+    precision and whether a loss embeds in mini-batches (the Cached* losses)."""
+    cached = any(LOSSES[config.loss_for(d).name].gradient_cache for d in config.datasets)
+    return decide(config.training, precision=precision, gradient_cache=cached)
+
+
 def resolve_batch_sampler(config: RunConfig) -> str:
     """'auto' means no duplicate texts in a batch whenever a loss uses in-batch negatives
     (a duplicate would be scored as its own negative)."""
@@ -287,7 +294,7 @@ def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str
         f"Rotation (matryoshka.rotation): {'on' if on else 'off'} ({why})" + (start_line(config) if on else ""),
         f"Layer-wise LR decay (training.layerwise_lr_decay): {decay if decay is not None else 'off'} ({decay_why})",
         *([f"Dim weights (matryoshka.weights): {fmt_weights(weights)} ({weights_why})"] if weights_why else []),
-        *decide(t).lines(),
+        *speed_plan(config).lines(),
         SpeedPlan.sampler_line(t.batch_sampler, resolve_batch_sampler(config)),
     ]
 

@@ -162,11 +162,27 @@ def varlen_why_not(training: Any, device: str, precision: str | None = None) -> 
     return None
 
 
-def decide(training: Any, device: str | None = None, precision: str | None = None) -> SpeedPlan:
+def _packed_auto(training: Any, device: str, precision: str | None, gradient_cache: bool) -> tuple[bool, str]:
+    """What ``packed_forward: auto`` becomes, and why (docs/benchmarks.md has the figures)."""
+    if device == "cpu":
+        return False, "measured 0.69x the sorted forward on CPU (1.30x the plain script; docs/benchmarks.md)"
+    varlen_no = varlen_why_not(training, device, precision)
+    if varlen_no is not None:
+        return False, f"off: {varlen_no}, so its attention would run padded, which no GPU run measured"
+    if gradient_cache:
+        return False, ("off: a gradient-cache loss (Cached*) embeds in mini-batches whose row lengths would be "
+                       "read back from the GPU, and no GPU run measured the two together")
+    return True, ("measured 1.17-1.59x samples/s of the padded forward on 16-256-token text and 1.01-1.03x on "
+                  "5-40 tokens, at 57-62% of its memory (H200, docs/benchmarks.md)")
+
+
+def decide(
+    training: Any, device: str | None = None, precision: str | None = None, gradient_cache: bool = False
+) -> SpeedPlan:
     """Resolve every ``auto`` speed key of a ``training`` config section for ``device`` (default: this
     machine's training device) and the run's resolved ``precision`` (default: ``training.precision``
-    as the run would resolve it). Values set explicitly in the config are kept, with reason "set in the
-    config"."""
+    as the run would resolve it); ``gradient_cache``: a loss of the run embeds in mini-batches (the
+    Cached* losses). Values set explicitly in the config are kept, with reason "set in the config"."""
     device = device or training_device()
     accelerator = device != "cpu"
     reasons: dict[str, str] = {}
@@ -186,18 +202,8 @@ def decide(training: Any, device: str | None = None, precision: str | None = Non
         if accelerator
         else "measured 1.7-1.9x samples/s on CPU with texts of mixed length (docs/benchmarks.md)",
     )
-    varlen_no = varlen_why_not(training, device, precision)
-    packed = pick(
-        "packed_forward",
-        training.packed_forward,
-        varlen_no is None,
-        "measured 1.17-1.59x samples/s of the padded forward on 16-256-token text and 1.01-1.03x on 5-40 "
-        "tokens, at 57-62% of its memory (H200, docs/benchmarks.md)"
-        if varlen_no is None
-        else "measured 0.69x the sorted forward on CPU (1.30x the plain script; docs/benchmarks.md)"
-        if device == "cpu"
-        else f"off: {varlen_no}, so its attention would run padded, which no GPU run measured",
-    )
+    packed_on, packed_why = _packed_auto(training, device, precision, gradient_cache)
+    packed = pick("packed_forward", training.packed_forward, packed_on, packed_why)
     if packed and training.packed_forward == "auto" and training.sorted_forward is True:
         packed = False  # the config asked for the sorted forward by name: the automatic choice yields
         reasons["packed_forward"] = "auto: off, because sorted_forward is set in the config"

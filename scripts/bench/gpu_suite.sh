@@ -36,7 +36,8 @@
 #                 torch.compile on each encoder layer, on top of the default), ours:paddedcompile (padded
 #                 forward + compiled layers) and ours:packedcompile (packed forward named in the config +
 #                 compiled layers: the same as ours:compile on CUDA); the compile time falls in the warm-up steps
-#   profile-bert-cached   gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250), pad64
+#   profile-bert-cached   gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250), pad64 and
+#                 packed (auto keeps packed off with Cached* losses until this measures them together)
 #   profile-bert-nocudnn  (extra) profile-bert's plain and pad64 with cuDNN attention disabled (--sdpa flash,efficient,math)
 #   train-long-nocudnn    (extra) train-long's ours vs theirs, one run each, cuDNN attention disabled
 #   train-long-decisions  (extra) train-long's ours vs theirs, one run each, and ours turning back one #14
@@ -80,7 +81,7 @@ else
   SHORT=(--words 5 40 --batch 512 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
   GPROF=(--steps 6 --warmup 2 --profile-steps 2)
   PB_VARIANTS=pad64,packed,packed-merged,packed-compile,packed-merged-compile  # plain, sorted: H100 runs 1, 2
-  CACHED=(--profile bert-base-cached --steps 3 --warmup 1 --profile-steps 1 --variants pad64)
+  CACHED=(--profile bert-base-cached --steps 3 --warmup 1 --profile-steps 1 --variants pad64,packed)
   XLMR=(--profile xlmr-large --steps 2 --warmup 1 --variants plain,sorted-gpu)
   XLMR_MIN=100  # ~15 s imports, ~15 s building 560M parameters, 2 variants x 3 steps of ~5 s, loads
 fi
@@ -141,7 +142,7 @@ part train-long-compile 170 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label co
   --variant-repeats 1 --ours-variant compile:training.compile_layers=true \
   --ours-variant paddedcompile:training.packed_forward=false --ours-variant paddedcompile:training.compile_layers=true \
   --ours-variant packedcompile:training.packed_forward=true --ours-variant packedcompile:training.compile_layers=true
-part profile-bert-cached 90 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
+part profile-bert-cached 120 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
 part profile-bert-nocudnn 70 30 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" --variants plain,pad64 \
   --sdpa flash,efficient,math --label sdpa-nocudnn
 part train-long-nocudnn 150 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label long-sdpa-nocudnn --first ours \
