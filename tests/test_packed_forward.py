@@ -272,3 +272,19 @@ def test_the_varlen_probe_says_why_a_kernel_that_fails_is_not_used(monkeypatch):
     why = packed_forward.varlen_probe(cpu, torch.float32, 16)
     assert why == "the varlen kernel failed here (RuntimeError: FlashAttention only supports Ampere GPUs or newer.)"
     packed_forward.varlen_probe.cache_clear()
+
+
+def test_auto_is_off_on_a_gpu_for_a_model_it_cannot_run(tiny_config, monkeypatch):
+    """`mtrain check` and the run's plan know the model: a StaticEmbedding (say) on a GPU gets the
+    padded forward from the start, with the reason, rather than a note at the first step."""
+    from matryoshka_train.config import validate
+    from matryoshka_train.training import plan as plan_module
+
+    real = plan_module.decide
+    monkeypatch.setattr(plan_module, "decide", lambda training, **kw: real(training, "cuda", **kw))
+    config = validate({**tiny_config, "training": {**tiny_config["training"], "precision": "bf16"}})
+    static = torch.nn.Sequential(torch.nn.EmbeddingBag(10, 4))  # no transformer encoder first, like a StaticEmbedding
+    speed = plan_module.speed_plan(config, "bf16", model=static)
+    assert speed.packed_forward is False
+    assert "not for this model (no transformer encoder first)" in speed.reasons["packed_forward"]
+    assert plan_module.speed_plan(config, "bf16").packed_forward is True  # without the model: the device's answer

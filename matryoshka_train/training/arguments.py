@@ -116,7 +116,7 @@ def argument_problems(prep: Preparation) -> list[Problem]:
         return []  # layer-wise rates need the model: not verifiable without it
     precision = resolve_precision(config.training.precision, torch.cuda.is_available(), lambda _: None)
     plan = Plan(config, prep.model, prep.dims or [], prep.datasets, {}, None, precision,
-                resolve_batch_sampler(config), speed_plan(config, precision), layerwise_decay=decay,
+                resolve_batch_sampler(config), speed_plan(config, precision, prep.model), layerwise_decay=decay,
                 layerwise_why=why)
     try:
         training_arguments(plan)

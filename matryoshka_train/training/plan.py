@@ -4,6 +4,7 @@ batch semantics `run` and `check` print."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from ..errors import ConfigError, Problem, UserError
 from ..evaluation.spec import build_matryoshka_evaluator
 from ..losses.anchor import AnchoredLoss
 from ..losses.build import build_loss
+from ..models import packed_forward
 from ..models.loading import freeze
 from ..models.rotation import Decoupling, add_rotation, find_rotation, part_way, pca_rotation
 from . import distributed
@@ -65,7 +67,7 @@ def build_plan(config: RunConfig, echo: Callable[[str], None] = print) -> Plan:
     evaluator = build_evaluator(config, prep, dims)
     precision = resolve_precision(config.training.precision, torch.cuda.is_available(), echo)
     batch_sampler = resolve_batch_sampler(config)
-    speed = speed_plan(config, precision)
+    speed = speed_plan(config, precision, model)
     return Plan(config, model, dims, prep.datasets, losses, evaluator, precision, batch_sampler, speed, rotation,
                 rotation_why, *layerwise_decay_decision(config, model), *dim_weights_decision(config, dims))
 
@@ -185,11 +187,17 @@ def resolve_precision(asked: str, cuda: bool, echo: Callable[[str], None] = prin
     return asked
 
 
-def speed_plan(config: RunConfig, precision: str | None = None) -> SpeedPlan:
+def speed_plan(config: RunConfig, precision: str | None = None, model: Any = None) -> SpeedPlan:
     """The run's speed decisions (``training/speed.py``) for this machine's device, its resolved
-    precision and whether a loss embeds in mini-batches (the Cached* losses)."""
+    precision and whether a loss embeds in mini-batches (the Cached* losses); with the ``model``, an
+    automatic packed forward is off for a model it cannot run (a StaticEmbedding, say)."""
     cached = any(LOSSES[config.loss_for(d).name].gradient_cache for d in config.datasets)
-    return decide(config.training, precision=precision, gradient_cache=cached)
+    speed = decide(config.training, precision=precision, gradient_cache=cached)
+    why = packed_forward.why_not(model) if model is not None and speed.packed_forward else None
+    if why is not None and config.training.packed_forward == "auto":
+        reasons = {**speed.reasons, "packed_forward": f"auto: off, not for this model ({why})"}
+        speed = dataclasses.replace(speed, packed_forward=False, reasons=reasons)
+    return speed
 
 
 def resolve_batch_sampler(config: RunConfig) -> str:
@@ -294,7 +302,7 @@ def batch_lines(config: RunConfig, columns: dict[str, list[str]], precision: str
         f"Rotation (matryoshka.rotation): {'on' if on else 'off'} ({why})" + (start_line(config) if on else ""),
         f"Layer-wise LR decay (training.layerwise_lr_decay): {decay if decay is not None else 'off'} ({decay_why})",
         *([f"Dim weights (matryoshka.weights): {fmt_weights(weights)} ({weights_why})"] if weights_why else []),
-        *speed_plan(config).lines(),
+        *speed_plan(config, model=model).lines(),
         SpeedPlan.sampler_line(t.batch_sampler, resolve_batch_sampler(config)),
     ]
 
