@@ -58,8 +58,8 @@ def test_suite_smoke_runs_every_part(suite):
         "train-long",
         "train-short",
         "profile-bert",
-        "train-long-compile",
         "profile-bert-cached",
+        "train-long-compile",
     ]  # the extra parts (the two without cuDNN attention, train-long-decisions) run only when SUITE_PARTS names them
     assert status["skipped"] == ["profile-xlmr"]  # the smoke gives it no budget: the skip path is exercised
     assert "pip freeze" in (out / "env.txt").read_text()

@@ -32,12 +32,12 @@
 #                 packed-merged-compile, tokens/s, MFU, peak memory, 2 profiled steps each (the --smoke
 #                 run: plain, sorted, sorted-gpu, pad64, sorted-gpu-pad64, packed, packed-compile,
 #                 packed-merged and the shape probe; the H100 runs 1-2 and the H200 run 1 measured the rest)
+#   profile-bert-cached   gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250), pad64 and
+#                 packed (auto keeps packed off with Cached* losses until this measures them together)
 #   train-long-compile  train-long's setting, one run each: ours, theirs, ours:compile (training.compile_layers:
 #                 torch.compile on each encoder layer, on top of the default), ours:paddedcompile (padded
 #                 forward + compiled layers) and ours:packedcompile (packed forward named in the config +
 #                 compiled layers: the same as ours:compile on CUDA); the compile time falls in the warm-up steps
-#   profile-bert-cached   gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250), pad64 and
-#                 packed (auto keeps packed off with Cached* losses until this measures them together)
 #   profile-bert-nocudnn  (extra) profile-bert's plain and pad64 with cuDNN attention disabled (--sdpa flash,efficient,math)
 #   train-long-nocudnn    (extra) train-long's ours vs theirs, one run each, cuDNN attention disabled
 #   train-long-decisions  (extra) train-long's ours vs theirs, one run each, and ours turning back one #14
@@ -47,7 +47,9 @@
 # out of the default run to leave its budget to what is still unmeasured. Part times there: train-long
 # 124-128 s (then with 4 variants), train-short 47 s, profile-bert 86-96 s (then with the shape
 # probe), profile-bert-nocudnn 36 s, train-long-nocudnn 47 s; profile-bert-cached took over 100 s with
-# 4 variants (5.7 s per CachedMNRL step), now 1 variant and 3 steps.
+# 4 variants (5.7 s per CachedMNRL step). H200 run 1 (2026-11-28, one variant fewer in each train part
+# than now): train-long 87 s, train-short 59 s, profile-bert 67 s, train-long-compile 102 s,
+# profile-bert-cached 57 s (pad64 alone), profile-xlmr over its 101 s.
 set -u
 
 smoke=0
@@ -138,11 +140,11 @@ part train-short 130 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours -
   --ours-variant padded:training.packed_forward=false --ours-variant merged:training.merge_columns=true
 part profile-bert 170 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" \
   --variants "$PB_VARIANTS"
+part profile-bert-cached 120 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
 part train-long-compile 170 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label compiled --first ours \
   --variant-repeats 1 --ours-variant compile:training.compile_layers=true \
   --ours-variant paddedcompile:training.packed_forward=false --ours-variant paddedcompile:training.compile_layers=true \
   --ours-variant packedcompile:training.packed_forward=true --ours-variant packedcompile:training.compile_layers=true
-part profile-bert-cached 120 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
 part profile-bert-nocudnn 70 30 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" --variants plain,pad64 \
   --sdpa flash,efficient,math --label sdpa-nocudnn
 part train-long-nocudnn 150 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label long-sdpa-nocudnn --first ours \
