@@ -173,9 +173,10 @@ def triplet_batch(model, data_dir: Path, n: int = 8) -> list:
 
 
 def three_step_run(tiny_config: dict, model_dir: Path, out: Path, echo=None, rotation: bool | None = None,
-                   **training) -> tuple[dict, dict]:
-    """A 3-step run of ``tiny_config`` on ``model_dir`` (seed 5, no evaluators) with ``training`` keys
-    set; ``rotation`` False turns the learned rotation off. Returns (results, the saved model's weights)."""
+                   evaluators: bool = False, **training) -> tuple[dict, dict]:
+    """A 3-step run of ``tiny_config`` on ``model_dir`` (seed 5; no evaluators unless ``evaluators``)
+    with ``training`` keys set; ``rotation`` False turns the learned rotation off. Returns (results,
+    the saved model's weights)."""
     import copy
 
     from sentence_transformers import SentenceTransformer
@@ -186,7 +187,8 @@ def three_step_run(tiny_config: dict, model_dir: Path, out: Path, echo=None, rot
     cfg = copy.deepcopy(tiny_config)
     cfg["model"] = {"name_or_path": str(model_dir)}
     cfg["training"].update(max_steps=3, output_dir=str(out), seed=5, **training)
-    cfg["evaluation"] = {"evaluators": []}
+    if not evaluators:
+        cfg["evaluation"] = {"evaluators": []}
     if rotation is not None:
         cfg["matryoshka"]["rotation"] = {"enabled": rotation}
     results = run(validate(cfg), echo=echo or (lambda _: None))

@@ -288,3 +288,33 @@ def test_auto_is_off_on_a_gpu_for_a_model_it_cannot_run(tiny_config, monkeypatch
     assert speed.packed_forward is False
     assert "not for this model (no transformer encoder first)" in speed.reasons["packed_forward"]
     assert plan_module.speed_plan(config, "bf16").packed_forward is True  # without the model: the device's answer
+
+
+def test_evaluation_during_training_runs_through_it(tiny_config, no_dropout_model_dir, tmp_path, monkeypatch):
+    """The packed forward stays installed for the whole of training, so the evaluators at eval steps
+    encode through it too (no gradients, the model's own dtype). Their figures match a run without it."""
+    import json
+
+    import torch
+
+    real, no_grad_calls = packed_forward.PackedForward.__call__, []
+
+    def counting(self, *args, **kwargs):
+        no_grad_calls.append(not torch.is_grad_enabled())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(packed_forward.PackedForward, "__call__", counting)
+    evals = {}
+    for packed in (False, True):
+        results, _ = three_step_run(tiny_config, no_dropout_model_dir, tmp_path / f"e{packed}", rotation=False,
+                                    evaluators=True, packed_forward=packed, sorted_forward=False,
+                                    eval_strategy="steps", eval_steps=1)
+        assert results["speed"]["packed_forward"] is packed
+        lines = (tmp_path / f"e{packed}" / "metrics.jsonl").read_text().splitlines()
+        evals[packed] = [e for e in map(json.loads, lines) if e.get("event") == "eval"]
+    assert any(no_grad_calls) and not all(no_grad_calls)  # training steps and evaluations both ran packed
+    assert [e["step"] for e in evals[True]] == [e["step"] for e in evals[False]] == [1, 2, 3]
+    for with_it, without in zip(evals[True], evals[False]):
+        assert with_it["eval_loss"] == pytest.approx(without["eval_loss"], rel=1e-4)
+        accuracy = [k for k in without if k.endswith("cosine_accuracy")]
+        assert accuracy and all(with_it[k] == pytest.approx(without[k], abs=1e-6) for k in accuracy)
