@@ -13,7 +13,6 @@ written whole or not at all (:mod:`.checkpoints`); secrets are kept out of every
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import shutil
@@ -117,9 +116,7 @@ def install_packed(plan: Plan, echo: Callable[[str], None]) -> Any:
             packed = None
             echo(f"packed_forward (auto): off, {why}; the padded forward runs")
     if why is not None:
-        plan.speed = dataclasses.replace(
-            plan.speed, packed_forward=False, reasons={**plan.speed.reasons, "packed_forward": f"off: {why}"}
-        )
+        plan.speed = plan.speed.without_packed(f"off at the start of the run: {why}")
     return packed
 
 

@@ -4,7 +4,6 @@ batch semantics `run` and `check` print."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -195,8 +194,7 @@ def speed_plan(config: RunConfig, precision: str | None = None, model: Any = Non
     speed = decide(config.training, precision=precision, gradient_cache=cached)
     why = packed_forward.why_not(model) if model is not None and speed.packed_forward else None
     if why is not None and config.training.packed_forward == "auto":
-        reasons = {**speed.reasons, "packed_forward": f"auto: off, not for this model ({why})"}
-        speed = dataclasses.replace(speed, packed_forward=False, reasons=reasons)
+        speed = speed.without_packed(f"auto: not for this model ({why})")
     return speed
 
 

@@ -50,6 +50,7 @@ The evidence, in one place (update it when a benchmark on that device says other
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,10 @@ class SpeedPlan:
             out.append(f"  {key}: {state(getattr(self, key))} ({self.reasons.get(key, 'set in the config')})")
         return out
 
+    def without_packed(self, why: str) -> SpeedPlan:
+        """This plan with the packed forward off, ``why`` its recorded reason."""
+        return dataclasses.replace(self, packed_forward=False, reasons={**self.reasons, "packed_forward": why})
+
     @staticmethod
     def sampler_line(asked: str, resolved: str) -> str:
         """The batch sampler's line: which one, and why (chosen by the loss, not the device)."""
@@ -168,9 +173,9 @@ def _packed_auto(training: Any, device: str, precision: str | None, gradient_cac
         return False, "measured 0.69x the sorted forward on CPU (1.30x the plain script; docs/benchmarks.md)"
     varlen_no = varlen_why_not(training, device, precision)
     if varlen_no is not None:
-        return False, f"off: {varlen_no}, so its attention would run padded, which no GPU run measured"
+        return False, f"{varlen_no}, so its attention would run padded, which no GPU run measured"
     if gradient_cache:
-        return False, ("off: a gradient-cache loss (Cached*) embeds in mini-batches whose row lengths would be "
+        return False, ("a gradient-cache loss (Cached*) embeds in mini-batches whose row lengths would be "
                        "read back from the GPU, and no GPU run measured the two together")
     return True, ("measured 1.17-1.59x samples/s of the padded forward on 16-256-token text and 1.01-1.03x on "
                   "5-40 tokens, at 57-62% of its memory (H200, docs/benchmarks.md)")
