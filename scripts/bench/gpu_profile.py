@@ -164,7 +164,7 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import losses, modules
 
-    from matryoshka_train.models import merged_columns
+    from matryoshka_train.models import compiled_layers, merged_columns, packed_forward
 
     cuda = device == "cuda"
     gc.collect()
@@ -194,15 +194,11 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
         patched, min_via, undo = install_sorted(model, args.gpu_chunk_tokens, args.chunk_min_tokens, round_to=64)
     packed = None
     if base == "packed":
-        from matryoshka_train.models import packed_forward
-
         packed = packed_forward.install(model)
         if packed is None:
             raise RuntimeError(f"packed forward: not for this model ({packed_forward.why_not(model)})")
     compiled = []
     if variant.endswith("-compile"):
-        from matryoshka_train.models import compiled_layers
-
         compiled = compiled_layers.install(model)
         if not compiled:
             raise RuntimeError("compile_layers: no encoder layers found")
@@ -273,8 +269,6 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
         if packed is not None:
             packed_forward.uninstall(model, packed)
         if compiled:
-            from matryoshka_train.models import compiled_layers
-
             compiled_layers.uninstall(compiled)
         if undo is not None:
             undo()
