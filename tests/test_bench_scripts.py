@@ -56,11 +56,11 @@ def test_suite_smoke_runs_every_part(suite):
     assert status["failed"] == []
     assert [p["part"] for p in status["parts"] if p["status"] == "ok"] == [
         "train-long",
-        "train-short",
         "profile-bert",
+        "train-short",
         "profile-bert-cached",
-        "train-long-compile",
-    ]  # the extra parts (the two without cuDNN attention, train-long-decisions) run only when SUITE_PARTS names them
+        "train-long-expandable",
+    ]  # the extra parts (compile, the two without cuDNN attention, decisions) run only when SUITE_PARTS names them
     assert status["skipped"] == ["profile-xlmr"]  # the smoke gives it no budget: the skip path is exercised
     assert "pip freeze" in (out / "env.txt").read_text()
     summary = (out / "summary.txt").read_text()

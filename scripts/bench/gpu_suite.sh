@@ -82,9 +82,9 @@ else
   LONG=(--words 16 256 --batch 128 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
   SHORT=(--words 5 40 --batch 512 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
   GPROF=(--steps 6 --warmup 2 --profile-steps 2)
-  PB_VARIANTS=pad64,packed,packed-merged,packed-compile,packed-merged-compile  # plain, sorted: H100 runs 1, 2
+  PB_VARIANTS=pad64,packed,packed-merged,packed-merged-compile  # plain, sorted: H100 runs 1, 2; packed-compile: H200 run 1
   CACHED=(--profile bert-base-cached --steps 3 --warmup 1 --profile-steps 1 --variants pad64,packed)
-  XLMR=(--profile xlmr-large --steps 2 --warmup 1 --variants plain,sorted-gpu)
+  XLMR=(--profile xlmr-large --steps 2 --warmup 1 --variants pad64,packed)
   XLMR_MIN=100  # ~15 s imports, ~15 s building 560M parameters, 2 variants x 3 steps of ~5 s, loads
 fi
 
@@ -97,7 +97,7 @@ fi
   echo "== PYTHONPATH=${PYTHONPATH:-}"
 } > "$OUTDIR/env.txt" 2>&1
 
-EXTRA_PARTS=" profile-bert-nocudnn train-long-nocudnn train-long-decisions "  # run only when SUITE_PARTS names them
+EXTRA_PARTS=" train-long-compile profile-bert-nocudnn train-long-nocudnn train-long-decisions "  # run only when SUITE_PARTS names them
 part() {  # part NAME CAP_SECONDS MIN_SECONDS COMMAND...: skipped when less than MIN_SECONDS is left
   local name=$1 cap=$2 min=$3; shift 3
   local now left limit began rc secs
@@ -132,15 +132,16 @@ GPU_PROFILE=("$PY" scripts/bench/gpu_profile.py --out "$OUTDIR")
 part train-long 200 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 1 \
   --ours-variant padded:training.packed_forward=false \
   --ours-variant merged:training.merge_columns=true \
-  --ours-variant sortedgpu:training.sorted_forward=true \
-  --ours-variant sortedgpu:training.forward_chunk_tokens=65536 \
-  --ours-variant sortedgpu:training.forward_chunk_min_tokens=16384 \
+  --ours-variant mergedcompile:training.merge_columns=true --ours-variant mergedcompile:training.compile_layers=true \
   --profile-sides theirs,ours,ours:padded,ours:merged
+part profile-bert 150 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" \
+  --variants "$PB_VARIANTS"
 part train-short 130 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours --variant-repeats 1 \
   --ours-variant padded:training.packed_forward=false --ours-variant merged:training.merge_columns=true
-part profile-bert 170 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" \
-  --variants "$PB_VARIANTS"
-part profile-bert-cached 120 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
+part profile-bert-cached 100 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
+# the caching allocator growing its pool while each step's packed token count is new: the first-run lag?
+part train-long-expandable 130 60 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "${TRAIN[@]}" "${LONG[@]}" \
+  --label long-expandable --first ours
 part train-long-compile 170 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label compiled --first ours \
   --variant-repeats 1 --ours-variant compile:training.compile_layers=true \
   --ours-variant paddedcompile:training.packed_forward=false --ours-variant paddedcompile:training.compile_layers=true \
