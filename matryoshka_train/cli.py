@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from . import __version__, hub
 from .errors import ConfigError, UserError
 from .reporting.redact import install_log_filter, redact, redacted_output
-from .training import distributed
+from .training import allocator, distributed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -220,6 +220,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume is not None and args.overwrite:
         raise ConfigError("--resume continues the run in training.output_dir and --overwrite replaces it; give one",
                           where="--resume")
+    allocator.default_to_expandable()  # before torch loads, and inherited by --nproc's processes
     if args.nproc is not None:
         if args.nproc < 1:
             raise ConfigError(f"--nproc takes a number of processes of 1 or more, got {args.nproc}", where="--nproc")
@@ -286,6 +287,7 @@ def _sweep(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # SIGTERM stops a sweep as Ctrl+C does: trials ended and queued again
 
     signal.signal(signal.SIGTERM, stop)
+    allocator.default_to_expandable()  # trials inherit it, in this process or in their own
     sweep = load(args.sweep, storage=args.storage)
     summary = run_sweep(sweep, workers=args.workers)
     return 0 if summary["best"] else 1

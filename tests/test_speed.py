@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -132,7 +133,7 @@ def test_check_prints_each_speed_decision_and_why(write_config, tiny_config, cap
         "dataloader_num_workers: 0 (auto:",
         "batch_sampler: no_duplicates_fast (auto:",
         "packed_forward: off (auto: measured 0.69x",
-        "merge_columns: off (auto: not measured on a CPU",
+        "merge_columns: off (auto: it pays only with packed_forward",
     ):
         assert key in out, key
 
@@ -158,6 +159,7 @@ def test_a_config_without_speed_keys_trains_with_the_device_defaults(tiny_config
         "dataloader_num_workers": 0,
         "pin_memory": False,
         "non_blocking": False,
+        "cuda_allocator": None,
     }
     saved = json.loads((Path(config.training.output_dir) / "results.json").read_text())
     assert saved["speed"]["sorted_forward"] is True
@@ -243,6 +245,36 @@ def test_sorted_forward_gets_every_length_from_the_host(tiny_config, tmp_path):
     assert results["padding"]["padded_tokens_plain"] > 0
     assert results["padding"]["forwards_without_host_lengths"] == 0
 
+
+def test_gradient_cache_mini_batches_get_their_lengths_from_the_host(tiny_config):
+    """CachedMNRL embeds slices of the batch (``mask[begin:end, :width]``): the packed forward reads
+    their rows' lengths from the batch mask's host copy, never from the device."""
+    unread = {}
+    for loss in ({"name": "cached_mnrl", "kwargs": {"mini_batch_size": 3}}, {"name": "mnrl"}):
+        raw = copy.deepcopy(tiny_config)
+        raw["loss"] = loss
+        raw["training"].update({"packed_forward": True, "max_steps": 2, "output_dir": raw["training"]["output_dir"]
+                                + loss["name"]})
+        raw["evaluation"] = {"evaluators": []}
+        results = run(validate(raw), echo=lambda _: None)
+        assert results["padding"]["padded_tokens_run"] < results["padding"]["padded_tokens_plain"]
+        unread[loss["name"]] = results["padding"]["forwards_without_host_lengths"]
+    # the mini-batches (2 steps x 3 columns x 3 slices, embedded twice) add none to the plain loss's
+    # count: its one is the model card's widget encode, outside training
+    assert unread["cached_mnrl"] == unread["mnrl"] <= 1, unread
+
+
+def test_a_slice_of_a_carrying_mask_carries_its_rows_lengths():
+    """The view rule behind the test above, on a meta tensor (any read of it raises): rows and leading
+    columns keep the lengths (cut at the width); other views fall back to reading."""
+    from matryoshka_train.models.host_reads import HOST_LENGTHS_ATTR, host_lengths, row_lengths
+
+    mask = torch.ones(4, 8, device="meta")
+    setattr(mask, HOST_LENGTHS_ATTR, np.array([8, 3, 6, 1]))
+    assert row_lengths(mask[1:3, :5]).tolist() == [3, 5]
+    assert row_lengths(mask[2:]).tolist() == [6, 1]
+    assert host_lengths(mask[:, 2:]) is None and host_lengths(mask.t()) is None
+    assert host_lengths(torch.ones(2, 3)) is None
 
 # --------------------------------------------------------------------------------------------
 # the deferred NaN check still stops a broken run and keeps nothing from after the bad step
@@ -356,3 +388,4 @@ def test_check_refuses_trainer_arguments_the_trainer_refuses(write_config, tiny_
     assert "prefetch" in first_error
     assert first_error in ran.out + ran.err
     assert "Traceback" not in checked.out + checked.err + ran.out + ran.err
+

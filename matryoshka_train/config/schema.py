@@ -455,22 +455,23 @@ class TrainingConfig(Section):
         "attention's varlen kernel on CUDA in fp16/bf16, else per row with the padding mask. Same outputs "
         "up to float rounding; BERT/RoBERTa/XLM-R encoders only (others run as usual). "
         "Replaces the sorted forward when on. 'auto': on for CUDA in bf16/fp16 on sm80 or newer where the "
-        "varlen kernel runs, without a gradient-cache (Cached*) loss (measured 1.17-1.59x samples/s and 57-62% "
-        "of the memory on an H200, docs/benchmarks.md), off elsewhere.",
+        "varlen kernel runs (measured 1.17-1.59x samples/s and 57-62% of the memory on an H200, and 1.59x in "
+        "CachedMNRL mini-batches, docs/benchmarks.md), off elsewhere.",
     )
     merge_columns: bool | Literal["auto"] = Field(
         "auto",
         description="Embed all of a batch's text columns (anchors with positives and negatives) in one encoder "
         "call; sentence-transformers gives the anchors a call of their own so that they are not padded to the "
-        "documents' width, which costs nothing with packed_forward (half the host's encoder work per step). "
-        "Same loss with dropout off. 'auto': off until measured faster on a GPU.",
+        "documents' width, which costs nothing with packed_forward (40% fewer host operations per step). "
+        "Same loss with dropout off. 'auto': on wherever packed_forward is on (measured 1.14-1.28x samples/s "
+        "on top of it on an H200, docs/benchmarks.md), off elsewhere.",
     )
     compile_layers: bool | Literal["auto"] = Field(
         "auto",
         description="torch.compile each transformer layer of the encoder in place, with dynamic shapes (fuses "
         "the small element-wise kernels between the matrix products; weights and the saved model unchanged). "
         "Costs compile time at the start of a run. 'auto': off (CPU 0.85x; on an H200 0.80-1.11x the packed "
-        "forward alone in training, docs/benchmarks.md).",
+        "forward alone and 0.96-1.30x packed with merged columns in training, docs/benchmarks.md).",
     )
     pretokenize: bool | Literal["auto"] = Field(
         "auto",
@@ -500,7 +501,8 @@ class TrainingConfig(Section):
     dataloader_num_workers: int | Literal["auto"] = Field(
         "auto",
         description="DataLoader worker processes that collate batches ahead of training. 'auto': 0 "
-        "(not yet measured faster on any device).",
+        "(not yet measured faster on any device; on an H200 the main process waits 10-57 ms of a step for the "
+        "next batch, which workers would take off it: not measured yet, docs/benchmarks.md).",
     )
     dataloader_prefetch_factor: int | None = Field(
         None, gt=0, description="Batches each DataLoader worker prepares ahead (needs dataloader_num_workers > 0)."

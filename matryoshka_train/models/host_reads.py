@@ -37,14 +37,33 @@ HOST_LENGTHS = "__host_lengths__"  # batch key: {attention-mask key: row lengths
 HOST_LENGTHS_ATTR = "_mt_host_lengths"  # where a device attention mask carries its rows' lengths
 
 
+def host_lengths(mask: Tensor) -> np.ndarray | None:
+    """The row lengths carried on a (right-padded) 2-D attention mask, or None if it carries none.
+
+    A slice of rows (and of leading columns) of a mask that carries them carries them too: the
+    gradient-cache losses (Cached*) embed ``mask[begin:end, :width]`` mini-batches, views whose base
+    is the batch's mask, and their rows' lengths are the base's, cut at the slice's width."""
+    known = getattr(mask, HOST_LENGTHS_ATTR, None)
+    if known is not None:
+        return known if len(known) == mask.shape[0] else None
+    base = mask._base
+    known = getattr(base, HOST_LENGTHS_ATTR, None) if base is not None else None
+    if known is None or base.ndim != 2 or mask.ndim != 2 or mask.stride() != base.stride() or len(known) != len(base):
+        return None
+    row, column = divmod(mask.storage_offset() - base.storage_offset(), base.stride(0))
+    if column or row < 0 or row + mask.shape[0] > len(known):
+        return None
+    return np.minimum(known[row:row + mask.shape[0]], mask.shape[1])
+
+
 def row_lengths(mask: Tensor) -> np.ndarray:
     """The real length of each row of a 2-D attention mask, as a host array.
 
     A mask on the CPU is summed there. A mask on an accelerator is answered from the lengths the
-    collator read before the batch moved; only a mask that arrived some other way is read back from
-    the device (which waits for it)."""
-    known = getattr(mask, HOST_LENGTHS_ATTR, None)
-    if known is not None and len(known) == mask.shape[0]:
+    collator read before the batch moved (:func:`host_lengths`); only a mask that arrived some other
+    way is read back from the device (which waits for it)."""
+    known = host_lengths(mask)
+    if known is not None:
         return known
     return mask.sum(dim=1).cpu().numpy()
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .host_reads import HOST_LENGTHS_ATTR, row_lengths
+from .host_reads import host_lengths, row_lengths
 
 IMPLEMENTATION = "mtrain_packed"
 
@@ -192,7 +192,7 @@ class PackedForward:
         layout = _Layout(lengths, width, attention_mask.device)
         self.padded_tokens += rows * width
         self.run_tokens += layout.tokens
-        self.uncarried += getattr(attention_mask, HOST_LENGTHS_ATTR, None) is None
+        self.uncarried += host_lengths(attention_mask) is None
         token_type_ids = kwargs.pop("token_type_ids", None)
         if token_type_ids is not None:
             token_type_ids = layout.pack(token_type_ids.reshape(-1))[None]

@@ -26,17 +26,24 @@ The evidence, in one place (update it when a benchmark on that device says other
   57% of its peak memory (22.4 vs 39.4 GiB); 5-40 tokens batch 512: 1.01-1.03x, 62% of the memory
   (16.1 vs 26.0 GiB); ``gpu_profile.py`` bert-base: 1.15x. So on for CUDA where the varlen kernel
   runs (bf16/fp16 training on sm80 or newer); elsewhere its attention would run padded, per row,
-  which no GPU run measured, so off. CPU (all-MiniLM-L6-v2, 5-200 words, 2026-11-27): 1.30x the
-  plain script but 0.69x the sorted forward, so off there.
-* all columns in one encoder call (``models/merged_columns.py``): built after the H200 runs to cut the
-  host work that bounds the packed step there; not measured on a GPU yet (the GPU suite runs it as
-  ours:merged), so off.
+  which no GPU run measured, so off. With a gradient-cache loss (Cached*), one H200, 2026-11-28,
+  ``gpu_profile.py`` bert-base-cached (CachedMNRL, mini-batch 64, batch 250): 1.59x the real tokens/s
+  of batches padded to 64 (56,355 vs 35,550) at 82% of the memory, so on there too. CPU
+  (all-MiniLM-L6-v2, 5-200 words, 2026-11-27): 1.30x the plain script but 0.69x the sorted forward,
+  so off there.
+* all columns in one encoder call (``models/merged_columns.py``): one H200, 2026-11-28, on top of the
+  packed forward, in the same process: 16-256 tokens 1.14x (1,032 vs 904 samples/s, run 4) and
+  1.25-1.28x (run 5, first and warm runs); 5-40 tokens 1.20x (4,929 vs 4,093); ``gpu_profile.py``
+  bert-base 1.29x (MFU 18.3% -> 23.6%); 40% fewer aten ops per step. So on wherever the packed
+  forward is on. Without it the merged call pads the anchors to the documents' width, which no
+  benchmark measured, so off there (and on CPUs).
 * compiled layers (``models/compiled_layers.py``): CPU (all-MiniLM-L6-v2, 5-200 words, 2026-11-27)
   0.85x our default forward (compiled steps alone, compile time excluded), so off there. One H200,
   2026-11-28: 1.21x our padded forward in training and 1.23x in ``gpu_profile.py``, and on top of the
   packed forward 1.35x in ``gpu_profile.py`` but 1.11x (first run) and 0.80x (warm run) in training,
-  where the packed step waits on the host; plus 4-14 s of compiling per run. Not faster than the
-  packed forward alone in training, so off.
+  where the packed step waits on the host; plus 4-14 s of compiling per run. On top of packed and
+  merged columns (2026-11-28, runs 4-5): 1.30x in one training run, 0.96x in the next, 1.31x in
+  ``gpu_profile.py`` (MFU 30.9%). Not reliably faster in training, so off.
 * pre-tokenization and our no-duplicates sampler: work on the host before or beside training,
   measured on the host (``scripts/bench/train.py`` tokenize-once timing, ``scripts/bench/sampler.py``
   >= 10x); they do not run on the accelerator, so they stay on for every device.
@@ -45,7 +52,10 @@ The evidence, in one place (update it when a benchmark on that device says other
   on logging and save steps.
 * DataLoader workers: 0. On an H100 the main process collates a batch in 4-10 ms of a 0.23 s step, and
   with the synchronisations gone it does so while the GPU runs the previous step (92% of the step's
-  wall time is kernel time), so workers have nothing to win.
+  wall time is kernel time), so workers have nothing to win. The packed step on an H200 is host-bound
+  (2026-11-28): the wait for the next batch is 10-57 ms of a 0.09-0.17 s step there, so workers may
+  win now; not measured with workers yet (the GPU suite runs them as ours:workers), so still 0.
+* CUDA allocator: expandable segments (``training/allocator.py`` has the figures and who sets it).
 """
 
 from __future__ import annotations
@@ -55,6 +65,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from . import allocator
 
 DEFAULT_CHUNK_MIN_TOKENS = 1024  # the CPU-measured floor of one sorted-forward chunk (docs/benchmarks.md)
 GPU_PAD_MULTIPLE = 64  # batch widths on CUDA: 3.6x the tokens/s of exact widths on an H100 (docs/benchmarks.md)
@@ -86,6 +98,7 @@ class SpeedPlan:
     dataloader_num_workers: int
     pin_memory: bool
     non_blocking: bool
+    cuda_allocator: str | None = None  # the CUDA caching allocator's setting (training/allocator.py); None off CUDA
     reasons: dict[str, str] = field(default_factory=dict, compare=False)
 
     def lines(self) -> list[str]:
@@ -108,15 +121,23 @@ class SpeedPlan:
             "nan_check",
             "dataloader_num_workers",
             "non_blocking",
+            "cuda_allocator",
         ):
-            if key == "forward_chunk_min_tokens" and not self.sorted_forward:
+            if (key == "forward_chunk_min_tokens" and not self.sorted_forward) or (
+                key == "cuda_allocator" and self.cuda_allocator is None
+            ):
                 continue
             out.append(f"  {key}: {state(getattr(self, key))} ({self.reasons.get(key, 'set in the config')})")
         return out
 
     def without_packed(self, why: str) -> SpeedPlan:
-        """This plan with the packed forward off, ``why`` its recorded reason."""
-        return dataclasses.replace(self, packed_forward=False, reasons={**self.reasons, "packed_forward": why})
+        """This plan with the packed forward off, ``why`` its recorded reason; merged columns go off
+        with it where ``auto`` chose them (they were chosen for the packed forward)."""
+        reasons = {**self.reasons, "packed_forward": why}
+        merge = self.merge_columns
+        if merge and reasons.get("merge_columns", "").startswith("auto:"):
+            merge, reasons["merge_columns"] = False, "auto: off, because packed_forward is off"
+        return dataclasses.replace(self, packed_forward=False, merge_columns=merge, reasons=reasons)
 
     @staticmethod
     def sampler_line(asked: str, resolved: str) -> str:
@@ -147,6 +168,7 @@ class SpeedPlan:
             "dataloader_num_workers": self.dataloader_num_workers,
             "pin_memory": self.pin_memory,
             "non_blocking": self.non_blocking,
+            "cuda_allocator": self.cuda_allocator,
         }
 
 
@@ -175,8 +197,8 @@ def _packed_auto(training: Any, device: str, precision: str | None, gradient_cac
     if varlen_no is not None:
         return False, f"{varlen_no}, so its attention would run padded, which no GPU run measured"
     if gradient_cache:
-        return False, ("a gradient-cache loss (Cached*) embeds in mini-batches whose row lengths would be "
-                       "read back from the GPU, and no GPU run measured the two together")
+        return True, ("with a gradient-cache loss (Cached*): measured 1.59x the real tokens/s of batches padded to "
+                      "64 in CachedMNRL mini-batches (H200, docs/benchmarks.md)")
     return True, ("measured 1.17-1.59x samples/s of the padded forward on 16-256-token text and 1.01-1.03x on "
                   "5-40 tokens, at 57-62% of its memory (H200, docs/benchmarks.md)")
 
@@ -218,10 +240,12 @@ def decide(
     merge = pick(
         "merge_columns",
         training.merge_columns,
-        False,
-        "not measured on a GPU yet (scripts/bench/gpu_suite.sh measures it as ours:merged)"
-        if accelerator
-        else "not measured on a CPU; it pays only with packed_forward, which is off on CPUs",
+        packed,
+        "measured 1.14-1.28x samples/s on top of the packed forward on 16-256-token text and 1.20x on 5-40 "
+        "tokens (H200, docs/benchmarks.md)"
+        if packed
+        else "it pays only with packed_forward, which is off here (merged, the anchors would be padded to the "
+        "documents' width)",
     )
     compile_layers = pick(
         "compile_layers",
@@ -275,6 +299,9 @@ def decide(
     reasons["non_blocking"] = (
         "pinned batches are copied to the GPU without waiting for it" if cuda else "no GPU: nothing to copy"
     )
+    cuda_allocator = None
+    if cuda:
+        cuda_allocator, reasons["cuda_allocator"] = allocator.describe()
     return SpeedPlan(
         device=device,
         sorted_forward=bool(sorted_forward),
@@ -288,5 +315,6 @@ def decide(
         dataloader_num_workers=int(workers),
         pin_memory=cuda,
         non_blocking=cuda,
+        cuda_allocator=cuda_allocator,
         reasons=reasons,
     )
