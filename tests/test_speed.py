@@ -389,3 +389,20 @@ def test_check_refuses_trainer_arguments_the_trainer_refuses(write_config, tiny_
     assert first_error in ran.out + ran.err
     assert "Traceback" not in checked.out + checked.err + ran.out + ran.err
 
+
+
+def test_dataloader_workers_train_what_the_main_process_trains(tiny_config, no_dropout_model_dir, tmp_path):
+    """DataLoader workers (the next GPU lever, docs/benchmarks.md finding 6) collate in other processes:
+    the row lengths still come along from the host, and the run ends with the weights of one that
+    collates in the main process."""
+    from conftest import assert_trained_alike, three_step_run
+
+    weights, unread = {}, {}
+    for workers in (0, 2):
+        extra = {"dataloader_prefetch_factor": 2} if workers else {}
+        results, weights[workers] = three_step_run(tiny_config, no_dropout_model_dir, tmp_path / f"w{workers}",
+                                                   packed_forward=True, dataloader_num_workers=workers, **extra)
+        assert results["speed"]["dataloader_num_workers"] == workers
+        unread[workers] = results["padding"]["forwards_without_host_lengths"]
+    assert unread[2] == unread[0] <= 1, unread  # the one: the model card's widget encode, outside training
+    assert_trained_alike(weights[2], weights[0], no_dropout_model_dir)
