@@ -2,8 +2,9 @@
 the JSON a GPU session will read. Speed is measured by the benchmarks themselves; these tests only
 check that every figure is there and that the loss-equality check passes.
 
-One run of ``gpu_suite.sh --smoke`` (train.py with --profile-steps and an --ours-variant, gpu_profile.py
-on every variant, the budget check skipping a part) is shared by the tests below."""
+One run of ``gpu_suite.sh --smoke`` (train.py with --profile-steps and --ours-variant sides, gpu_profile.py
+on every variant, the budget check skipping a part) is shared by most tests below; one run of two extra
+parts named in SUITE_PARTS by two others."""
 
 from __future__ import annotations
 
@@ -21,11 +22,14 @@ sys.path.insert(0, str(BENCH))
 
 import benchlib  # noqa: E402 - after the path insert
 
+ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "MTRAIN_SET_ALLOC_CONF")
+
 
 def _smoke(out: Path, **env: str) -> subprocess.CompletedProcess:
-    """gpu_suite.sh --smoke into ``out``, offline, with ``env`` added (SUITE_PARTS …)."""
+    """gpu_suite.sh --smoke into ``out``, offline, with ``env`` added (SUITE_PARTS …) and no CUDA
+    allocator setting inherited (the scripts set their own unless one is set)."""
     full = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARIABLES},
         "PYTHON": sys.executable,
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
@@ -59,7 +63,7 @@ def test_suite_smoke_runs_every_part(suite):
         "profile-bert",
         "train-short",
         "profile-bert-cached",
-        "train-long-expandable",
+        "train-long-noexpandable",
     ]  # the extra parts (compile, the two without cuDNN attention, decisions) run only when SUITE_PARTS names them
     assert status["skipped"] == ["profile-xlmr"]  # the smoke gives it no budget: the skip path is exercised
     assert "pip freeze" in (out / "env.txt").read_text()
@@ -67,9 +71,12 @@ def test_suite_smoke_runs_every_part(suite):
     assert "ours/theirs warm" in summary and "gpu_profile.py tiny batch 8" in summary
 
 
+LONG = "train-tiny-cpu-words4-40-long-2*.json"  # the date follows the label: not long-noexpandable's file
+
+
 def test_train_json_first_warm_ratios_and_loss_equality(suite):
     out, _ = suite
-    record = _one(out, "train-tiny-cpu-words4-40-long-*.json")
+    record = _one(out, LONG)
     assert record["loss_equality"]["passed"] is True
     packed = record["loss_equality"]["packed"]  # the packed forward against the plain one, fp32 and bf16
     assert packed["passed"] and packed["fp32"]["attention"] == "padded"  # varlen needs CUDA
@@ -89,22 +96,47 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     assert record["runs"]["theirs"][1]["position_in_process"] < record["runs"]["ours"][1]["position_in_process"]
     for which in ("first", "warm"):
         assert record["ratios"][which]["samples_per_s"] > 0
-    # each variant ran once, or says why not (a config key the installed matryoshka_train lacks)
-    for label in ("sortedgpu", "padded", "merged"):
-        side = f"ours:{label}"
-        assert (
-            (len(record["runs"].get(side, [])) == 1)
-            or side in record["variants_invalid"]
-            or side in record["variants_failed"]
-        )
-    assert record["variant_ratios"]["ours:sortedgpu"]["first"]["samples_per_s"] > 0
+    # each variant ran once, with its keys (both of workers'), beside theirs and ours' two runs
+    assert list(record["runs"]) == ["theirs", "ours", "ours:unmerged", "ours:padded", "ours:workers", "ours:compile"]
+    assert record["variants_invalid"] == {} and record["variants_failed"] == {}
+    for side in ("ours:unmerged", "ours:padded", "ours:workers", "ours:compile"):
+        assert len(record["runs"][side]) == 1, side
+        assert record["variant_ratios"][side]["first"]["samples_per_s"] > 0, side
+    assert record["settings"]["ours_overrides"]["ours:workers"] == [
+        ["training.dataloader_num_workers", 2],
+        ["training.dataloader_prefetch_factor", 4],
+    ]
+    speed = {side: runs[0]["speed"] for side, runs in record["runs"].items() if side.startswith("ours")}
+    assert speed["ours:workers"]["dataloader_num_workers"] == 2 and speed["ours"]["dataloader_num_workers"] == 0
+    assert speed["ours:compile"]["compile_layers"] and not speed["ours"]["compile_layers"]
+    assert not speed["ours:unmerged"]["merge_columns"] and not speed["ours:padded"]["packed_forward"]
+    # the allocator setting `mtrain run` uses, set by the script itself (the smoke's environment has none)
+    assert record["settings"]["cuda_allocator"] == "expandable_segments:True"
+    assert record["settings"]["cuda_allocator_set_by_bench"] is True
 
 
-def test_suite_parts_runs_only_the_named_parts_and_restricts_attention_kernels(tmp_path):
-    done = _smoke(tmp_path, SUITE_PARTS="profile-bert-nocudnn")
+def test_noexpandable_part_keeps_the_allocator_setting_it_was_given(suite):
+    out, _ = suite
+    record = _one(out, "train-tiny-cpu-words4-40-long-noexpandable-*.json")
+    assert record["settings"]["cuda_allocator"] == "expandable_segments:False"  # from the environment, both sides
+    assert record["settings"]["cuda_allocator_set_by_bench"] is False
+    assert {side: len(runs) for side, runs in record["runs"].items()} == {"theirs": 2, "ours": 2}
+    assert record["runs"]["ours"][0]["position_in_process"] == 0  # --first ours
+    assert record["profile"] is None and record["complete"] is True  # --profile-steps 0: timed runs only
+
+
+@pytest.fixture(scope="module")
+def named_parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """Two of the extra parts, named in SUITE_PARTS (in the other order than the suite's)."""
+    out = tmp_path_factory.mktemp("named")
+    return out, _smoke(out, SUITE_PARTS="profile-bert-nocudnn train-long-compile")
+
+
+def test_suite_parts_runs_only_the_named_parts_and_restricts_attention_kernels(named_parts):
+    tmp_path, done = named_parts
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     status = json.loads((tmp_path / "suite.json").read_text())
-    assert [p["part"] for p in status["parts"]] == ["profile-bert-nocudnn"]
+    assert [p["part"] for p in status["parts"]] == ["train-long-compile", "profile-bert-nocudnn"]  # suite order
     record = _one(tmp_path, "gpu-tiny-sdpa-nocudnn-*.json")
     assert record["settings"]["sdpa_enabled"] == {"flash": True, "efficient": True, "cudnn": False, "math": True}
     assert [r["variant"] for r in record["runs"]] == ["plain", "pad64"]
@@ -117,12 +149,12 @@ def test_train_first_ours_goes_first(suite):
     assert record["runs"]["ours"][0]["position_in_process"] == 0  # --first ours
     assert record["runs"]["theirs"][0]["position_in_process"] == 1  # then alternating (variants in between)
     assert record["runs"]["theirs"][1]["position_in_process"] < record["runs"]["ours"][1]["position_in_process"]
-    assert len(record["runs"]["ours:padded"]) == 1
+    assert len(record["runs"]["ours:unmerged"]) == 1 and len(record["runs"]["ours:workers"]) == 1
     assert record["complete"] is True and record["failed"] == {}
 
 
-def test_compiled_part_runs_the_compiled_variants_beside_ours_and_theirs(suite):
-    out, _ = suite
+def test_compiled_part_runs_the_compiled_variants_beside_ours_and_theirs(named_parts):
+    out, _ = named_parts
     record = _one(out, "train-tiny-cpu-words4-40-compiled-*.json")
     assert record["complete"] is True and record["failed"] == {}
     for side in ("ours", "theirs", "ours:compile", "ours:paddedcompile", "ours:packedcompile"):
@@ -138,10 +170,10 @@ def test_compiled_part_runs_the_compiled_variants_beside_ours_and_theirs(suite):
 
 def test_train_profile_summary(suite):
     out, _ = suite
-    record = _one(out, "train-tiny-cpu-words4-40-long-*.json")
+    record = _one(out, LONG)
     profiled = record["profile"]
-    assert {"theirs", "ours"} <= set(profiled)
-    for p in profiled.values():
+    assert set(profiled) == {"theirs", "ours", "ours:unmerged", "ours:workers"}  # --profile-sides
+    for side, p in profiled.items():
         assert "profile_error" not in p, p.get("profile_error")
         assert p["steps"] == 1 and len(p["host_step_s"]) == 1
         assert p["aten_ops_per_step"] > p["top_level_aten_ops_per_step"] > 0
@@ -156,7 +188,8 @@ def test_train_profile_summary(suite):
             "next_batch_wait_s_per_step",
         ):
             assert p[key] >= 0, key
-        assert p["collate_calls"] == 1  # one batch collated in the profiled step, timed by the wrapper
+        # one batch collated in the profiled step, timed by the wrapper; with workers, in their processes
+        assert p["collate_calls"] == (0 if side == "ours:workers" else 1), side
         assert set(p["readbacks"]) >= {
             "per_step",
             "by_method_per_step",
@@ -191,8 +224,65 @@ def test_gpu_profile_json(suite):
     assert compiled["pad_share"] == 0 and compiled["packed"]["attention"] == "padded"
     probe = record["shape_probe"]
     assert len(probe["widths"]) == len(probe["first_pass_s"]) == len(probe["second_pass_s"]) == 4
+    assert record["settings"]["cuda_allocator"] == "expandable_segments:True"
+    assert all(r["forward_autocast"] is None for r in record["runs"])  # autocast stays off on the CPU
+
+
+def test_gpu_profile_cached_json(suite):
+    out, _ = suite
     cached = _one(out, "gpu-tiny-cached-smoke-cpu-*.json")
-    assert cached["settings"]["batch"] == 12 and [r["variant"] for r in cached["runs"]] == ["sorted-gpu"]
+    assert cached["settings"]["batch"] == 12 and cached["settings"]["cached"] is True
+    assert [r["variant"] for r in cached["runs"]] == ["pad64", "packed"]
+    for r in cached["runs"]:
+        assert r["cached_loss"] is True and r["forward_autocast"] is None
+        # CachedMNRL: 3 columns x 3 mini-batches of 4, embedded without gradients and again with them
+        # (plain MNRL: 2 calls a step)
+        assert r["encoder_calls_per_step"] >= 9
+        assert r["profile"]["distinct_gemm_shapes"] > 0
+    packed = cached["runs"][1]
+    assert packed["pad_share"] == 0 and packed["packed"]["forwards_without_host_lengths"] == 0
+
+
+def test_autocast_forward_reaches_the_cached_losses_recompute(tmp_path):
+    """CachedMNRL embeds each mini-batch again, with gradients, inside ``backward()``: outside the
+    step's autocast block. The wrapper (accelerate's, in training) keeps that pass in autocast too."""
+    import random
+
+    import gpu_profile
+    import torch
+    from sentence_transformers.sentence_transformer import losses
+
+    model = benchlib.build_model("tiny", tmp_path, "cpu", benchlib.MAX_POSITIONS, 0)
+    seen = []  # (gradients on, autocast on) at each encoder call
+    model[0].register_forward_hook(
+        lambda *_: seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+    )
+    gpu_profile.autocast_forward(model, "cpu", torch.bfloat16)
+    loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=2)
+    rng = random.Random(0)
+    features = [model.preprocess([benchlib.word_text(rng, 4, 20) for _ in range(4)]) for _ in range(2)]
+    value = loss(features, None)  # no autocast block around it
+    forward_calls = len(seen)
+    value.backward()
+    assert forward_calls and len(seen) > forward_calls  # the recompute ran in backward()
+    assert all(autocast for _, autocast in seen)
+    assert any(grad for grad, _ in seen[forward_calls:])
+    assert model[0].auto_model.embeddings.word_embeddings.weight.grad is not None
+
+    class Probe(torch.nn.Module):  # bf16 inside the forward, fp32 out of it, as accelerate gives them
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.inner = torch.nn.Linear(4, 4), []
+
+        def forward(self, x: torch.Tensor) -> dict:
+            y = self.linear(x)
+            self.inner.append(y.dtype)
+            return {"y": y, "rows": x.shape[0]}
+
+    probe = Probe()
+    gpu_profile.autocast_forward(probe, "cpu", torch.bfloat16)
+    out = probe(torch.randn(2, 4))
+    assert probe.inner == [torch.bfloat16] and out["y"].dtype == torch.float32 and out["rows"] == 2
 
 
 def test_summarize_profile_counts_syncs_shapes_and_data_time():
@@ -321,6 +411,7 @@ def test_gpu_profile_keeps_the_other_variants_when_one_fails(tmp_path, monkeypat
         return real(p, args, variant, *rest)
 
     monkeypatch.setattr(gpu_profile, "profile_variant", failing)
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:False")  # kept, and this process untouched
     monkeypatch.setattr(sys, "argv", ["gpu_profile.py", "--profile", "tiny", "--variants", "plain,packed",
                                       "--steps", "1", "--warmup", "1", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="failed variants"):
@@ -328,3 +419,5 @@ def test_gpu_profile_keeps_the_other_variants_when_one_fails(tmp_path, monkeypat
     record = _one(tmp_path, "gpu-tiny-cpu-*.json")
     assert [r["variant"] for r in record["runs"]] == ["plain"]
     assert record["failed_variants"] == {"packed": "RuntimeError: no varlen kernel in this build"}
+    assert record["settings"]["cuda_allocator"] == "expandable_segments:False"
+    assert record["settings"]["cuda_allocator_set_by_bench"] is False

@@ -17,9 +17,22 @@ named, on (anchor, positive, negative), bf16 autocast on CUDA; lengths in tokens
                     CachedMultipleNegativesRankingLoss mini-batch 64, 16-256 tokens: model state
                     16 B x 560M ~ 9 GB (fp32 weights, gradients, Adam m and v), activations of one
                     mini-batch 34 x 64 x 258 x 1024 x 24 ~ 14 GB, the cached embeddings (6144 x 1024)
-                    negligible: ~24 GB in all.
+                    negligible: ~24 GB in all. A step at batch 2048 (6,144 texts) takes ~20 s on an H200:
+                    gpu_suite.sh runs it at --batch 512.
   tiny              a 2-layer model on the CPU: checks that this script runs (no figures worth keeping)
+  tiny-cached       the same with CachedMultipleNegativesRankingLoss (use --batch and --mini-batch to get
+                    several mini-batches): checks the Cached path runs
 The memory figures are estimates; the measured peak of each variant is in the output.
+
+bf16 on CUDA as in training: the model's forward is wrapped in bf16 autocast with its floating outputs
+cast back to fp32, as accelerate's prepare_model does in a SentenceTransformerTrainer run, and the
+loss runs in an autocast block too. The Cached losses recompute each mini-batch's embeddings with
+gradients inside `loss.backward()` (a backward hook), outside that block. Without the wrapper that
+recompute and its backward ran in fp32 (the packed variant with padded attention): the H200 runs 1-4
+(2026-11-28), and the H100 run 1 before them, recomputed in fp32, so their bert-base-cached figures
+are not those of bf16 training. The CUDA allocator: like `mtrain run`, main() sets
+PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before torch loads unless an allocator setting is
+in the environment; settings.cuda_allocator records what ran.
 
 Variants (--variants, comma-separated; all by default):
   plain       the model's own forward, each batch padded to its longest text
@@ -88,6 +101,7 @@ PROFILES = {
     },
     "xlmr-large": {"model": "xlmr-large", "batch": 2048, "columns": 3, "min_len": 16, "max_len": 256, "cached": True},
     "tiny": {"model": "tiny", "batch": 8, "columns": 3, "min_len": 4, "max_len": 60, "cached": False},
+    "tiny-cached": {"model": "tiny", "batch": 8, "columns": 3, "min_len": 4, "max_len": 60, "cached": True},
 }
 VARIANTS = ("plain", "sorted", "sorted-gpu", "pad64", "sorted-gpu-pad64", "packed", "pad64-compile", "packed-compile",
             "packed-merged", "packed-merged-compile")
@@ -159,6 +173,29 @@ def host_lengths_context():
     return contextlib.nullcontext(), None
 
 
+def autocast_forward(model: Any, device_type: str, dtype: Any) -> None:
+    """Run ``model``'s forward under autocast wherever it is called from, its bf16/fp16 outputs cast
+    back to fp32: what accelerate's ``prepare_model`` does to the model of a mixed-precision trainer
+    run. A Cached loss's recompute in ``backward()`` then runs in ``dtype`` as in training; an
+    autocast block around the loss (``step``) nests harmlessly. Undo: ``del model.forward``."""
+    import torch  # why: loaded lazily, as in the rest of this script (main sets the allocator before it)
+
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            out = forward(*args, **kwargs)
+        low = (torch.float16, torch.bfloat16)
+        if isinstance(out, dict):
+            return type(out)(
+                {k: v.float() if isinstance(v, torch.Tensor) and v.dtype in low else v for k, v in out.items()}
+            )
+        return out.float() if isinstance(out, torch.Tensor) and out.dtype in low else out
+
+    model.forward = wrapped
+
+
 def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, device: str) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
@@ -183,6 +220,8 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
     )
     loss = losses.MatryoshkaLoss(model, inner, benchlib.matryoshka_dims(spec["hidden"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
+    if cuda:  # every pass in bf16, the Cached losses' recompute in backward() too (module docstring)
+        autocast_forward(model, "cuda", torch.bfloat16)
     patched, min_via, undo = None, None, None
     base = variant.removesuffix("-compile").removesuffix("-merged")
     merge = "-merged" in variant
@@ -300,6 +339,8 @@ def profile_variant(p: dict, args, variant: str, hf_dir: Path, batches: list, de
         "non_embedding_params": params,
         "compiled_layers": len(compiled),
         "merged_columns": merge,
+        "cached_loss": p["cached"],
+        "forward_autocast": "bf16" if cuda else None,  # the model's forward wrapped as accelerate does
         "chunking": (
             {
                 "max_tokens": args.chunk_tokens if variant == "sorted" else args.gpu_chunk_tokens,
@@ -381,6 +422,10 @@ def shape_probe(p: dict, args, hf_dir: Path, device: str) -> dict:
 
 
 def main() -> None:
+    from matryoshka_train.training import allocator  # why: no torch import there; it must run before torch loads
+
+    # before torch loads (the allocator reads its setting at CUDA's first allocation): what `mtrain run` does
+    allocator_set_here = allocator.default_to_expandable()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="bert-base")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
@@ -493,6 +538,8 @@ def main() -> None:
         **p,
         "model_spec": benchlib.MODELS[p["model"]],
         "sdpa_enabled": sdpa,
+        "cuda_allocator": allocator.describe()[0],  # PYTORCH_CUDA_ALLOC_CONF (or PYTORCH_ALLOC_CONF)
+        "cuda_allocator_set_by_bench": allocator_set_here,  # False: it came from the environment
     }
     record = {
         "benchmark": "gpu_profile",

@@ -19,37 +19,56 @@
 #
 # Parts, in priority order (each under `timeout -s KILL`, capped at what is left of the budget; a part
 # that fails is recorded and the suite goes on; a part that would get under MIN_PART_S is skipped).
-# SUITE_PARTS="a b ..." runs only the named parts (and may name the extra ones marked below):
-#   train-long    train.py, 16-256 tokens, batch 128: ours (defaults: on CUDA the packed forward) first,
-#                 then plain ST, alternating, 2 repeats, plus ours variants in the same process, one run
-#                 each: padded (packed_forward=false: the run-2 default, batches padded to 64), merged
-#                 (training.merge_columns: all columns in one encoder call) and sortedgpu (sorted forward
-#                 with GPU-sized chunks, widths rounded to 64); profiles of theirs, ours, ours:padded,
-#                 ours:merged (3 steps); the loss check adds packed vs plain in fp32 and bf16 (varlen on CUDA)
-#   train-short   train.py, 5-40 tokens, batch 512, ours first, the padded and merged variants
+# SUITE_PARTS="a b ..." runs only the named parts (and may name the extra ones marked below).
+# train.py and gpu_profile.py set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True at start, as
+# `mtrain run` does, unless it is set (for the whole process: theirs runs with it too); the JSON's
+# settings.cuda_allocator says what ran.
+#   train-long    train.py, 16-256 tokens, batch 128: ours (defaults: on CUDA the packed forward with all
+#                 columns in one encoder call, training.merge_columns auto) first, then plain ST,
+#                 alternating, 2 repeats, plus ours variants in the same process, one run each: unmerged
+#                 (merge_columns=false: the packed forward alone, run 4's default), padded
+#                 (packed_forward=false, so unmerged too: batches padded to 64, run 2's default), workers
+#                 (dataloader_num_workers=2, dataloader_prefetch_factor=4: collation off the main process)
+#                 and compile (compile_layers=true on top of the default; the compile time falls in the
+#                 warm-up steps); profiles of theirs, ours, ours:unmerged, ours:workers (3 steps); the loss
+#                 check adds packed vs plain in fp32 and bf16 (varlen on CUDA)
 #   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): pad64 / packed (varlen) /
-#                 packed-merged (one encoder call) / packed-compile (each encoder layer compiled) /
-#                 packed-merged-compile, tokens/s, MFU, peak memory, 2 profiled steps each (the --smoke
-#                 run: plain, sorted, sorted-gpu, pad64, sorted-gpu-pad64, packed, packed-compile,
-#                 packed-merged and the shape probe; the H100 runs 1-2 and the H200 run 1 measured the rest)
+#                 packed-merged (one encoder call) / packed-merged-compile (each encoder layer compiled
+#                 too), tokens/s, MFU, peak memory, 2 profiled steps each (the --smoke run: plain, sorted,
+#                 sorted-gpu, pad64, sorted-gpu-pad64, packed, packed-compile, packed-merged and the shape
+#                 probe; the H100 runs 1-2 and the H200 run 1 measured the rest)
+#   train-short   train.py, 5-40 tokens, batch 512, ours first, the unmerged and workers variants
 #   profile-bert-cached   gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250), pad64 and
-#                 packed (auto keeps packed off with Cached* losses until this measures them together)
-#   train-long-compile  train-long's setting, one run each: ours, theirs, ours:compile (training.compile_layers:
-#                 torch.compile on each encoder layer, on top of the default), ours:paddedcompile (padded
-#                 forward + compiled layers) and ours:packedcompile (packed forward named in the config +
-#                 compiled layers: the same as ours:compile on CUDA); the compile time falls in the warm-up steps
+#                 packed (on by default with Cached* losses now), every pass in bf16: the model's forward
+#                 wrapped in autocast as accelerate does (the H200 runs 1-4 recomputed the mini-batches
+#                 inside backward() in fp32)
+#   train-long-noexpandable  train-long's ours vs theirs, 2 repeats, ours first, no variants and no
+#                 profiles, under PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False (both sides: the
+#                 allocator before `mtrain run` set it): against train-long, what expandable segments
+#                 give ours, theirs and the first-run lag (cudaMalloc counts in the timed window)
+#   train-long-compile  (extra) train-long's setting, one run each: ours, theirs, ours:compile
+#                 (training.compile_layers on top of the default), ours:paddedcompile (padded forward +
+#                 compiled layers) and ours:packedcompile (packed forward named in the config + compiled
+#                 layers: the same as ours:compile on CUDA)
 #   profile-bert-nocudnn  (extra) profile-bert's plain and pad64 with cuDNN attention disabled (--sdpa flash,efficient,math)
 #   train-long-nocudnn    (extra) train-long's ours vs theirs, one run each, cuDNN attention disabled
 #   train-long-decisions  (extra) train-long's ours vs theirs, one run each, and ours turning back one #14
 #                 decision each: pad_to_multiple_of=null, sorted_forward=true, nan_check=every_step
-#   profile-xlmr  gpu_profile.py xlmr-large (CachedMNRL, batch 2048), plain and sorted-gpu: only if >= 100 s are left
-# The extra parts were measured in runs 1 and 2 (H100, 2026-11-27, docs/benchmarks.md) and are left
-# out of the default run to leave its budget to what is still unmeasured. Part times there: train-long
-# 124-128 s (then with 4 variants), train-short 47 s, profile-bert 86-96 s (then with the shape
-# probe), profile-bert-nocudnn 36 s, train-long-nocudnn 47 s; profile-bert-cached took over 100 s with
-# 4 variants (5.7 s per CachedMNRL step). H200 run 1 (2026-11-28, one variant fewer in each train part
-# than now): train-long 87 s, train-short 59 s, profile-bert 67 s, train-long-compile 102 s,
-# profile-bert-cached 57 s (pad64 alone), profile-xlmr over its 101 s.
+#   profile-xlmr  gpu_profile.py xlmr-large (CachedMNRL, batch 512: at 2048, ~6,000 texts a step, a step took
+#                 ~20 s on an H200 and the part ran past 140 s), pad64 and packed: only if >= 100 s are left
+# The extra parts were measured in runs 1 and 2 (H100, 2026-11-27, docs/benchmarks.md) and H200 run 1
+# and are left out of the default run to leave its budget to what is still unmeasured. Part times then:
+# H100 runs 1-2: profile-bert-nocudnn 36 s, train-long-nocudnn 47 s; H200 run 1: train-long-compile
+# 102 s. H200 run 4 (2026-11-28, SUITE_BUDGET_S=490; 409 s in all, profile-xlmr skipped with 81 s left):
+# train-long 132 s (5 sides), profile-bert 56 s, train-short 77 s, profile-bert-cached 79 s (fp32
+# recompute, 5.7 s a pad64 step), train-long-expandable 59 s (with profiles).
+# Expected now, on an H200 with SUITE_BUDGET_S=490: train-long ~145 s (6 sides, one run more),
+# profile-bert ~56 s, train-short ~77 s, profile-bert-cached ~50-65 s (bf16 recompute), train-long-
+# noexpandable ~45 s (no profiles), ~385 s with the env dump: profile-xlmr then has ~105 s (it needs
+# ~60-80 s: imports, building 560M parameters, 2 variants x 3 steps). The caps are those times plus
+# ~15-25 s (the Cached profile more: its bf16 time is unmeasured), so a part that runs over costs
+# profile-xlmr its turn (skipped) before it is cut short; a part cut at its cap is a `timeout`
+# (train.py keeps the runs it finished, gpu_profile.py writes its JSON only at the end).
 set -u
 
 smoke=0
@@ -74,8 +93,9 @@ if [ $smoke = 1 ]; then
   SHORT=(--words 2 10 --batch 16 --steps 2 --warmup 1 --repeats 2)
   GPROF=(--steps 1 --warmup 1 --profile-steps 1 --shape-probe 4)
   PB_VARIANTS=plain,sorted,sorted-gpu,pad64,sorted-gpu-pad64,packed,packed-compile,packed-merged
-  CACHED=(--profile tiny --batch 12 --steps 1 --warmup 0 --variants sorted-gpu --label cached-smoke)
-  XLMR=(--profile tiny --steps 1 --warmup 0 --variants plain --label xlmr-smoke)
+  CACHED=(--profile tiny-cached --batch 12 --mini-batch 4 --steps 1 --warmup 0 --profile-steps 1 \
+    --variants pad64,packed --label smoke)  # CachedMNRL: 3 mini-batches a column
+  XLMR=(--profile tiny-cached --batch 12 --mini-batch 4 --steps 1 --warmup 0 --variants pad64,packed --label xlmr-smoke)
   MIN_PART=${MIN_PART_S:-5}; XLMR_MIN=100000  # always skipped: exercises the budget check
 else
   DEV=cuda; MODEL=bert-base; PROFILE=bert-base
@@ -84,8 +104,8 @@ else
   GPROF=(--steps 6 --warmup 2 --profile-steps 2)
   PB_VARIANTS=pad64,packed,packed-merged,packed-merged-compile  # plain, sorted: H100 runs 1, 2; packed-compile: H200 run 1
   CACHED=(--profile bert-base-cached --steps 3 --warmup 1 --profile-steps 1 --variants pad64,packed)
-  XLMR=(--profile xlmr-large --steps 2 --warmup 1 --variants pad64,packed)
-  XLMR_MIN=100  # ~15 s imports, ~15 s building 560M parameters, 2 variants x 3 steps of ~5 s, loads
+  XLMR=(--profile xlmr-large --batch 512 --steps 2 --warmup 1 --variants pad64,packed)
+  XLMR_MIN=100  # ~15 s imports, ~15 s building 560M parameters, 2 variants x 3 steps at batch 512, loads
 fi
 
 {
@@ -129,19 +149,20 @@ part() {  # part NAME CAP_SECONDS MIN_SECONDS COMMAND...: skipped when less than
 TRAIN=("$PY" scripts/bench/train.py --device "$DEV" --model "$MODEL" --out "$OUTDIR" --skip-tokenize-timing)
 GPU_PROFILE=("$PY" scripts/bench/gpu_profile.py --out "$OUTDIR")
 
-part train-long 200 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 1 \
-  --ours-variant padded:training.packed_forward=false \
-  --ours-variant merged:training.merge_columns=true \
-  --ours-variant mergedcompile:training.merge_columns=true --ours-variant mergedcompile:training.compile_layers=true \
-  --profile-sides theirs,ours,ours:padded,ours:merged
-part profile-bert 150 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" \
+WORKERS=(--ours-variant workers:training.dataloader_num_workers=2
+  --ours-variant workers:training.dataloader_prefetch_factor=4)
+part train-long 165 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 1 \
+  --ours-variant unmerged:training.merge_columns=false --ours-variant padded:training.packed_forward=false \
+  "${WORKERS[@]}" --ours-variant compile:training.compile_layers=true \
+  --profile-sides theirs,ours,ours:unmerged,ours:workers
+part profile-bert 75 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" \
   --variants "$PB_VARIANTS"
-part train-short 130 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours --variant-repeats 1 \
-  --ours-variant padded:training.packed_forward=false --ours-variant merged:training.merge_columns=true
-part profile-bert-cached 100 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
-# the caching allocator growing its pool while each step's packed token count is new: the first-run lag?
-part train-long-expandable 130 60 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "${TRAIN[@]}" "${LONG[@]}" \
-  --label long-expandable --first ours
+part train-short 95 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours --variant-repeats 1 \
+  --ours-variant unmerged:training.merge_columns=false "${WORKERS[@]}"
+part profile-bert-cached 90 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
+# both sides with the allocator as it was before `mtrain run` set expandable segments (train-long has them)
+part train-long-noexpandable 60 40 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False "${TRAIN[@]}" "${LONG[@]}" \
+  --profile-steps 0 --label long-noexpandable --first ours
 part train-long-compile 170 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label compiled --first ours \
   --variant-repeats 1 --ours-variant compile:training.compile_layers=true \
   --ours-variant paddedcompile:training.packed_forward=false --ours-variant paddedcompile:training.compile_layers=true \

@@ -29,6 +29,11 @@ It then checks that our speed-up does not change what is computed: one batch goe
 plain forward and through the sorted-chunk forward on the chosen device, and the loss values and
 gradients must match to float tolerance (dropout off for both). Exit status 1 if they do not.
 
+The CUDA allocator: like `mtrain run`, main() sets PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+before torch loads unless an allocator setting is already in the environment (matryoshka_train's
+training/allocator.py; the JSON's settings.cuda_allocator records it). It applies to the whole process, so
+theirs runs with it too: conservative for our ratio (it helps the packed forward's changing sizes most).
+
 --profile-steps N runs each side once more for N steps under torch.profiler (after one untimed
 step) and records per step: host wall time, aten ops, host-device synchronisation points (ops that
 read a value back, CUDA runtime synchronisations, and the tensor methods that read back with their
@@ -621,6 +626,10 @@ def describe(r: dict) -> str:
 
 
 def main() -> None:
+    from matryoshka_train.training import allocator  # why: no torch import there; it must run before torch loads
+
+    # before torch loads (the allocator reads its setting at CUDA's first allocation): what `mtrain run` does
+    allocator_set_here = allocator.default_to_expandable()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["minilm", "bert-base", "tiny"], default="minilm")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -765,6 +774,8 @@ def main() -> None:
                 "precision_resolved": precision,
                 "dims": state["dims"],
                 "ours_overrides": {side: [[k, v] for k, v in keys] for side, keys in overrides.items()},
+                "cuda_allocator": allocator.describe()[0],  # PYTORCH_CUDA_ALLOC_CONF (or _ALLOC_CONF); both sides
+                "cuda_allocator_set_by_bench": allocator_set_here,  # False: it came from the environment
             }
         )
         best = ratio.get("warm") or ratio.get("first") or {}
