@@ -26,8 +26,8 @@
 #   train-long    train.py, 16-256 tokens, batch 128: ours (defaults: on CUDA the packed forward with all
 #                 columns in one encoder call, training.merge_columns auto) first, then plain ST,
 #                 alternating, 2 repeats, plus ours variants in the same process, one run each: unmerged
-#                 (merge_columns=false: the packed forward alone, run 4's default), padded
-#                 (packed_forward=false, so unmerged too: batches padded to 64, run 2's default), workers
+#                 (merge_columns=false: the packed forward alone, run 4's default; the padded forward,
+#                 measured in runs 1-4, is left out to keep the part inside its cap), workers
 #                 (dataloader_num_workers=2, dataloader_prefetch_factor=4: collation off the main process)
 #                 and compile (compile_layers=true on top of the default; the compile time falls in the
 #                 warm-up steps); profiles of theirs, ours, ours:unmerged, ours:workers (3 steps); the loss
@@ -62,9 +62,9 @@
 # 102 s. H200 run 4 (2026-11-28, SUITE_BUDGET_S=490; 409 s in all, profile-xlmr skipped with 81 s left):
 # train-long 132 s (5 sides), profile-bert 56 s, train-short 77 s, profile-bert-cached 79 s (fp32
 # recompute, 5.7 s a pad64 step), train-long-expandable 59 s (with profiles).
-# Expected now, on an H200 with SUITE_BUDGET_S=490: train-long ~145 s (6 sides, one run more),
-# profile-bert ~56 s, train-short ~77 s, profile-bert-cached ~50-65 s (bf16 recompute), train-long-
-# noexpandable ~45 s (no profiles), ~385 s with the env dump: profile-xlmr then has ~105 s (it needs
+# Expected now, on an H200 with SUITE_BUDGET_S=490: train-long ~135 s (5 sides, as in run 4, plus the
+# workers' start), profile-bert ~56 s, train-short ~77 s, profile-bert-cached ~50-65 s (bf16 recompute),
+# train-long-noexpandable ~45 s (no profiles), ~375 s with the env dump: profile-xlmr then has ~115 s (it needs
 # ~60-80 s: imports, building 560M parameters, 2 variants x 3 steps). The caps are those times plus
 # ~15-25 s (the Cached profile more: its bf16 time is unmeasured), so a part that runs over costs
 # profile-xlmr its turn (skipped) before it is cut short; a part cut at its cap is a `timeout`
@@ -152,7 +152,7 @@ GPU_PROFILE=("$PY" scripts/bench/gpu_profile.py --out "$OUTDIR")
 WORKERS=(--ours-variant workers:training.dataloader_num_workers=2
   --ours-variant workers:training.dataloader_prefetch_factor=4)
 part train-long 165 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 1 \
-  --ours-variant unmerged:training.merge_columns=false --ours-variant padded:training.packed_forward=false \
+  --ours-variant unmerged:training.merge_columns=false \
   "${WORKERS[@]}" --ours-variant compile:training.compile_layers=true \
   --profile-sides theirs,ours,ours:unmerged,ours:workers
 part profile-bert 75 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" \
