@@ -6,12 +6,16 @@
 #      datasets 5.2 and 20 smaller wheels (the list and why: /work/shared/LIBRARY-NOTES.md). Build the
 #      wheel folder (~35 MB, under the 64 MiB that travels) in the repo's git-ignored .whl/:
 #          bash /work/shared/gpu/prepare-wheels.sh .whl
-#   2. `run` with carry [".whl"], timeout_s 560 (the suite stops itself at SUITE_BUDGET_S=440 s plus
-#      the wheel install), and exactly this command:
-#          python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; bash scripts/bench/gpu_suite.sh $OUT
-#   3. The figures: $OUT/*.json (raw, one file per part), $OUT/suite.json (which parts ran, failed or
-#      were skipped, and how long each took), $OUT/<part>.log, $OUT/env.txt (nvidia-smi -q, pip freeze),
-#      $OUT/summary.txt (one screen of the main figures, also printed last).
+#   2. `run` with carry [".whl"], timeout_s 580 (the suite stops itself at SUITE_BUDGET_S=490 s plus
+#      the wheel install; H200 run 4 took 412 s in all), and this command. The device tool brings back
+#      at most 8 files, so the suite writes to /tmp/gs and one tarball comes back:
+#          python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; SUITE_BUDGET_S=490 bash scripts/bench/gpu_suite.sh /tmp/gs; rc=$?; tar czf $OUT/gpu-suite.tgz -C /tmp gs; cp /tmp/gs/summary.txt $OUT/ 2>/dev/null; exit $rc
+#      The machine goes back 30 s after a call: a follow-up (a repeat, a part the budget skipped) must
+#      be sent at once, or it pays a new start.
+#   3. The figures: OUTDIR/*.json (raw, one file per part), OUTDIR/suite.json (which parts ran, failed or
+#      were skipped, and how long each took), OUTDIR/<part>.log, OUTDIR/env.txt (nvidia-smi -q, pip
+#      freeze), OUTDIR/summary.txt (one screen of the main figures, also printed last). Commit them
+#      under scripts/bench/results/gpu-<card>-<date>-runN/.
 #
 # Usage: bash scripts/bench/gpu_suite.sh OUTDIR           # CUDA: the whole suite (bert-base built from a config)
 #        bash scripts/bench/gpu_suite.sh --smoke OUTDIR   # CPU: the same parts on the tiny model, tiny step counts
