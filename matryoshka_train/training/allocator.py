@@ -26,6 +26,7 @@ from collections.abc import MutableMapping
 VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # torch reads both; the first is the one 2.9 honours
 EXPANDABLE = "expandable_segments:True"
 SET_BY_US = "MTRAIN_SET_ALLOC_CONF"  # marks a value mtrain set, so `mtrain check` and results.json can say so
+WHY = "fewer cudaMalloc waits while packed batches change size (1.04-1.10x on an H200, docs/benchmarks.md)"
 
 
 def default_to_expandable(environ: MutableMapping[str, str] | None = None) -> bool:
@@ -44,10 +45,8 @@ def describe(environ: MutableMapping[str, str] | None = None) -> tuple[str, str]
     environ = os.environ if environ is None else environ
     chosen = next(((name, environ[name]) for name in VARIABLES if environ.get(name)), None)
     if chosen is None:
-        return EXPANDABLE, (f"auto: `mtrain run` sets {VARIABLES[0]}={EXPANDABLE} at start: fewer cudaMalloc waits "
-                            "while packed batches change size (1.04-1.10x on an H200, docs/benchmarks.md)")
+        return EXPANDABLE, f"auto: `mtrain run` sets {VARIABLES[0]}={EXPANDABLE} at start: {WHY}"
     name, value = chosen
     if environ.get(SET_BY_US) == "1" and value == EXPANDABLE:
-        return value, (f"auto: set by mtrain ({name}); fewer cudaMalloc waits while packed batches change size "
-                       "(1.04-1.10x on an H200, docs/benchmarks.md)")
+        return value, f"auto: set by mtrain ({name}); {WHY}"
     return value, f"{name} set in the environment"
