@@ -292,7 +292,8 @@ def decide(
         "dataloader_num_workers",
         training.dataloader_num_workers,
         0,
-        "the main process collates in 4-10 ms while the GPU runs the previous step (H100, docs/benchmarks.md)"
+        "not measured faster on a GPU yet: the packed step on an H200 waits 10-57 ms for its next batch, which "
+        "workers would take off the main process; the GPU suite measures them as ours:workers (docs/benchmarks.md)"
         if accelerator
         else "on CPU the workers would compete with training for the same cores",
     )
