@@ -173,6 +173,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     online = hub.go_offline_if_unreachable()
+    allocator.default_to_expandable()  # as `mtrain run` does, so the plan prints what a run gets
     from .config.loading import (
         load_config,  # the training stack: see the module docstring
     )

@@ -19,8 +19,8 @@ def test_expandable_by_default_and_the_users_setting_kept():
         assert not allocator.default_to_expandable(env)
         assert env == {name: "expandable_segments:False"}
         assert allocator.describe(env) == ("expandable_segments:False", f"{name} set in the environment")
-    value, why = allocator.describe({})  # before `mtrain run` set it (what `mtrain check` shows)
-    assert value == "expandable_segments:True" and "`mtrain run` sets" in why
+    value, why = allocator.describe({})  # a run started from Python, nothing in its environment
+    assert value == "default" and "unset" in why and "`mtrain run` sets" in why
 
 
 def test_run_sets_it_before_training_and_a_cuda_plan_reports_it(write_config, tiny_config, monkeypatch):
@@ -35,6 +35,11 @@ def test_run_sets_it_before_training_and_a_cuda_plan_reports_it(write_config, ti
         os.environ.get("PYTORCH_CUDA_ALLOC_CONF")))
     assert main(["run", str(write_config(tiny_config))]) == 0
     assert loaded == ["expandable_segments:True"]
+    for name in (*allocator.VARIABLES, allocator.SET_BY_US):
+        monkeypatch.delenv(name, raising=False)
+    assert decide(validate(tiny_config).training, "cuda", precision="bf16").cuda_allocator == "default"
+    assert main(["check", str(write_config(tiny_config))]) == 0  # check sets it as run does, and prints it
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     training = validate(tiny_config).training
     gpu = decide(training, "cuda", precision="bf16")
     assert gpu.cuda_allocator == "expandable_segments:True" and "set by mtrain" in gpu.reasons["cuda_allocator"]

@@ -12,7 +12,8 @@ default, one process with and one without; docs/benchmarks.md): cudaMalloc calls
 PyTorch documents for allocations of varying size.
 
 The allocator reads its setting when CUDA first allocates, so :func:`default_to_expandable` runs in
-``mtrain run`` and ``mtrain sweep`` before the training stack is imported, and child processes
+``mtrain run`` and ``mtrain sweep`` (and ``mtrain check``, to print what a run gets) before the
+training stack is imported, and child processes
 (``--nproc``, ``accelerate launch``, sweep trials) inherit it. A user who sets
 ``PYTORCH_CUDA_ALLOC_CONF`` (or ``PYTORCH_ALLOC_CONF``) keeps their value; ``expandable_segments:False``
 turns it off. No torch import here: this module runs before torch is loaded.
@@ -41,11 +42,14 @@ def default_to_expandable(environ: MutableMapping[str, str] | None = None) -> bo
 
 
 def describe(environ: MutableMapping[str, str] | None = None) -> tuple[str, str]:
-    """(the allocator setting, why) for ``mtrain check`` and results.json."""
+    """(the allocator setting, why) for ``mtrain check`` and results.json: what this process runs with
+    (``mtrain run`` and ``mtrain check`` call :func:`default_to_expandable` first; a run started from
+    Python does not, and gets "default" unless its environment says otherwise)."""
     environ = os.environ if environ is None else environ
     chosen = next(((name, environ[name]) for name in VARIABLES if environ.get(name)), None)
     if chosen is None:
-        return EXPANDABLE, f"auto: `mtrain run` sets {VARIABLES[0]}={EXPANDABLE} at start: {WHY}"
+        return "default", (f"{VARIABLES[0]} unset: the allocator's own defaults (a run started from Python; "
+                           f"`mtrain run` sets {EXPANDABLE} before torch loads: {WHY})")
     name, value = chosen
     if environ.get(SET_BY_US) == "1" and value == EXPANDABLE:
         return value, f"auto: set by mtrain ({name}); {WHY}"
