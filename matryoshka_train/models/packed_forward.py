@@ -188,11 +188,12 @@ class PackedForward:
         if plain:
             return self.forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         rows, width = attention_mask.shape
-        lengths = np.asarray(row_lengths(attention_mask), dtype=np.int64)
+        carried = host_lengths(attention_mask)
+        self.uncarried += carried is None
+        lengths = np.asarray(row_lengths(attention_mask) if carried is None else carried, dtype=np.int64)
         layout = _Layout(lengths, width, attention_mask.device)
         self.padded_tokens += rows * width
         self.run_tokens += layout.tokens
-        self.uncarried += host_lengths(attention_mask) is None
         token_type_ids = kwargs.pop("token_type_ids", None)
         if token_type_ids is not None:
             token_type_ids = layout.pack(token_type_ids.reshape(-1))[None]
