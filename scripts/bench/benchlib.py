@@ -34,6 +34,20 @@ WORDS_IN_TOKENIZER = 4000  # [PAD] [UNK] [CLS] [SEP] w4 … w3999
 MAX_POSITIONS = 512  # tokens a built model takes (position table of 514: XLM-R offsets by 2)
 
 
+def set_cuda_allocator() -> dict[str, Any]:
+    """What `mtrain run` does at start, before torch loads (the allocator reads its setting at CUDA's
+    first allocation): PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True unless an allocator setting is
+    in the environment. For the whole process, so both sides run with it. Returns the settings fields
+    a benchmark's JSON records."""
+    from matryoshka_train.training import allocator  # why: no torch import there; it must run before torch loads
+
+    set_here = allocator.default_to_expandable()
+    return {
+        "cuda_allocator": allocator.describe()[0],  # PYTORCH_CUDA_ALLOC_CONF (or PYTORCH_ALLOC_CONF)
+        "cuda_allocator_set_by_bench": set_here,  # False: it came from the environment
+    }
+
+
 def matryoshka_dims(hidden: int) -> list[int]:
     """Five dims for a 768-wide model (768/512/256/128/64, as in issue #14), fewer for small ones."""
     dims = [d for d in (hidden, 512, 256, 128, 64) if d <= hidden]

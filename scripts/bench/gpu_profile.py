@@ -422,10 +422,7 @@ def shape_probe(p: dict, args, hf_dir: Path, device: str) -> dict:
 
 
 def main() -> None:
-    from matryoshka_train.training import allocator  # why: no torch import there; it must run before torch loads
-
-    # before torch loads (the allocator reads its setting at CUDA's first allocation): what `mtrain run` does
-    allocator_set_here = allocator.default_to_expandable()
+    allocator_settings = benchlib.set_cuda_allocator()  # first: before torch loads
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="bert-base")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
@@ -538,8 +535,7 @@ def main() -> None:
         **p,
         "model_spec": benchlib.MODELS[p["model"]],
         "sdpa_enabled": sdpa,
-        "cuda_allocator": allocator.describe()[0],  # PYTORCH_CUDA_ALLOC_CONF (or PYTORCH_ALLOC_CONF)
-        "cuda_allocator_set_by_bench": allocator_set_here,  # False: it came from the environment
+        **allocator_settings,
     }
     record = {
         "benchmark": "gpu_profile",

@@ -626,10 +626,7 @@ def describe(r: dict) -> str:
 
 
 def main() -> None:
-    from matryoshka_train.training import allocator  # why: no torch import there; it must run before torch loads
-
-    # before torch loads (the allocator reads its setting at CUDA's first allocation): what `mtrain run` does
-    allocator_set_here = allocator.default_to_expandable()
+    allocator_settings = benchlib.set_cuda_allocator()  # first: before torch loads
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["minilm", "bert-base", "tiny"], default="minilm")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -774,8 +771,7 @@ def main() -> None:
                 "precision_resolved": precision,
                 "dims": state["dims"],
                 "ours_overrides": {side: [[k, v] for k, v in keys] for side, keys in overrides.items()},
-                "cuda_allocator": allocator.describe()[0],  # PYTORCH_CUDA_ALLOC_CONF (or _ALLOC_CONF); both sides
-                "cuda_allocator_set_by_bench": allocator_set_here,  # False: it came from the environment
+                **allocator_settings,  # both sides ran with it
             }
         )
         best = ratio.get("warm") or ratio.get("first") or {}
