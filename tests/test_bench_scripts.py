@@ -62,6 +62,7 @@ def test_suite_smoke_runs_every_part(suite):
         "train-long",
         "profile-bert",
         "train-short",
+        "batches",
         "profile-bert-cached",
         "train-long-noexpandable",
     ]  # the extra parts (compile, the two without cuDNN attention, decisions) run only when SUITE_PARTS names them
@@ -69,6 +70,25 @@ def test_suite_smoke_runs_every_part(suite):
     assert "pip freeze" in (out / "env.txt").read_text()
     summary = (out / "summary.txt").read_text()
     assert "ours/theirs warm" in summary and "gpu_profile.py tiny batch 8" in summary
+    assert "batches.py cpu words 4-40 batch 8" in summary
+
+
+def test_batches_json_times_every_side_and_checks_the_batches_match(suite):
+    """batches.py (the input pipeline alone): theirs, ours:rows and ours timed over one and two datasets,
+    and ours' batches equal to the row reads' and to the model's own tokenization."""
+    record = _one(suite[0], "batches-cpu-words4-40-b8-*.json")
+    assert set(record["results"]) == {"1", "2"}
+    for result in record["results"].values():
+        assert set(result["ms_per_batch"]) == {"theirs", "ours:rows", "ours"}
+        assert all(ms > 0 for ms in result["ms_per_batch"].values())
+        assert result["checks"] == {"ours_equals_ours_rows": True, "token_ids_equal_theirs": True}
+
+
+def test_train_short_times_the_row_reads_variant(suite):
+    record = _one(suite[0], "train-tiny-cpu-words2-10-short-*.json")
+    assert "ours:rowfetch" in record["runs"], list(record["runs"])
+    speed = record["runs"]["ours:rowfetch"][0]["speed"]
+    assert speed["columnar_fetch"] is False and record["runs"]["ours"][0]["speed"]["columnar_fetch"] is True
 
 
 LONG = "train-tiny-cpu-words4-40-long-2*.json"  # the date follows the label: not long-noexpandable's file

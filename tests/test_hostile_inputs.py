@@ -141,6 +141,23 @@ def test_a_missing_local_model_is_an_error_not_a_hub_id(tiny_config, write_confi
     assert errors[0].startswith(f"error: model.name_or_path: no model directory at {tmp_path / 'no-such-model'}")
 
 
+def test_a_model_name_too_long_for_a_path_is_one_hub_error(tiny_config, write_config, monkeypatch, capsys):
+    """A name the file system cannot even look up (here 5,000 characters) is a hub id, checked and
+    loaded as one, not an OSError from asking whether it is a directory."""
+    from matryoshka_train.config.schema import ModelConfig
+    from matryoshka_train.errors import ConfigError
+    from matryoshka_train.models.loading import load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "org/" + "m" * 5000
+    tiny_config["model"]["name_or_path"] = name
+    code, errors, out = check(tiny_config, write_config, capsys)  # asserts no traceback
+    assert code == 0 and "is on the hub: not verified offline" in out
+    with pytest.raises(ConfigError) as raised:
+        load_model(ModelConfig(name_or_path=name))
+    assert str(raised.value).startswith("model.name_or_path: cannot load 'org/mmm"), str(raised.value)[:200]
+
+
 def test_a_missing_data_file_names_its_path(tiny_config, write_config, capsys):
     tiny_config["datasets"][0]["source"]["path"] = "no/such.jsonl"
     code, errors, _ = check(tiny_config, write_config, capsys)

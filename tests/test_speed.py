@@ -128,6 +128,7 @@ def test_check_prints_each_speed_decision_and_why(write_config, tiny_config, cap
     for key in (
         "sorted_forward: on (auto:",
         "pretokenize: on (auto:",
+        "columnar_fetch: on (auto: host-side work",
         "nan_check: every_step (auto:",
         "pad_to_multiple_of: off (auto:",
         "dataloader_num_workers: 0 (auto:",
@@ -154,6 +155,7 @@ def test_a_config_without_speed_keys_trains_with_the_device_defaults(tiny_config
         "compile_layers": False,
         "forward_chunk_min_tokens": 1024,
         "pretokenize": True,
+        "columnar_fetch": True,
         "pad_to_multiple_of": None,
         "nan_check": "every_step",
         "dataloader_num_workers": 0,

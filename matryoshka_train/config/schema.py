@@ -478,6 +478,13 @@ class TrainingConfig(Section):
         description="Tokenize the training texts once before training (datasets.map, cached with the data) "
         "instead of in every batch; checked against the model's own preprocessing, else skipped. 'auto': on.",
     )
+    columnar_fetch: bool | Literal["auto"] = Field(
+        "auto",
+        description="Read each training batch's rows from the Arrow table a column at a time, token ids as "
+        "numpy arrays, instead of as one Python object per value (and one row at a time when several datasets "
+        "train together); the same batches. 'auto': on (host-side work, measured on the host: "
+        "docs/benchmarks.md).",
+    )
     forward_chunk_tokens: int = Field(
         8192, ge=64, description="Most padded tokens (rows × width) in one chunk of the sorted forward pass."
     )

@@ -132,6 +132,14 @@ def pretokenize(
     return Pretokenized(tokenized, columns, seconds, had_cache)
 
 
+def _flat(values: list[Any], count: int) -> np.ndarray:
+    """Rows of token ids end to end: numpy rows (as :mod:`~matryoshka_train.data.fetch` reads them)
+    in one concatenate, lists of ints (as the dataset's own rows hold them) one int at a time."""
+    if values and isinstance(values[0], np.ndarray):
+        return np.concatenate(values)
+    return np.fromiter(itertools.chain.from_iterable(values), dtype=np.int64, count=count)
+
+
 def _in_cache(dataset: Any, fingerprint: str) -> bool:
     files = getattr(dataset, "cache_files", None) or []
     if not files:
@@ -171,8 +179,8 @@ class PretokenizedCollator:
         columns = [c for c in first if not c.startswith(PREFIX) and _column(c, "input_ids") in first]
         if not columns:
             return self.inner(features)
-        rest = [{k: v for k, v in row.items() if not k.startswith(PREFIX) and k not in columns} for row in features]
-        batch = self.inner(rest) if rest[0] else {}
+        others = [k for k in first if not k.startswith(PREFIX) and k not in columns]
+        batch = self.inner([{k: row[k] for k in others} for row in features]) if others else {}
         for column in columns:  # the dataset's column order: the loss reads anchor, positive, …
             for key, value in self.pad(features, column).items():
                 batch[f"{column}_{key}"] = value
@@ -180,24 +188,31 @@ class PretokenizedCollator:
 
     def pad(self, rows: list[dict[str, Any]], column: str) -> dict[str, Any]:
         """One column of a batch as the tokenizer would pad it, built with array operations (no
-        per-row tensor work: this runs for every batch, in the training process)."""
-        ids = [row[_column(column, "input_ids")] for row in rows]
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        width = self.width(int(lengths.max()) if len(ids) else 0)
+        per-row tensor work: this runs for every batch, in the training process). Rows read by
+        :mod:`~matryoshka_train.data.fetch` bring each column whole (``token_arrays``): then no row is visited."""
+        whole = getattr(rows, "token_arrays", {})
+        ids_name, types_name = _column(column, "input_ids"), _column(column, "token_type_ids")
+        if ids_name in whole:
+            lengths, ids = whole[ids_name]
+        else:
+            ids = [row[ids_name] for row in rows]
+            lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        width = self.width(int(lengths.max()) if len(lengths) else 0)
         positions = np.arange(width)
         if self.left:
             filled = positions[None, :] >= (width - lengths)[:, None]
         else:
             filled = positions[None, :] < lengths[:, None]
 
-        def padded(values: list[list[int]], fill: int) -> torch.Tensor:
-            out = np.full((len(values), width), fill, dtype=np.int64)
-            out[filled] = np.fromiter(itertools.chain.from_iterable(values), dtype=np.int64, count=int(lengths.sum()))
+        def padded(values: Any, fill: int) -> torch.Tensor:
+            out = np.full((len(lengths), width), fill, dtype=np.int64)
+            out[filled] = values if isinstance(values, np.ndarray) else _flat(values, int(lengths.sum()))
             return torch.from_numpy(out)
 
         out: dict[str, Any] = {"input_ids": padded(ids, self.pad_id)}
-        if _column(column, "token_type_ids") in rows[0]:
-            out["token_type_ids"] = padded([row[_column(column, "token_type_ids")] for row in rows], self.pad_type)
+        if types_name in rows[0]:
+            types = whole[types_name][1] if types_name in whole else [row[types_name] for row in rows]
+            out["token_type_ids"] = padded(types, self.pad_type)
         out["attention_mask"] = torch.from_numpy(filled.astype(np.int64))
         out["modality"] = "text"
         return out

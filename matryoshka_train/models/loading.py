@@ -55,7 +55,7 @@ def looks_like_path(name: str) -> bool:
 
 def is_local(name_or_path: str) -> bool:
     """Local models are checked offline; a missing local path is reported, not taken for a hub id."""
-    return name_or_path.startswith(PACKAGE_PREFIX) or looks_like_path(name_or_path) or Path(name_or_path).exists()
+    return name_or_path.startswith(PACKAGE_PREFIX) or looks_like_path(name_or_path) or _exists(name_or_path)
 
 
 def load_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransformer:
@@ -193,9 +193,17 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def _exists(name: str) -> bool:
+    """Whether ``name`` is a path that exists (a name too long for a path, or otherwise unusable as one, is not)."""
+    try:
+        return Path(name).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _load_failure(name: str, exc: Exception) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if Path(name).exists() or name.startswith(PACKAGE_PREFIX):
+    if _exists(name) or name.startswith(PACKAGE_PREFIX):
         return f"cannot load the model at '{name}': {first}"
     return (
         f"cannot load '{name}' from the hub (no network, or no such model): {first}. "

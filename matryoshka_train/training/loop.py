@@ -27,6 +27,7 @@ from sentence_transformers import SentenceTransformerTrainer
 from .. import testing
 from ..config.loading import dump_resolved
 from ..config.schema import RunConfig
+from ..data.fetch import columnar_fetch
 from ..data.pretokenize import PretokenizedCollator, token_columns
 from ..errors import ConfigError, TrainingAborted
 from ..models import compiled_layers, merged_columns, packed_forward, sorted_forward
@@ -265,6 +266,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
             fast_data_skip(),
             no_host_reads(trainer),
             merged_columns.merged() if plan.speed.merge_columns else contextlib.nullcontext(),
+            columnar_fetch(plan.speed.columnar_fetch),
         ):
             state.train_output = trainer.train(resume_from_checkpoint=checkpoint)
     finally:

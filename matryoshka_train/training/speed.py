@@ -47,6 +47,12 @@ The evidence, in one place (update it when a benchmark on that device says other
 * pre-tokenization and our no-duplicates sampler: work on the host before or beside training,
   measured on the host (``scripts/bench/train.py`` tokenize-once timing, ``scripts/bench/sampler.py``
   >= 10x); they do not run on the accelerator, so they stay on for every device.
+* reading a batch's rows a column at a time (``data/fetch.py``): host work between steps, measured on the
+  host (``scripts/bench/batches.py``, CPU, 2026-11-28): 128 triplets of 16-256 words read and padded in
+  2.0 ms per batch instead of 4.1 (2.1x), and 2.0 instead of 7.8 (3.8x) with four datasets, whose rows
+  torch's ConcatDataset reads one at a time; 512 triplets of 5-40 words 4.5 vs 7.1 ms (1.6x) and 4.5 vs
+  17.8 (4.0x). The same batches, so on for every device. Its effect on a GPU step is not measured yet
+  (the GPU suite's ``batches`` part and ``ours:rowfetch``).
 * NaN check: reading the loss on the host every step costs nothing on a CPU (there is no device
   queue to drain) but stalls a GPU's queue every step (14% of samples/s on an H100); there it runs
   on logging and save steps.
@@ -93,6 +99,7 @@ class SpeedPlan:
     compile_layers: bool
     forward_chunk_min_tokens: int
     pretokenize: bool
+    columnar_fetch: bool
     pad_to_multiple_of: int | None
     nan_check: str  # "every_step" | "logging_steps"
     dataloader_num_workers: int
@@ -117,6 +124,7 @@ class SpeedPlan:
             "compile_layers",
             "forward_chunk_min_tokens",
             "pretokenize",
+            "columnar_fetch",
             "pad_to_multiple_of",
             "nan_check",
             "dataloader_num_workers",
@@ -163,6 +171,7 @@ class SpeedPlan:
             "compile_layers": self.compile_layers,
             "forward_chunk_min_tokens": self.forward_chunk_min_tokens if self.sorted_forward else None,
             "pretokenize": self.pretokenize,
+            "columnar_fetch": self.columnar_fetch,
             "pad_to_multiple_of": self.pad_to_multiple_of,
             "nan_check": self.nan_check,
             "dataloader_num_workers": self.dataloader_num_workers,
@@ -269,6 +278,13 @@ def decide(
         True,
         "host-side work moved out of the training loop; measured on the host (tokenize once vs every batch)",
     )
+    columnar = pick(
+        "columnar_fetch",
+        training.columnar_fetch,
+        True,
+        "host-side work between steps, measured on the host: a batch of 128 triplets read and padded in 2.0 ms "
+        "instead of 4.1 (one dataset) and 7.8 (four; scripts/bench/batches.py, docs/benchmarks.md)",
+    )
     cuda = device == "cuda"
     pad = pick(
         "pad_to_multiple_of",
@@ -311,6 +327,7 @@ def decide(
         compile_layers=bool(compile_layers),
         forward_chunk_min_tokens=int(chunk_min),
         pretokenize=bool(pretokenize),
+        columnar_fetch=bool(columnar),
         pad_to_multiple_of=pad,
         nan_check=nan_check,
         dataloader_num_workers=int(workers),

@@ -41,7 +41,10 @@
 #                 too), tokens/s, MFU, peak memory, 2 profiled steps each (the --smoke run: plain, sorted,
 #                 sorted-gpu, pad64, sorted-gpu-pad64, packed, packed-compile, packed-merged and the shape
 #                 probe; the H100 runs 1-2 and the H200 run 1 measured the rest)
-#   train-short   train.py, 5-40 tokens, batch 512, ours first, the unmerged and workers variants
+#   train-short   train.py, 5-40 tokens, batch 512, ours first, the unmerged, workers and rowfetch
+#                 (training.columnar_fetch=false: the dataset's own row reads) variants
+#   batches       batches.py: the input pipeline alone on this machine's host (rows read, collated, pinned
+#                 and copied), theirs / ours:rows / ours, one and four datasets, 16-256 words, batch 128
 #   profile-bert-cached   gpu_profile.py bert-base-cached (CachedMNRL mini-batch 64, batch 250), pad64 and
 #                 packed (on by default with Cached* losses now), every pass in bf16: the model's forward
 #                 wrapped in autocast as accelerate does (the H200 runs 1-4 recomputed the mini-batches
@@ -67,9 +70,10 @@
 # train-long 132 s (5 sides), profile-bert 56 s, train-short 77 s, profile-bert-cached 79 s (fp32
 # recompute, 5.7 s a pad64 step), train-long-expandable 59 s (with profiles).
 # Expected now, on an H200 with SUITE_BUDGET_S=490: train-long ~135 s (5 sides, as in run 4, plus the
-# workers' start), profile-bert ~56 s, train-short ~77 s, profile-bert-cached ~50-65 s (bf16 recompute),
-# train-long-noexpandable ~45 s (no profiles), ~375 s with the env dump: profile-xlmr then has ~115 s (it needs
-# ~60-80 s: imports, building 560M parameters, 2 variants x 3 steps). The caps are those times plus
+# workers' start), profile-bert ~56 s, train-short ~90 s (with rowfetch), batches ~25 s (on this CPU 35 s,
+# most of it tokenizing 10k rows four times), profile-bert-cached ~50-65 s (bf16 recompute),
+# train-long-noexpandable ~45 s (no profiles), ~410 s with the env dump: profile-xlmr then has ~80 s (it needs
+# ~60-80 s: imports, building 560M parameters, 2 variants x 3 steps) and is likely skipped (lowest priority). The caps are those times plus
 # ~15-25 s (the Cached profile more: its bf16 time is unmeasured), so a part that runs over costs
 # profile-xlmr its turn (skipped) before it is cut short; a part cut at its cap is a `timeout`
 # (train.py keeps the runs it finished, gpu_profile.py writes its JSON only at the end).
@@ -100,6 +104,7 @@ if [ $smoke = 1 ]; then
   CACHED=(--profile tiny-cached --batch 12 --mini-batch 4 --steps 1 --warmup 0 --profile-steps 1 \
     --variants pad64,packed --label smoke)  # CachedMNRL: 3 mini-batches a column
   XLMR=(--profile tiny-cached --batch 12 --mini-batch 4 --steps 1 --warmup 0 --variants pad64,packed --label xlmr-smoke)
+  BATCHES=(--words 4 40 --batch 8 --batches 4 --repeats 1 --datasets 1 2)
   MIN_PART=${MIN_PART_S:-5}; XLMR_MIN=100000  # always skipped: exercises the budget check
 else
   DEV=cuda; MODEL=bert-base; PROFILE=bert-base
@@ -109,6 +114,7 @@ else
   PB_VARIANTS=pad64,packed,packed-merged,packed-merged-compile  # plain, sorted: H100 runs 1, 2; packed-compile: H200 run 1
   CACHED=(--profile bert-base-cached --steps 3 --warmup 1 --profile-steps 1 --variants pad64,packed)
   XLMR=(--profile xlmr-large --batch 512 --steps 2 --warmup 1 --variants pad64,packed)
+  BATCHES=(--words 16 256 --batch 128 --batches 30 --repeats 3 --datasets 1 4 --pad-to-multiple-of 64)
   XLMR_MIN=100  # ~15 s imports, ~15 s building 560M parameters, 2 variants x 3 steps at batch 512, loads
 fi
 
@@ -142,7 +148,7 @@ part() {  # part NAME CAP_SECONDS MIN_SECONDS COMMAND...: skipped when less than
   timeout -s KILL "$limit" "$@" > "$OUTDIR/$name.log" 2>&1
   rc=$?
   secs=$(( $(date +%s) - began ))
-  grep -E "^ *(theirs|ours)|ours/theirs|first run|/theirs:|loss equality|profiled|MFU|vs plain|raw results|skipping|failed|Error|error:" \
+  grep -E "^ *(theirs|ours)|ours/theirs|first run|/theirs:|loss equality|profiled|MFU|vs plain|ms per batch|same batches|raw results|skipping|failed|Error|error:" \
     "$OUTDIR/$name.log" | grep -v "USDT" | tail -40
   local state=ok
   if [ $rc -eq 137 ] || [ $rc -eq 124 ]; then state=timeout; elif [ $rc -ne 0 ]; then state=failed; tail -5 "$OUTDIR/$name.log"; fi
@@ -161,8 +167,10 @@ part train-long 165 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --va
   --profile-sides theirs,ours,ours:unmerged,ours:workers
 part profile-bert 75 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" \
   --variants "$PB_VARIANTS"
-part train-short 95 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours --variant-repeats 1 \
-  --ours-variant unmerged:training.merge_columns=false "${WORKERS[@]}"
+part train-short 110 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours --variant-repeats 1 \
+  --ours-variant unmerged:training.merge_columns=false "${WORKERS[@]}" \
+  --ours-variant rowfetch:training.columnar_fetch=false
+part batches 45 20 "$PY" scripts/bench/batches.py --device "$DEV" --out "$OUTDIR" "${BATCHES[@]}"
 part profile-bert-cached 90 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
 # both sides with the allocator as it was before `mtrain run` set expandable segments (train-long has them)
 part train-long-noexpandable 60 40 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False "${TRAIN[@]}" "${LONG[@]}" \

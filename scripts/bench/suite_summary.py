@@ -104,6 +104,19 @@ def profile_lines(record: dict) -> list[str]:
     return lines
 
 
+def batches_lines(record: dict) -> list[str]:
+    s = record["settings"]
+    lines = [f"batches.py {s['device']} words {s['words'][0]}-{s['words'][1]} batch {s['batch']}"]
+    for k, r in record["results"].items():
+        ms = r["ms_per_batch"]
+        lines.append(
+            f"  {k} dataset(s): ms/batch theirs {_f(ms.get('theirs'))} · ours:rows {_f(ms.get('ours:rows'))}"
+            f" · ours {_f(ms.get('ours'))}  ours vs ours:rows {_f(r.get('ratio_ours_vs_ours_rows'))}x"
+            f"  same batches {'PASS' if r['checks'].get('ours_equals_ours_rows') else 'FAIL'}"
+        )
+    return lines
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     lines = []
@@ -118,6 +131,8 @@ def main() -> None:
                 lines += train_lines(record)
             elif record.get("benchmark") == "gpu_profile":
                 lines += profile_lines(record)
+            elif record.get("benchmark") == "batches":
+                lines += batches_lines(record)
         except Exception as exc:  # noqa: BLE001 - a summary must not hide the other files
             lines.append(f"{path.name}: cannot summarise ({type(exc).__name__}: {exc})")
     text = "\n".join(lines)
