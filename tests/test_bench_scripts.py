@@ -79,9 +79,10 @@ def test_batches_json_times_every_side_and_checks_the_batches_match(suite):
     record = _one(suite[0], "batches-cpu-words4-40-b8-*.json")
     assert set(record["results"]) == {"1", "2"}
     for result in record["results"].values():
-        assert set(result["ms_per_batch"]) == {"theirs", "ours:rows", "ours"}
+        assert set(result["ms_per_batch"]) == {"theirs", "ours:rows", "ours", "ours:texts"}
         assert all(ms > 0 for ms in result["ms_per_batch"].values())
-        assert result["checks"] == {"ours_equals_ours_rows": True, "token_ids_equal_theirs": True}
+        assert result["checks"] == {"ours_equals_ours_rows": True, "ours_texts_equals_theirs": True,
+                                    "token_ids_equal_theirs": True}
 
 
 def test_train_short_times_the_row_reads_variant(suite):

@@ -11,7 +11,9 @@ DataLoader over the same batches of indices for every side, in this one process:
   (:class:`~matryoshka_train.data.pretokenize.PretokenizedCollator` inside
   :class:`~matryoshka_train.models.host_reads.HostLengthsCollator`), i.e. ``training.columnar_fetch: false``;
 * ``ours``: the same, with the rows read from Arrow a column at a time
-  (:class:`~matryoshka_train.data.fetch.ColumnarRows`, ``training.columnar_fetch`` on: the default).
+  (:class:`~matryoshka_train.data.fetch.ColumnarRows`, ``training.columnar_fetch`` on: the default);
+* ``ours:texts``: a run whose model is not pre-tokenized (a StaticEmbedding, prompts): the texts read
+  a column at a time, then sentence-transformers' collator tokenizes them as in ``theirs``.
 
 Several datasets (``--datasets K``, the data split in K) go through torch's ``ConcatDataset``, as the
 sentence-transformers trainer trains a dataset dict; every batch comes from one of them. Each side's
@@ -170,6 +172,7 @@ def main() -> None:
             "theirs": loader(theirs_data, batches, theirs_collator, pin),
             "ours:rows": loader(ours_data, batches, ours_collator, pin),
             "ours": loader(ColumnarRows.wrap(ours_data), batches, ours_collator, pin),
+            "ours:texts": loader(ColumnarRows.wrap(theirs_data), batches, theirs_collator, pin),
         }
         assert isinstance(sides["ours"].dataset, ColumnarRows), "the columnar reader refused this dataset"
         times: dict[str, list[float]] = {s: [] for s in sides}
@@ -183,14 +186,17 @@ def main() -> None:
         ms = {s: 1000 * float(np.median(t)) / args.batches for s, t in times.items()}
         checks = {
             "ours_equals_ours_rows": same_batches(kept["ours"], kept["ours:rows"]),
+            "ours_texts_equals_theirs": same_batches(kept["ours:texts"], kept["theirs"]),
             "token_ids_equal_theirs": same_batches(kept["ours"], kept["theirs"], keys="input_ids")
             if not args.pad_to_multiple_of else None,
         }
         label = f"{k} dataset{'s' if k > 1 else ''}"
         print(f"{label}: ms per batch — theirs {ms['theirs']:.2f} · ours:rows {ms['ours:rows']:.2f} · ours "
               f"{ms['ours']:.2f}  ->  ours vs theirs {ms['theirs'] / ms['ours']:.2f}x, ours vs ours:rows "
-              f"{ms['ours:rows'] / ms['ours']:.2f}x")
-        print(f"  same batches (ours, ours:rows): {'PASS' if checks['ours_equals_ours_rows'] else 'FAIL'}"
+              f"{ms['ours:rows'] / ms['ours']:.2f}x; not pre-tokenized: ours:texts {ms['ours:texts']:.2f} "
+              f"({ms['theirs'] / ms['ours:texts']:.2f}x theirs)")
+        print(f"  same batches (ours, ours:rows): {'PASS' if checks['ours_equals_ours_rows'] else 'FAIL'}; "
+              f"(ours:texts, theirs): {'PASS' if checks['ours_texts_equals_theirs'] else 'FAIL'}"
               + ("" if checks["token_ids_equal_theirs"] is None else
                  f"; token ids equal theirs: {'PASS' if checks['token_ids_equal_theirs'] else 'FAIL'}"))
         results[str(k)] = {
@@ -198,6 +204,7 @@ def main() -> None:
             "seconds_per_pass": times,
             "ratio_ours_vs_theirs": ms["theirs"] / ms["ours"],
             "ratio_ours_vs_ours_rows": ms["ours:rows"] / ms["ours"],
+            "ratio_ours_texts_vs_theirs": ms["theirs"] / ms["ours:texts"],
             "checks": checks,
         }
 
@@ -217,7 +224,8 @@ def main() -> None:
     }
     path.write_text(json.dumps(record, indent=1))
     print(f"raw results: {path}")
-    failed = [k for k, r in results.items() if not r["checks"]["ours_equals_ours_rows"]
+    failed = [k for k, r in results.items() if not (r["checks"]["ours_equals_ours_rows"]
+                                                    and r["checks"]["ours_texts_equals_theirs"])
               or r["checks"]["token_ids_equal_theirs"] is False]
     if failed:
         sys.exit(f"batches differ for --datasets {', '.join(failed)}")

@@ -111,7 +111,8 @@ def batches_lines(record: dict) -> list[str]:
         ms = r["ms_per_batch"]
         lines.append(
             f"  {k} dataset(s): ms/batch theirs {_f(ms.get('theirs'))} · ours:rows {_f(ms.get('ours:rows'))}"
-            f" · ours {_f(ms.get('ours'))}  ours vs ours:rows {_f(r.get('ratio_ours_vs_ours_rows'))}x"
+            f" · ours {_f(ms.get('ours'))} · ours:texts {_f(ms.get('ours:texts'))}"
+            f"  ours vs ours:rows {_f(r.get('ratio_ours_vs_ours_rows'))}x"
             f"  same batches {'PASS' if r['checks'].get('ours_equals_ours_rows') else 'FAIL'}"
         )
     return lines
