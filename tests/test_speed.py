@@ -182,6 +182,7 @@ class HostReads(TrainerCallback):
         self.logging_steps: set[int] = set()
         self.step: int | None = None
         self.originals = {name: getattr(torch.Tensor, name) for name in READS}
+        self.own = {name for name in READS if name in torch.Tensor.__dict__}  # the rest are inherited
 
     def __enter__(self):
         for name, original in self.originals.items():
@@ -201,7 +202,10 @@ class HostReads(TrainerCallback):
 
     def __exit__(self, *exc):
         for name, original in self.originals.items():
-            setattr(torch.Tensor, name, original)
+            if name in self.own:
+                setattr(torch.Tensor, name, original)
+            else:  # inherited from torch._C.TensorBase: remove ours, leave no copy behind
+                delattr(torch.Tensor, name)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.step = state.global_step + 1

@@ -49,9 +49,9 @@ The evidence, in one place (update it when a benchmark on that device says other
   >= 10x); they do not run on the accelerator, so they stay on for every device.
 * reading a batch's rows a column at a time (``data/fetch.py``): host work between steps, measured on the
   host (``scripts/bench/batches.py``, CPU, 2026-11-28): 128 triplets of 16-256 words read and padded in
-  2.0 ms per batch instead of 4.1 (2.1x), and 2.0 instead of 7.8 (3.8x) with four datasets, whose rows
-  torch's ConcatDataset reads one at a time; 512 triplets of 5-40 words 4.5 vs 7.1 ms (1.6x) and 4.5 vs
-  17.8 (4.0x). The same batches, so on for every device. Its effect on a GPU step is not measured yet
+  2.5 ms per batch instead of 5.3 (2.2x), and 2.5 instead of 9.3 (3.8x) with four datasets, whose rows
+  torch's ConcatDataset reads one at a time; 512 triplets of 5-40 words 5.1 vs 7.9 ms (1.5x) and 5.2 vs
+  27.1 (5.2x). The same batches, so on for every device. Its effect on a GPU step is not measured yet
   (the GPU suite's ``batches`` part and ``ours:rowfetch``).
 * NaN check: reading the loss on the host every step costs nothing on a CPU (there is no device
   queue to drain) but stalls a GPU's queue every step (14% of samples/s on an H100); there it runs
@@ -282,8 +282,8 @@ def decide(
         "columnar_fetch",
         training.columnar_fetch,
         True,
-        "host-side work between steps, measured on the host: a batch of 128 triplets read and padded in 2.0 ms "
-        "instead of 4.1 (one dataset) and 7.8 (four; scripts/bench/batches.py, docs/benchmarks.md)",
+        "host-side work between steps, measured on the host: a batch of 128 triplets read and padded in 2.5 ms "
+        "instead of 5.3 (one dataset) and 9.3 (four; scripts/bench/batches.py, docs/benchmarks.md)",
     )
     cuda = device == "cuda"
     pad = pick(
