@@ -118,9 +118,10 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     for which in ("first", "warm"):
         assert record["ratios"][which]["samples_per_s"] > 0
     # each variant ran once, with its keys (both of workers'), beside theirs and ours' two runs
-    assert list(record["runs"]) == ["theirs", "ours", "ours:unmerged", "ours:workers", "ours:compile"]
+    assert list(record["runs"]) == ["theirs", "ours", "ours:unmerged", "ours:workers", "ours:compile",
+                                    "ours:fusedloss"]
     assert record["variants_invalid"] == {} and record["variants_failed"] == {}
-    for side in ("ours:unmerged", "ours:workers", "ours:compile"):
+    for side in ("ours:unmerged", "ours:workers", "ours:compile", "ours:fusedloss"):
         assert len(record["runs"][side]) == 1, side
         assert record["variant_ratios"][side]["first"]["samples_per_s"] > 0, side
     assert record["settings"]["ours_overrides"]["ours:workers"] == [
@@ -131,6 +132,7 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     assert speed["ours:workers"]["dataloader_num_workers"] == 2 and speed["ours"]["dataloader_num_workers"] == 0
     assert speed["ours:compile"]["compile_layers"] and not speed["ours"]["compile_layers"]
     assert not speed["ours:unmerged"]["merge_columns"] and not speed["ours:unmerged"]["compile_layers"]
+    assert speed["ours:fusedloss"]["fused_loss"] and not speed["ours"]["fused_loss"]
     # the allocator setting `mtrain run` uses, set by the script itself (the smoke's environment has none)
     assert record["settings"]["cuda_allocator"] == "expandable_segments:True"
     assert record["settings"]["cuda_allocator_set_by_bench"] is True
@@ -193,7 +195,7 @@ def test_train_profile_summary(suite):
     out, _ = suite
     record = _one(out, LONG)
     profiled = record["profile"]
-    assert set(profiled) == {"theirs", "ours", "ours:unmerged", "ours:workers"}  # --profile-sides
+    assert set(profiled) == {"theirs", "ours", "ours:unmerged", "ours:workers", "ours:fusedloss"}  # --profile-sides
     for side, p in profiled.items():
         assert "profile_error" not in p, p.get("profile_error")
         assert p["steps"] == 1 and len(p["host_step_s"]) == 1

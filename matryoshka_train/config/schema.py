@@ -478,6 +478,13 @@ class TrainingConfig(Section):
         description="Tokenize the training texts once before training (datasets.map, cached with the data) "
         "instead of in every batch; checked against the model's own preprocessing, else skipped. 'auto': on.",
     )
+    fused_loss: bool | Literal["auto"] = Field(
+        "auto",
+        description="Compute every Matryoshka dim of MultipleNegativesRankingLoss (default options) in one pass "
+        "instead of one pass per dim: the same loss up to float rounding, ~280 tensor operations a step instead "
+        "of ~1,500 for five dims. 'auto': off (not yet measured in training on a GPU, where the step waits on "
+        "the host; docs/benchmarks.md).",
+    )
     columnar_fetch: bool | Literal["auto"] = Field(
         "auto",
         description="Read each training batch's rows from the Arrow table a column at a time, token ids as "

@@ -24,8 +24,10 @@ value being that dim's *weighted* term, so the logged values add up to the logge
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -39,6 +41,7 @@ from sentence_transformers.sentence_transformer.losses.matryoshka import (
 from torch import Tensor
 
 from ..models.rotation import regrad
+from .fused_mnrl import fused_terms, why_not_fused
 
 SIMILARITY_KEY = "similarity"
 
@@ -186,6 +189,8 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
         self.rotation = rotation
         self.similarity_weight = similarity_weight
         self.full = self.model.get_embedding_dimension() or max(self.matryoshka_dims)
+        self.fused = False  # every dim in one pass (losses/fused_mnrl.py); set for a run by fused_losses()
+        self.why_not_fused = "a gradient-cache loss" if self.uses_gradient_cache else why_not_fused(self.loss)
         if self.uses_gradient_cache:
             plain = self.loss.calculate_loss.fn  # undo the parent's decorator, put ours in its place
             self.loss.calculate_loss = _RecordingCachedDecorator(
@@ -196,6 +201,8 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
         if self.uses_gradient_cache:
             return self._cached_forward(sentence_features, labels)
+        if self.fused and self.why_not_fused is None:
+            return self._fused_forward(sentence_features)
         original = self.model.forward
         terms: dict[int, Tensor] = {}
         captured: list[Tensor] = []  # each column's full-size embeddings, as the model returned them
@@ -212,9 +219,7 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
                 else ForwardDecorator(capturing)
             )
             self.model.forward = decorated
-            indices = list(range(len(self.matryoshka_dims)))
-            if 0 < self.n_dims_per_step < len(indices):
-                indices = sorted(random.sample(indices, self.n_dims_per_step))
+            indices = self._drawn()
             for idx in indices:
                 dim, weight = self.matryoshka_dims[idx], self.matryoshka_weights[idx]
                 decorated.set_dim(dim)
@@ -235,6 +240,28 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
             out[SIMILARITY_KEY] = similarity_total(torch.cat(captured), self.rotation, small, self.similarity_weight)
         return out
 
+    def _drawn(self) -> list[int]:
+        """The indices of this step's dims: all of them, or ``n_dims_per_step`` drawn at random."""
+        indices = list(range(len(self.matryoshka_dims)))
+        if 0 < self.n_dims_per_step < len(indices):
+            indices = sorted(random.sample(indices, self.n_dims_per_step))
+        return indices
+
+    def _fused_forward(self, sentence_features: Iterable[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Every dim of the MNRL inner loss in one pass (:mod:`~matryoshka_train.losses.fused_mnrl`)."""
+        # the name the inner loss's module embeds with: merged_columns patches it there when it is on
+        embed = sys.modules[type(self.loss).__module__].embed_columns
+        columns = embed(self.model, sentence_features)
+        indices = self._drawn()
+        dims = [self.matryoshka_dims[i] for i in indices]
+        terms = fused_terms(columns, dims, [self.matryoshka_weights[i] for i in indices], self.loss.scale,
+                            rotation=self.rotation, full=self.full)
+        out = self._by_dim(dict(zip(dims, terms)))
+        small = [(d, self.matryoshka_weights[i]) for d, i in zip(dims, indices) if d < self.full]
+        if self.similarity_weight > 0 and small:
+            out[SIMILARITY_KEY] = similarity_total(torch.cat(columns), self.rotation, small, self.similarity_weight)
+        return out
+
     def _cached_forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
         total = self.loss(sentence_features, labels)
         recorded = dict(getattr(self.loss.calculate_loss, "last", {}) or {})
@@ -252,3 +279,22 @@ class PerDimMatryoshkaLoss(MatryoshkaLoss):
     def _by_dim(self, terms: dict[int, Tensor]) -> dict[str, Tensor]:
         zero = next(iter(terms.values())).new_zeros(())
         return {dim_key(d): terms.get(d, zero) for d in self.matryoshka_dims}
+
+
+@contextlib.contextmanager
+def fused_losses(losses: Iterable[Any], enabled: bool, echo: Callable[[str], None] = print) -> Iterator[list[Any]]:
+    """Within the block, every :class:`PerDimMatryoshkaLoss` among ``losses`` (and their submodules)
+    whose inner loss allows it computes all its dims in one pass (``training.fused_loss``); the others
+    keep the per-dim loop, with a note saying why. Yields the fused ones."""
+    found = [m for loss in losses for m in loss.modules() if isinstance(m, PerDimMatryoshkaLoss)] if enabled else []
+    fused = [m for m in found if m.why_not_fused is None]
+    for m in found:
+        if m.why_not_fused is not None:
+            echo(f"Note: fused_loss: the per-dim loop stays for {type(m.loss).__name__} ({m.why_not_fused}).")
+    for m in fused:
+        m.fused = True
+    try:
+        yield fused
+    finally:
+        for m in fused:
+            m.fused = False

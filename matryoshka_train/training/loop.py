@@ -30,6 +30,7 @@ from ..config.schema import RunConfig
 from ..data.fetch import columnar_fetch
 from ..data.pretokenize import PretokenizedCollator, token_columns
 from ..errors import ConfigError, TrainingAborted
+from ..losses.per_dim import fused_losses
 from ..models import compiled_layers, merged_columns, packed_forward, sorted_forward
 from ..models.host_reads import no_host_reads
 from ..models.loading import resolve_model_path
@@ -267,6 +268,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
             no_host_reads(trainer),
             merged_columns.merged() if plan.speed.merge_columns else contextlib.nullcontext(),
             columnar_fetch(plan.speed.columnar_fetch),
+            fused_losses(plan.losses.values(), plan.speed.fused_loss, state.echo),
         ):
             state.train_output = trainer.train(resume_from_checkpoint=checkpoint)
     finally:

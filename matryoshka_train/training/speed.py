@@ -37,6 +37,11 @@ The evidence, in one place (update it when a benchmark on that device says other
   bert-base 1.29x (MFU 18.3% -> 23.6%); 40% fewer aten ops per step. So on wherever the packed
   forward is on. Without it the merged call pads the anchors to the documents' width, which no
   benchmark measured, so off there (and on CPUs).
+* every Matryoshka dim of MNRL in one pass (``losses/fused_mnrl.py``): the loss alone (CPU, 2026-11-28,
+  five dims of 768, batch 128 triplets, forward and backward) 6.7 vs 10.4 ms and 284 vs 1,513 aten
+  operations; a BERT-base training step (packed + merged, counted on the CPU) 12,932 vs 14,062, where the
+  H200's step made 8,985 in all. Not measured in training on a GPU, where the op count is the cost, so
+  off; the GPU suite's train-long runs it as ``ours:fusedloss``.
 * compiled layers (``models/compiled_layers.py``): CPU (all-MiniLM-L6-v2, 5-200 words, 2026-11-27)
   0.85x our default forward (compiled steps alone, compile time excluded), so off there. One H200,
   2026-11-28: 1.21x our padded forward in training and 1.23x in ``gpu_profile.py``, and on top of the
@@ -96,6 +101,7 @@ class SpeedPlan:
     sorted_forward: bool
     packed_forward: bool
     merge_columns: bool
+    fused_loss: bool
     compile_layers: bool
     forward_chunk_min_tokens: int
     pretokenize: bool
@@ -121,6 +127,7 @@ class SpeedPlan:
             "sorted_forward",
             "packed_forward",
             "merge_columns",
+            "fused_loss",
             "compile_layers",
             "forward_chunk_min_tokens",
             "pretokenize",
@@ -168,6 +175,7 @@ class SpeedPlan:
             "sorted_forward": self.sorted_forward,
             "packed_forward": self.packed_forward,
             "merge_columns": self.merge_columns,
+            "fused_loss": self.fused_loss,
             "compile_layers": self.compile_layers,
             "forward_chunk_min_tokens": self.forward_chunk_min_tokens if self.sorted_forward else None,
             "pretokenize": self.pretokenize,
@@ -256,6 +264,13 @@ def decide(
         else "it pays only with packed_forward, which is off here (merged, the anchors would be padded to the "
         "documents' width)",
     )
+    fused = pick(
+        "fused_loss",
+        training.fused_loss,
+        False,
+        "not measured in training yet: the loss alone took 6.7 instead of 10.4 ms with 284 instead of 1,513 "
+        "operations (CPU, five dims of 768, batch 128); the GPU suite measures it as ours:fusedloss",
+    )
     compile_layers = pick(
         "compile_layers",
         training.compile_layers,
@@ -324,6 +339,7 @@ def decide(
         sorted_forward=bool(sorted_forward),
         packed_forward=bool(packed),
         merge_columns=bool(merge),
+        fused_loss=bool(fused),
         compile_layers=bool(compile_layers),
         forward_chunk_min_tokens=int(chunk_min),
         pretokenize=bool(pretokenize),

@@ -33,8 +33,10 @@
 #                 (merge_columns=false: the packed forward alone, run 4's default; the padded forward,
 #                 measured in runs 1-4, is left out to keep the part inside its cap), workers
 #                 (dataloader_num_workers=2, dataloader_prefetch_factor=4: collation off the main process)
-#                 and compile (compile_layers=true on top of the default; the compile time falls in the
-#                 warm-up steps); profiles of theirs, ours, ours:unmerged, ours:workers (3 steps); the loss
+#                 compile (compile_layers=true on top of the default; the compile time falls in the
+#                 warm-up steps) and fusedloss (training.fused_loss=true: every Matryoshka dim of MNRL in
+#                 one pass, ~1,200 fewer aten ops a step); profiles of theirs, ours, ours:unmerged,
+#                 ours:workers, ours:fusedloss (3 steps); the loss
 #                 check adds packed vs plain in fp32 and bf16 (varlen on CUDA)
 #   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): pad64 / packed (varlen) /
 #                 packed-merged (one encoder call) / packed-merged-compile (each encoder layer compiled
@@ -69,10 +71,10 @@
 # 102 s. H200 run 4 (2026-11-28, SUITE_BUDGET_S=490; 409 s in all, profile-xlmr skipped with 81 s left):
 # train-long 132 s (5 sides), profile-bert 56 s, train-short 77 s, profile-bert-cached 79 s (fp32
 # recompute, 5.7 s a pad64 step), train-long-expandable 59 s (with profiles).
-# Expected now, on an H200 with SUITE_BUDGET_S=490: train-long ~135 s (5 sides, as in run 4, plus the
-# workers' start), profile-bert ~56 s, train-short ~90 s (with rowfetch), batches ~25 s (on this CPU 35 s,
+# Expected now, on an H200 with SUITE_BUDGET_S=490: train-long ~160 s (6 sides: run 4's 5 took 132 s, plus the
+# workers' start and fusedloss), profile-bert ~56 s, train-short ~90 s (with rowfetch), batches ~25 s (on this CPU 35 s,
 # most of it tokenizing 10k rows four times), profile-bert-cached ~50-65 s (bf16 recompute),
-# train-long-noexpandable ~45 s (no profiles), ~410 s with the env dump: profile-xlmr then has ~80 s (it needs
+# train-long-noexpandable ~45 s (no profiles), ~435 s with the env dump: profile-xlmr then has ~55 s (it needs
 # ~60-80 s: imports, building 560M parameters, 2 variants x 3 steps) and is likely skipped (lowest priority). The caps are those times plus
 # ~15-25 s (the Cached profile more: its bf16 time is unmeasured), so a part that runs over costs
 # profile-xlmr its turn (skipped) before it is cut short; a part cut at its cap is a `timeout`
@@ -161,10 +163,11 @@ GPU_PROFILE=("$PY" scripts/bench/gpu_profile.py --out "$OUTDIR")
 
 WORKERS=(--ours-variant workers:training.dataloader_num_workers=2
   --ours-variant workers:training.dataloader_prefetch_factor=4)
-part train-long 165 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 1 \
+part train-long 195 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 1 \
   --ours-variant unmerged:training.merge_columns=false \
   "${WORKERS[@]}" --ours-variant compile:training.compile_layers=true \
-  --profile-sides theirs,ours,ours:unmerged,ours:workers
+  --ours-variant fusedloss:training.fused_loss=true \
+  --profile-sides theirs,ours,ours:unmerged,ours:workers,ours:fusedloss
 part profile-bert 75 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" \
   --variants "$PB_VARIANTS"
 part train-short 110 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours --variant-repeats 1 \
