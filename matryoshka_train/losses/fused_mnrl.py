@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from sentence_transformers import util
+from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from torch import Tensor
 
 from ..models.rotation import regrad
@@ -37,8 +38,6 @@ from ..models.rotation import regrad
 
 def why_not_fused(inner: Any) -> str | None:
     """Why the inner loss cannot take the fused pass (None: it can)."""
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-
     if type(inner) is not MultipleNegativesRankingLoss:
         return f"{type(inner).__name__} is not MultipleNegativesRankingLoss"
     if getattr(inner, "similarity_fct", None) is not util.cos_sim:
