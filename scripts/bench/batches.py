@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40, help="batches per pass")
     parser.add_argument("--datasets", type=int, nargs="+", default=[1, 4], help="split the data in K datasets")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=None, help="rows generated (default: enough for 2 passes, >= 2000)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--pad-to-multiple-of", type=int, default=None, help="ours' widths (64: CUDA default)")
     parser.add_argument("--seed", type=int, default=0)
@@ -150,7 +151,7 @@ def main() -> None:
     max_len = min(args.words[1] + 2, benchlib.MAX_POSITIONS)
     model = benchlib.build_model("tiny", tmp / "model", max_seq_length=max_len)
     rows_needed = args.batch * args.batches * 2
-    data = make_data(tmp, max(rows_needed, 2000), tuple(args.words), args.seed)
+    data = make_data(tmp, args.rows or max(rows_needed, 2000), tuple(args.words), args.seed)
     full = load_dataset("json", data_files=str(data), split="train", cache_dir=str(tmp / "hf-cache"))
     trainer_args = SentenceTransformerTrainingArguments(output_dir=str(tmp / "out"), report_to="none", use_cpu=not pin)
     theirs_collator = SentenceTransformerTrainer(model=model, args=trainer_args, train_dataset=full).data_collator

@@ -106,7 +106,7 @@ if [ $smoke = 1 ]; then
   CACHED=(--profile tiny-cached --batch 12 --mini-batch 4 --steps 1 --warmup 0 --profile-steps 1 \
     --variants pad64,packed --label smoke)  # CachedMNRL: 3 mini-batches a column
   XLMR=(--profile tiny-cached --batch 12 --mini-batch 4 --steps 1 --warmup 0 --variants pad64,packed --label xlmr-smoke)
-  BATCHES=(--words 4 40 --batch 8 --batches 4 --repeats 1 --datasets 1 2)
+  BATCHES=(--words 4 40 --batch 8 --batches 4 --repeats 1 --datasets 1 2 --rows 64)
   MIN_PART=${MIN_PART_S:-5}; XLMR_MIN=100000  # always skipped: exercises the budget check
 else
   DEV=cuda; MODEL=bert-base; PROFILE=bert-base
