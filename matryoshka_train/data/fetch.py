@@ -12,9 +12,10 @@ finding 6).
 :class:`ColumnarRows` answers the same request with one Arrow ``take`` per dataset in the batch.
 The token-id columns (``pretokenize``'s ``__tok__…`` columns) come back as numpy views into one flat
 buffer per column, with no Python ints; every other column is converted a column at a time, to the
-same Python values the dataset's own rows hold. The collator
-(:class:`~matryoshka_train.data.pretokenize.PretokenizedCollator`) pads the views with one
-concatenate per column. The batches are the same tensors either way (``tests/test_fetch.py``).
+same Python values the dataset's own rows hold. Each token column also comes whole (row lengths,
+ids end to end: :class:`FetchedRows`), from which the collator
+(:class:`~matryoshka_train.data.pretokenize.PretokenizedCollator`) pads it without visiting the
+rows. The batches are the same tensors either way (``tests/test_fetch.py``).
 
 A dataset this cannot read the same way (one with a format set, or a column whose values are
 decoded, such as images) keeps the dataset's own reads.
@@ -109,11 +110,11 @@ class ColumnarRows(TorchDataset):
         arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name in table.column_names:
             column = table.column(name)
-            flat = _flat(column) if name in tokens else None
-            if flat is None:
+            buffers = _list_buffers(column) if name in tokens else None
+            if buffers is None:
                 columns[name] = column.to_pylist()
                 continue
-            offsets, values = flat
+            offsets, values = buffers
             arrays[name] = (np.diff(offsets), values[offsets[0]:offsets[-1]])
             columns[name] = [values[start:end] for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
         names = list(columns)
@@ -130,7 +131,7 @@ class FetchedRows(list):
         self.token_arrays = token_arrays
 
 
-def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
+def _list_buffers(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
     """A list-of-integers column's offsets and values as numpy arrays (None where a row or id is null)."""
     array = column.combine_chunks()
     if array.null_count or array.values.null_count:

@@ -132,7 +132,7 @@ def pretokenize(
     return Pretokenized(tokenized, columns, seconds, had_cache)
 
 
-def _flat(values: list[Any], count: int) -> np.ndarray:
+def _end_to_end(values: list[Any], count: int) -> np.ndarray:
     """Rows of token ids end to end: numpy rows (as :mod:`~matryoshka_train.data.fetch` reads them)
     in one concatenate, lists of ints (as the dataset's own rows hold them) one int at a time."""
     if values and isinstance(values[0], np.ndarray):
@@ -206,7 +206,7 @@ class PretokenizedCollator:
 
         def padded(values: Any, fill: int) -> torch.Tensor:
             out = np.full((len(lengths), width), fill, dtype=np.int64)
-            out[filled] = values if isinstance(values, np.ndarray) else _flat(values, int(lengths.sum()))
+            out[filled] = values if isinstance(values, np.ndarray) else _end_to_end(values, int(lengths.sum()))
             return torch.from_numpy(out)
 
         out: dict[str, Any] = {"input_ids": padded(ids, self.pad_id)}

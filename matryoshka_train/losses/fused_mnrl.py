@@ -77,8 +77,6 @@ def fused_terms(
     norm_c = (c * c).cumsum(2).gather(2, at.expand(-1, c.shape[1], 1)).clamp_min(1e-24).sqrt()  # [k, M, 1]
     scores = dots / (norm_q * norm_c.transpose(1, 2)) * scale
     positives = scores.diagonal(dim1=1, dim2=2)[:, :batch]  # anchor i's own positive is document i
-    per_dim = (torch.logsumexp(scores, dim=2) - positives).mean(dim=1)  # [k]
-    terms: list[Tensor] = [per_dim] * len(dims)
-    for position, i in enumerate(order):
-        terms[i] = weights[i] * per_dim[position]
-    return terms
+    per_dim = (torch.logsumexp(scores, dim=2) - positives).mean(dim=1)  # [k], in ascending dim order
+    weighted = {i: weights[i] * per_dim[position] for position, i in enumerate(order)}
+    return [weighted[i] for i in range(len(dims))]
