@@ -43,14 +43,15 @@ def test_fused_pass_gives_the_loops_terms_and_gradients(no_dropout_model_dir, da
         assert err <= 1e-4 * size + 1e-8, (name, err, size)
 
 
-def test_fused_terms_match_a_hand_written_loss_on_random_embeddings():
+@pytest.mark.parametrize("documents", [1, 2, 3])  # pairs, triplets, two hard negatives per anchor
+def test_fused_terms_match_a_hand_written_loss_on_random_embeddings(documents):
     torch.manual_seed(0)
-    anchors, positives, negatives = (torch.randn(6, 12, dtype=torch.float64) for _ in range(3))
+    anchors, *docs = (torch.randn(6, 12, dtype=torch.float64) for _ in range(1 + documents))
     dims, weights = [12, 4, 8], [1.0, 2.0, 0.5]  # any order: terms come back in the order asked
-    got = fused_terms([anchors, positives, negatives], dims, weights, scale=20.0)
+    got = fused_terms([anchors, *docs], dims, weights, scale=20.0)
     for term, dim, weight in zip(got, dims, weights):
         q = torch.nn.functional.normalize(anchors[:, :dim], dim=-1)
-        c = torch.nn.functional.normalize(torch.cat([positives, negatives])[:, :dim], dim=-1)
+        c = torch.nn.functional.normalize(torch.cat(docs)[:, :dim], dim=-1)
         scores = q @ c.T * 20.0
         expected = torch.nn.functional.cross_entropy(scores, torch.arange(6))
         assert float(term) == pytest.approx(weight * float(expected), rel=1e-10)
