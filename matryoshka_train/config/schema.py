@@ -516,7 +516,7 @@ class TrainingConfig(Section):
         "auto",
         description="DataLoader worker processes that collate batches ahead of training. 'auto': 0 "
         "(not yet measured faster on any device; on an H200 the main process waits 10-57 ms of a step for the "
-        "next batch, which workers would take off it: not measured yet, docs/benchmarks.md).",
+        "next batch, which workers would take off it; docs/benchmarks.md).",
     )
     dataloader_prefetch_factor: int | None = Field(
         None, gt=0, description="Batches each DataLoader worker prepares ahead (needs dataloader_num_workers > 0)."

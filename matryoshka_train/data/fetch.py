@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,11 @@ from torch.utils.data import ConcatDataset
 from torch.utils.data import Dataset as TorchDataset
 
 from .pretokenize import PREFIX
+
+
+def _parts(dataset: Any) -> list[Any]:
+    """The ``datasets.Dataset`` s a ``ConcatDataset`` joins, or ``[dataset]``."""
+    return list(dataset.datasets) if isinstance(dataset, ConcatDataset) else [dataset]
 
 
 def readable(dataset: Any) -> bool:
@@ -65,15 +71,15 @@ class ColumnarRows(TorchDataset):
 
     def __init__(self, dataset: Any):
         self.dataset = dataset
-        parts = list(dataset.datasets) if isinstance(dataset, ConcatDataset) else [dataset]
-        self.ends = list(dataset.cumulative_sizes) if isinstance(dataset, ConcatDataset) else [len(dataset)]
+        parts = _parts(dataset)
+        self.ends = list(itertools.accumulate(len(part) for part in parts))
         self.arrow = [part.with_format("arrow") for part in parts]
         self.tokens = [{n for n, f in part.features.items() if _token_column(n, f)} for part in parts]
 
     @staticmethod
     def wrap(dataset: Any) -> Any:
         """``dataset`` read through :class:`ColumnarRows` where every part is :func:`readable`, else as is."""
-        parts = list(dataset.datasets) if isinstance(dataset, ConcatDataset) else [dataset]
+        parts = _parts(dataset)
         return ColumnarRows(dataset) if parts and all(readable(p) for p in parts) else dataset
 
     def __len__(self) -> int:

@@ -56,16 +56,22 @@ def host_lengths(mask: Tensor) -> np.ndarray | None:
     return np.minimum(known[row:row + mask.shape[0]], mask.shape[1])
 
 
-def row_lengths(mask: Tensor) -> np.ndarray:
-    """The real length of each row of a 2-D attention mask, as a host array.
+def lengths_of(mask: Tensor) -> tuple[np.ndarray, bool]:
+    """The real length of each row of a 2-D attention mask, as a host array, and whether it came
+    from the host (the forwards count the masks whose lengths did not).
 
-    A mask on the CPU is summed there. A mask on an accelerator is answered from the lengths the
-    collator read before the batch moved (:func:`host_lengths`); only a mask that arrived some other
-    way is read back from the device (which waits for it)."""
+    A mask carrying the lengths the collator read before the batch moved (:func:`host_lengths`) is
+    answered from them; any other mask is summed, on the CPU there, on an accelerator by reading it
+    back (which waits for the device)."""
     known = host_lengths(mask)
     if known is not None:
-        return known
-    return mask.sum(dim=1).cpu().numpy()
+        return known, True
+    return mask.sum(dim=1).cpu().numpy(), False
+
+
+def row_lengths(mask: Tensor) -> np.ndarray:
+    """The real length of each row of a 2-D attention mask, as a host array (see :func:`lengths_of`)."""
+    return lengths_of(mask)[0]
 
 
 class HostLengthsCollator:

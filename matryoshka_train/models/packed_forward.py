@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .host_reads import host_lengths, row_lengths
+from .host_reads import lengths_of
 
 IMPLEMENTATION = "mtrain_packed"
 
@@ -188,9 +188,9 @@ class PackedForward:
         if plain:
             return self.forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         rows, width = attention_mask.shape
-        carried = host_lengths(attention_mask)
-        self.uncarried += carried is None
-        lengths = np.asarray(row_lengths(attention_mask) if carried is None else carried, dtype=np.int64)
+        lengths, carried = lengths_of(attention_mask)
+        self.uncarried += not carried
+        lengths = np.asarray(lengths, dtype=np.int64)
         layout = _Layout(lengths, width, attention_mask.device)
         self.padded_tokens += rows * width
         self.run_tokens += layout.tokens

@@ -27,7 +27,7 @@ import torch
 from sentence_transformers.sentence_transformer.modules import Transformer
 from torch import Tensor
 
-from .host_reads import host_lengths, row_lengths
+from .host_reads import lengths_of
 
 # keys whose second axis is the token axis, in the model's inputs and outputs
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "token_embeddings")
@@ -79,9 +79,8 @@ class SortedChunkForward:
         if not isinstance(mask, Tensor) or mask.ndim != 2 or "cu_seq_lens_q" in features:
             return self.forward(features, **kwargs)
         rows, width = mask.shape
-        carried = host_lengths(mask)  # on the host: read there before the batch moved, never waited for
-        self.uncarried += carried is None
-        lengths = row_lengths(mask) if carried is None else carried
+        lengths, carried = lengths_of(mask)  # on the host: read there before the batch moved, never waited for
+        self.uncarried += not carried
         order_host = np.argsort(-lengths, kind="stable")
         sorted_lengths = lengths[order_host].tolist()
         chunks = plan_chunks(sorted_lengths, self.max_tokens, self.min_tokens)
