@@ -2,8 +2,9 @@
 
 sentence-transformers' ``MatryoshkaLoss`` computes the inner loss once per dim: truncate, normalize,
 similarity matrix, softmax, for each of (say) five dims, forward and backward. The arithmetic is
-small, but each dim is some 250 tensor operations, about 1,500 per step for five dims. On a GPU whose step is bound by
-the host's work of launching operations (docs/benchmarks.md, findings 5-6), that count is the cost.
+small, but each dim is some 300 tensor operations, about 1,600 per step for five dims. On a GPU
+whose step is bound by the host's work of launching operations (docs/benchmarks.md, findings 5-6),
+that count is the cost.
 
 Here the dims share one pass. For dims ``d_1 < … < d_k`` and anchors ``q``, documents ``c``
 (positives, then any negatives):
@@ -17,7 +18,9 @@ Here the dims share one pass. For dims ``d_1 < … < d_k`` and anchors ``q``, do
 That is the loss ``MultipleNegativesRankingLoss`` computes at each dim, with its defaults (cosine
 similarity, anchor-to-document direction, no hardness term, no gathering across devices), up to
 float rounding (the norms are summed in another order): ``tests/test_fused_loss.py`` compares loss,
-per-dim terms and gradients. It takes some 280 operations for five dims instead of ~1,500.
+per-dim terms and gradients. It takes some 400 operations for five dims instead of ~1,600, for 2.2x
+the arithmetic (every dim's product runs full width, masked): slower on a CPU (14-16 vs 12-14 ms,
+five dims of 768, batch 128), where the arithmetic is the cost.
 
 A decoupled rotation (``matryoshka.rotation.decouple``) is honoured as
 :class:`~matryoshka_train.losses.per_dim.PerDimMatryoshkaLoss` does it: the dims below full size see
@@ -59,24 +62,28 @@ def fused_terms(
     one or more of documents, all ``[B, D]``; ``rotation`` and ``full``: dims below ``full`` see the
     embeddings through :func:`regrad`."""
     anchors, docs = columns[0], torch.cat(columns[1:])
-    width, batch = anchors.shape[1], anchors.shape[0]
-    full = full or width
-    order = sorted(range(len(dims)), key=lambda i: dims[i])
-    ds = torch.tensor([dims[i] for i in order], device=anchors.device)
-    small = [dims[i] < full and rotation is not None for i in order]
-    if any(small):  # the small dims' view: same values, gradient into the rotation only
-        views_q, views_c = regrad(anchors, rotation), regrad(docs, rotation)
-        q = torch.stack([views_q if s else anchors for s in small])
-        c = torch.stack([views_c if s else docs for s in small])
-    else:
-        q, c = anchors.expand(len(order), -1, -1), docs.expand(len(order), -1, -1)
-    keep = (torch.arange(width, device=anchors.device)[None, :] < ds[:, None]).to(anchors.dtype)  # [k, D]
-    dots = torch.bmm(q * keep[:, None, :], c.transpose(1, 2))  # [k, B, M]: the prefix dot products
-    at = (ds - 1)[:, None, None]
-    norm_q = (q * q).cumsum(2).gather(2, at.expand(-1, batch, 1)).clamp_min(1e-24).sqrt()  # [k, B, 1]
-    norm_c = (c * c).cumsum(2).gather(2, at.expand(-1, c.shape[1], 1)).clamp_min(1e-24).sqrt()  # [k, M, 1]
-    scores = dots / (norm_q * norm_c.transpose(1, 2)) * scale
-    positives = scores.diagonal(dim1=1, dim2=2)[:, :batch]  # anchor i's own positive is document i
-    per_dim = (torch.logsumexp(scores, dim=2) - positives).mean(dim=1)  # [k], in ascending dim order
-    weighted = {i: weights[i] * per_dim[position] for position, i in enumerate(order)}
-    return [weighted[i] for i in range(len(dims))]
+    full = full or anchors.shape[1]
+    small = [i for i in range(len(dims)) if rotation is not None and dims[i] < full]
+    groups = [(anchors, docs, [i for i in range(len(dims)) if i not in small])]
+    if small:  # the small dims' view: same values, gradient into the rotation only
+        groups.append((regrad(anchors, rotation), regrad(docs, rotation), small))
+    per_dim: dict[int, Tensor] = {}
+    for q, c, indices in groups:
+        if indices:
+            per_dim.update(zip(indices, _mnrl_at(q, c, [dims[i] for i in indices], scale)))
+    return [weights[i] * per_dim[i] for i in range(len(dims))]
+
+
+def _mnrl_at(q: Tensor, c: Tensor, dims: list[int], scale: float) -> Tensor:
+    """MNRL's loss at each of ``dims`` for anchors ``q`` ``[B, D]`` and documents ``c`` ``[M, D]``
+    (document i is anchor i's positive): ``[k]``."""
+    (batch, width), k = q.shape, len(dims)
+    ds = torch.tensor(dims, device=q.device)
+    keep = (torch.arange(width, device=q.device)[None, :] < ds[:, None]).to(q.dtype)  # [k, D]
+    # the prefix dot products of every dim as one matrix product: k masked copies of q against c
+    dots = ((q[None] * keep[:, None, :]).reshape(k * batch, width) @ c.T).view(k, batch, -1)  # [k, B, M]
+    norm_q = (q * q).cumsum(1)[:, ds - 1].clamp_min(1e-24).sqrt()  # [B, k]: each row's norm at each dim
+    norm_c = (c * c).cumsum(1)[:, ds - 1].clamp_min(1e-24).sqrt()  # [M, k]
+    scores = dots / (norm_q.T[:, :, None] * norm_c.T[:, None, :]) * scale
+    positives = scores.diagonal(dim1=1, dim2=2)[:, :batch]
+    return (torch.logsumexp(scores, dim=2) - positives).mean(dim=1)

@@ -38,9 +38,11 @@ The evidence, in one place (update it when a benchmark on that device says other
   forward is on. Without it the merged call pads the anchors to the documents' width, which no
   benchmark measured, so off there (and on CPUs).
 * every Matryoshka dim of MNRL in one pass (``losses/fused_mnrl.py``): the loss alone (CPU, 2026-11-28,
-  five dims of 768, batch 128 triplets, forward and backward) 6.7 vs 10.4 ms and 284 vs 1,513 aten
-  operations; a BERT-base training step (packed + merged, counted on the CPU) 12,932 vs 14,062, where the
-  H200's step made 8,985 in all. Not measured in training on a GPU, where the op count is the cost, so
+  five dims of 768, batch 128 triplets, forward and backward, through PerDimMatryoshkaLoss on fixed
+  embeddings) 403 vs 1,583 aten operations, but 14-16 vs 12-14 ms: slower on the CPU, where its
+  full-width products do 2.2x the loop's arithmetic; a BERT-base training step (packed + merged,
+  counted on the CPU) 12,932 vs 14,062 operations, where the H200's step made 8,985 in all. Not
+  measured in training on a GPU, where the op count is the cost, so
   off; the GPU suite's train-long runs it as ``ours:fusedloss``.
 * compiled layers (``models/compiled_layers.py``): CPU (all-MiniLM-L6-v2, 5-200 words, 2026-11-27)
   0.85x our default forward (compiled steps alone, compile time excluded), so off there. One H200,
@@ -268,8 +270,9 @@ def decide(
         "fused_loss",
         training.fused_loss,
         False,
-        "not measured in training yet: the loss alone took 6.7 instead of 10.4 ms with 284 instead of 1,513 "
-        "operations (CPU, five dims of 768, batch 128); the GPU suite measures it as ours:fusedloss",
+        "not measured in training yet: the loss alone makes 403 instead of 1,583 operations (the GPU step's "
+        "cost) but was slower on a CPU (14-16 vs 12-14 ms, five dims of 768, batch 128); the GPU suite "
+        "measures it as ours:fusedloss",
     )
     compile_layers = pick(
         "compile_layers",
