@@ -482,8 +482,8 @@ class TrainingConfig(Section):
         "auto",
         description="Compute every Matryoshka dim of MultipleNegativesRankingLoss (default options) in one pass "
         "instead of one pass per dim: the same loss up to float rounding, ~400 tensor operations a step instead "
-        "of ~1,600 for five dims (but 2.2x the arithmetic: slower on a CPU). 'auto': off (not yet measured in "
-        "training on a GPU, where the step waits on the host; docs/benchmarks.md).",
+        "of ~1,600 for five dims. 'auto': off (not yet measured in training on a GPU, where the step waits on "
+        "the host; docs/benchmarks.md).",
     )
     columnar_fetch: bool | Literal["auto"] = Field(
         "auto",

@@ -39,11 +39,11 @@ The evidence, in one place (update it when a benchmark on that device says other
   benchmark measured, so off there (and on CPUs).
 * every Matryoshka dim of MNRL in one pass (``losses/fused_mnrl.py``): the loss alone (CPU, 2026-11-28,
   five dims of 768, batch 128 triplets, forward and backward, through PerDimMatryoshkaLoss on fixed
-  embeddings) 403 vs 1,583 aten operations, but 14-16 vs 12-14 ms: slower on the CPU, where its
-  full-width products do 2.2x the loop's arithmetic; a BERT-base training step (packed + merged,
-  counted on the CPU) 12,932 vs 14,062 operations, where the H200's step made 8,985 in all. Not
-  measured in training on a GPU, where the op count is the cost, so
-  off; the GPU suite's train-long runs it as ``ours:fusedloss``.
+  embeddings, ``scripts/bench/fused_loss.py``) 415 vs 1,593 aten operations and 7.2-7.4 vs 14.0-14.3 ms
+  (1.96x); a BERT-base training step (packed + merged, counted on the CPU with the first version's 403
+  ops) 12,932 vs 14,062 operations, where the H200's step made 8,985 in all. Not measured in training
+  on a GPU, where the op count is the cost, so off; the GPU suite's train-long runs it as
+  ``ours:fusedloss``.
 * compiled layers (``models/compiled_layers.py``): CPU (all-MiniLM-L6-v2, 5-200 words, 2026-11-27)
   0.85x our default forward (compiled steps alone, compile time excluded), so off there. One H200,
   2026-11-28: 1.21x our padded forward in training and 1.23x in ``gpu_profile.py``, and on top of the
@@ -270,9 +270,9 @@ def decide(
         "fused_loss",
         training.fused_loss,
         False,
-        "not measured in training yet: the loss alone makes 403 instead of 1,583 operations (the GPU step's "
-        "cost) but was slower on a CPU (14-16 vs 12-14 ms, five dims of 768, batch 128); the GPU suite "
-        "measures it as ours:fusedloss",
+        "not measured in training yet: the loss alone makes 415 instead of 1,593 operations (the GPU step's "
+        "cost), 1.96x the loop's speed on a CPU (five dims of 768, batch 128, scripts/bench/fused_loss.py); "
+        "the GPU suite measures it as ours:fusedloss",
     )
     compile_layers = pick(
         "compile_layers",
