@@ -64,6 +64,7 @@ def test_suite_smoke_runs_every_part(suite):
         "train-short",
         "batches",
         "profile-bert-cached",
+        "train-long-noprobe",
         "train-long-noexpandable",
     ]  # the extra parts (compile, the two without cuDNN attention, decisions) run only when SUITE_PARTS names them
     assert status["skipped"] == ["profile-xlmr"]  # the smoke gives it no budget: the skip path is exercised
@@ -136,6 +137,13 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     # the allocator setting `mtrain run` uses, set by the script itself (the smoke's environment has none)
     assert record["settings"]["cuda_allocator"] == "expandable_segments:True"
     assert record["settings"]["cuda_allocator_set_by_bench"] is True
+
+
+def test_noprobe_part_runs_ours_without_the_memory_probe(suite):
+    record = _one(suite[0], "train-tiny-cpu-words4-40-long-noprobe-*.json")
+    assert record["settings"]["ours_overrides"]["ours"] == [["training.memory_probe", False]]
+    assert {side: len(runs) for side, runs in record["runs"].items()} == {"theirs": 2, "ours": 2}
+    assert record["runs"]["ours"][0]["speed"]["memory_probe"] is False
 
 
 def test_noexpandable_part_keeps_the_allocator_setting_it_was_given(suite):

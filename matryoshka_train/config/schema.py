@@ -492,6 +492,14 @@ class TrainingConfig(Section):
         "train together); the same batches. 'auto': on (host-side work, measured on the host: "
         "docs/benchmarks.md).",
     )
+    memory_probe: bool | Literal["auto"] = Field(
+        "auto",
+        description="Before the first step, run each training dataset's largest batch (each text column's "
+        "batch-size longest texts) forward and backward, and drop its gradients: a batch that cannot fit in GPU "
+        "memory ends the run at once, with what to change, instead of hours in; one that fits reports its peak "
+        "memory. The run trains the same weights (random-number state restored). 'auto': on for CUDA, off "
+        "elsewhere (a CPU run's memory is the machine's RAM).",
+    )
     forward_chunk_tokens: int = Field(
         8192, ge=64, description="Most padded tokens (rows × width) in one chunk of the sorted forward pass."
     )

@@ -270,6 +270,11 @@ def training_faults(
 
 def out_of_memory_advice(config: RunConfig, step: int) -> str:
     """What to change when a batch does not fit in GPU memory, for the losses this run uses."""
+    return f"out of GPU memory at step {step}; " + out_of_memory_tips(config)
+
+
+def out_of_memory_tips(config: RunConfig) -> str:
+    """The changes that make a batch fit, for the losses this run uses ("; "-separated)."""
 
     t = config.training
     names = {config.loss_for(d).name for d in config.datasets}
@@ -290,4 +295,4 @@ def out_of_memory_advice(config: RunConfig, step: int) -> str:
         "gradient_accumulation_steps to keep the step size"
     )
     tips.append("or lower model.max_seq_length")
-    return f"out of GPU memory at step {step}; " + "; ".join(tips)
+    return "; ".join(tips)

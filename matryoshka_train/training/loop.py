@@ -56,9 +56,11 @@ from .faults import (
     NanGuard,
     Preempted,
     PreemptionGuard,
+    out_of_memory_tips,
     training_faults,
     weights_finite,
 )
+from .memory_probe import DoesNotFit, run_probe
 from .plan import Plan, anchor_cost, batch_summary, build_plan, training_datasets
 from .resume import check_same_run, fast_data_skip, find_checkpoint, resume_command
 
@@ -86,6 +88,7 @@ class Run:
     train_output: Any = None
     chunked: Any = None
     packed: Any = None  # the packed forward while it is installed, kept for its padding figures
+    probed: list[Any] | None = None  # training.memory_probe: each dataset's largest batch and its peak memory
     after: Any = None
     carbon: dict[str, Any] | None = None
     trackers: TrackersHeldOpen | None = None
@@ -270,6 +273,8 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
             columnar_fetch(plan.speed.columnar_fetch),
             fused_losses(plan.losses.values(), plan.speed.fused_loss, state.echo),
         ):
+            if plan.speed.memory_probe:
+                probe_memory(state, trainer)
             state.train_output = trainer.train(resume_from_checkpoint=checkpoint)
     finally:
         sorted_forward.uninstall(plan.model, state.chunked)
@@ -286,6 +291,29 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
         hint = resume_hint or resume_command(None, [], state.world, distributed.local_world_size())
         raise Preempted(preemption.message(saved if saved.is_dir() else None, hint), preemption.signum or 15)
     testing.after_training(plan.model, trainer.state.global_step)
+
+
+def probe_memory(state: Run, trainer: Any) -> None:
+    """``training.memory_probe``: each dataset's largest batch forward and backward before step 1
+    (:mod:`.memory_probe`); a batch that does not fit ends the run now, on every process."""
+    failed = None
+    try:
+        state.probed = [p.summary() for p in run_probe(trainer, (state.chunked, state.packed), state.echo,
+                                                   name=state.plan.datasets[0].name)]
+    except DoesNotFit as exc:
+        failed = exc.probed
+    if not distributed.any_process(failed is not None):
+        return
+    state.abort()
+    tips = out_of_memory_tips(state.config)
+    if failed is None:
+        raise TrainingAborted("another process's largest batch does not fit in GPU memory (training.memory_probe, "
+                              f"before the first step; nothing was trained); {tips}")
+    raise TrainingAborted(
+        f"the largest batch of {failed.dataset} ({failed.rows} rows, texts up to {failed.longest:,} {failed.unit}) "
+        "does not fit in GPU memory: found by training.memory_probe before the first step, so nothing was "
+        f"trained; {tips}"
+    )
 
 
 def final_evaluation(state: Run) -> None:
@@ -379,6 +407,7 @@ def report(state: Run) -> dict[str, Any]:
         "batch_sampler": plan.batch_sampler,
         "padding": padding_summary(state.chunked or state.packed),
         "speed": plan.speed.summary(),
+        "memory_probe": state.probed,
         "pretokenize": {name: {"seconds": round(t.seconds, 3), "from_cache": t.cached} for name, t in tokenized.items()}
         or None,
         "world_size": state.world,

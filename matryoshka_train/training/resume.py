@@ -43,7 +43,7 @@ NOT_RESULT_DETERMINING = (
     # speed only: the same token ids, and the same loss up to float rounding
     "training.pretokenize", "training.sorted_forward", "training.packed_forward", "training.compile_layers",
     "training.merge_columns", "training.columnar_fetch", "training.fused_loss",
-    "training.forward_chunk_tokens",
+    "training.memory_probe", "training.forward_chunk_tokens",
     "training.forward_chunk_min_tokens", "training.pad_to_multiple_of", "training.nan_check",
     "training.dataloader_num_workers", "training.dataloader_prefetch_factor",
 )

@@ -60,6 +60,11 @@ The evidence, in one place (update it when a benchmark on that device says other
   torch's ConcatDataset reads one at a time; 512 triplets of 5-40 words 5.1 vs 7.9 ms (1.5x) and 5.2 vs
   27.1 (5.2x). The same batches, so on for every device. Its effect on a GPU step is not measured yet
   (the GPU suite's ``batches`` part and ``ours:rowfetch``).
+* memory probe (``training/memory_probe.py``): not a speed feature but a fault found early: the largest
+  batch each dataset can make runs forward and backward before the first step, so a batch that cannot fit in
+  GPU memory stops the run at once. About one step's time; on for CUDA, whose memory is fixed, and off
+  elsewhere. Whether the allocator's pool, grown to that batch before step 1, brings a first run closer to a
+  warm one is not measured yet (the GPU suite's ``ours:noprobe``).
 * NaN check: reading the loss on the host every step costs nothing on a CPU (there is no device
   queue to drain) but stalls a GPU's queue every step (14% of samples/s on an H100); there it runs
   on logging and save steps.
@@ -108,6 +113,7 @@ class SpeedPlan:
     forward_chunk_min_tokens: int
     pretokenize: bool
     columnar_fetch: bool
+    memory_probe: bool
     pad_to_multiple_of: int | None
     nan_check: str  # "every_step" | "logging_steps"
     dataloader_num_workers: int
@@ -134,6 +140,7 @@ class SpeedPlan:
             "forward_chunk_min_tokens",
             "pretokenize",
             "columnar_fetch",
+            "memory_probe",
             "pad_to_multiple_of",
             "nan_check",
             "dataloader_num_workers",
@@ -182,6 +189,7 @@ class SpeedPlan:
             "forward_chunk_min_tokens": self.forward_chunk_min_tokens if self.sorted_forward else None,
             "pretokenize": self.pretokenize,
             "columnar_fetch": self.columnar_fetch,
+            "memory_probe": self.memory_probe,
             "pad_to_multiple_of": self.pad_to_multiple_of,
             "nan_check": self.nan_check,
             "dataloader_num_workers": self.dataloader_num_workers,
@@ -304,6 +312,17 @@ def decide(
         "instead of 5.3 (one dataset) and 9.3 (four; scripts/bench/batches.py, docs/benchmarks.md)",
     )
     cuda = device == "cuda"
+    probe = pick(
+        "memory_probe",
+        training.memory_probe,
+        cuda,
+        "one forward and backward of the largest batch before training finds a batch that cannot fit now, not "
+        "hours in; costs about one step (its effect on the first steps' speed is not measured yet)"
+        if cuda
+        else "no fixed device memory to probe here (a CPU run's memory is the machine's RAM)"
+        if device == "cpu"
+        else "only CUDA's memory is probed",
+    )
     pad = pick(
         "pad_to_multiple_of",
         training.pad_to_multiple_of,
@@ -347,6 +366,7 @@ def decide(
         forward_chunk_min_tokens=int(chunk_min),
         pretokenize=bool(pretokenize),
         columnar_fetch=bool(columnar),
+        memory_probe=bool(probe),
         pad_to_multiple_of=pad,
         nan_check=nan_check,
         dataloader_num_workers=int(workers),

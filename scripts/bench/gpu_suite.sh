@@ -51,6 +51,11 @@
 #                 packed (on by default with Cached* losses now), every pass in bf16: the model's forward
 #                 wrapped in autocast as accelerate does (the H200 runs 1-4 recomputed the mini-batches
 #                 inside backward() in fp32)
+#   train-long-noprobe  train-long's ours vs theirs, 2 repeats, ours first, no variants and no profiles, with
+#                 training.memory_probe=false (on by default on CUDA since 2026-11-28: each dataset's largest batch
+#                 runs forward and backward before step 1): against train-long, whether growing the allocator's
+#                 pool to the largest batch before step 1 brings ours' first run closer to its warm one (0.94x in
+#                 H200 run 5); the probe's own line (seconds, peak memory) is in train-long.log
 #   train-long-noexpandable  train-long's ours vs theirs, 2 repeats, ours first, no variants and no
 #                 profiles, under PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False (both sides: the
 #                 allocator before `mtrain run` set it): against train-long, what expandable segments
@@ -74,8 +79,9 @@
 # Expected now, on an H200 with SUITE_BUDGET_S=490: train-long ~160 s (6 sides: run 4's 5 took 132 s, plus the
 # workers' start and fusedloss), profile-bert ~56 s, train-short ~90 s (with rowfetch), batches ~25 s (on this CPU 35 s,
 # most of it tokenizing 10k rows four times), profile-bert-cached ~50-65 s (bf16 recompute),
-# train-long-noexpandable ~45 s (no profiles), ~435 s with the env dump: profile-xlmr then has ~55 s (it needs
-# ~60-80 s: imports, building 560M parameters, 2 variants x 3 steps) and is likely skipped (lowest priority). The caps are those times plus
+# train-long-noprobe ~45 s, train-long-noexpandable ~45 s (no profiles; it may now be cut at its cap or skipped),
+# ~480 s with the env dump: profile-xlmr (it needs ~60-80 s: imports, building 560M parameters, 2 variants x 3
+# steps) is then skipped (lowest priority). The caps are those times plus
 # ~15-25 s (the Cached profile more: its bf16 time is unmeasured), so a part that runs over costs
 # profile-xlmr its turn (skipped) before it is cut short; a part cut at its cap is a `timeout`
 # (train.py keeps the runs it finished, gpu_profile.py writes its JSON only at the end).
@@ -175,6 +181,10 @@ part train-short 110 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours -
   --ours-variant rowfetch:training.columnar_fetch=false
 part batches 45 20 "$PY" scripts/bench/batches.py --device "$DEV" --out "$OUTDIR" "${BATCHES[@]}"
 part profile-bert-cached 90 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
+# ours without the memory probe (on by default on CUDA: the largest batch forward and backward before step 1):
+# against train-long's ours, whether the allocator's pool grown before step 1 brings the first run closer to warm
+part train-long-noprobe 60 40 "${TRAIN[@]}" "${LONG[@]}" --profile-steps 0 --label long-noprobe --first ours \
+  --ours-set training.memory_probe=false
 # both sides with the allocator as it was before `mtrain run` set expandable segments (train-long has them)
 part train-long-noexpandable 60 40 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False "${TRAIN[@]}" "${LONG[@]}" \
   --profile-steps 0 --label long-noexpandable --first ours

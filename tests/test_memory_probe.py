@@ -1,0 +1,170 @@
+"""The largest batch first (training.memory_probe): which rows make the largest batch, that a run with
+the probe trains the same weights bit for bit, that a batch which cannot fit ends the run before
+step 1 with one line of advice, and that any other failure of the probe never stops a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import three_step_run
+from datasets import Dataset
+
+from matryoshka_train.cli import main
+from matryoshka_train.training import memory_probe
+from matryoshka_train.training.speed import decide
+
+
+def _rows(n: int = 40) -> Dataset:
+    rng = np.random.default_rng(0)
+    anchor_lengths, positive_lengths = rng.permutation(n) + 1, rng.permutation(n) + 1
+    return Dataset.from_dict({
+        "anchor": ["a" * int(k) for k in anchor_lengths],
+        "positive": ["p" * (100 - int(k)) for k in positive_lengths],  # characters disagree with the tokens
+        "score": [float(k) for k in anchor_lengths],
+        "__tok__anchor__input_ids": [list(range(int(k))) for k in anchor_lengths],
+        "__tok__positive__input_ids": [list(range(int(k))) for k in positive_lengths],
+    })
+
+
+def test_the_largest_batch_holds_each_columns_longest_texts():
+    data = _rows()
+    rows, probed = memory_probe.largest_batch("d", data, 5)
+    assert [len(r["__tok__anchor__input_ids"]) for r in rows] == [40, 39, 38, 37, 36]
+    assert [len(r["__tok__positive__input_ids"]) for r in rows] == [40, 39, 38, 37, 36]
+    assert all(r["score"] == len(r["anchor"]) for r in rows)  # the other columns come with the anchors' rows
+    assert all(len(r["positive"]) == 100 - len(r["__tok__positive__input_ids"]) for r in rows)  # text with its ids
+    assert (probed.rows, probed.longest, probed.tokens, probed.unit) == (5, 40, 2 * (40 + 39 + 38 + 37 + 36), "tokens")
+
+    texts = data.select_columns(["anchor", "positive", "score"])  # not pre-tokenized: by characters
+    rows, probed = memory_probe.largest_batch("d", texts, 3)
+    assert [len(r["positive"]) for r in rows] == [99, 98, 97] and probed.unit == "characters"
+    assert probed.tokens is None and probed.longest == 99
+
+    shuffled = data.shuffle(seed=1).select(range(10))  # an indices mapping: the dataset's own rows only
+    own = sorted(len(x) for x in shuffled["__tok__anchor__input_ids"])[-2:][::-1]
+    rows, probed = memory_probe.largest_batch("d", shuffled, 2)
+    assert [len(r["__tok__anchor__input_ids"]) for r in rows] == own
+    rows, probed = memory_probe.largest_batch("d", data.select(range(3)), 8)  # fewer rows than a batch
+    assert probed.rows == 3 and len(rows) == 3
+
+
+def test_auto_probes_cuda_memory_only():
+    from test_speed import _training
+
+    assert decide(_training(), "cuda").memory_probe
+    cpu = decide(_training(), "cpu")
+    assert not cpu.memory_probe and "RAM" in cpu.reasons["memory_probe"]
+    assert not decide(_training(), "mps").memory_probe
+    assert decide(_training(memory_probe=True), "cpu").memory_probe
+
+
+def test_a_run_with_the_probe_trains_the_same_weights_bit_for_bit(tiny_config, tiny_model_dir, tmp_path, monkeypatch):
+    """The tiny model keeps its dropout: without the random-number state put back, step 1 would draw
+    other masks (the last run shows the test can tell)."""
+    seen: list[str] = []
+    probed, with_probe = three_step_run(tiny_config, tiny_model_dir, tmp_path / "probe", echo=seen.append,
+                                        memory_probe=True)
+    plain, without = three_step_run(tiny_config, tiny_model_dir, tmp_path / "plain", memory_probe=False)
+    (line,) = [s for s in seen if s.startswith("memory_probe:")]
+    assert line.startswith("memory_probe: the largest batch of tiny (8 rows, texts up to ")
+    (summary,) = probed["memory_probe"]
+    assert summary["dataset"] == "tiny" and summary["rows"] == 8 and summary["unit"] == "tokens"
+    assert summary["tokens"] >= 8 * 3 * 5 and summary["seconds"] > 0
+    assert plain["memory_probe"] is None and probed["speed"]["memory_probe"] is True
+    assert probed["padding"] == plain["padding"]  # the sorted forward's counters were put back
+    for key in without:
+        assert torch.equal(with_probe[key], without[key]), key
+
+    monkeypatch.setattr(memory_probe.torch, "set_rng_state", lambda state: None)  # the probe's dropout draws stay
+    _, unrestored = three_step_run(tiny_config, tiny_model_dir, tmp_path / "unrestored", memory_probe=True)
+    assert any(not torch.equal(unrestored[k], without[k]) for k in without)
+
+
+def test_the_probe_runs_the_loss_forward_and_backward(tiny_config, tiny_model_dir, tmp_path, monkeypatch):
+    calls: list[tuple[int, bool]] = []
+    real = memory_probe._forward_backward
+
+    def spy(trainer, rows, name, device, probed):
+        real(trainer, rows, name, device, probed)
+        grads = [p.grad for n, p in trainer.model.named_parameters() if ".encoder." in n]
+        calls.append((len(rows), len(grads) > 0 and all(g is not None and bool(g.abs().sum() > 0) for g in grads)))
+
+    monkeypatch.setattr(memory_probe, "_forward_backward", spy)
+    three_step_run(tiny_config, tiny_model_dir, tmp_path / "spy", memory_probe=True)
+    assert calls == [(8, True)]  # every encoder weight got a gradient from the largest batch (then dropped)
+
+
+def test_a_batch_that_cannot_fit_ends_the_run_before_step_one(tiny_config, write_config, monkeypatch, capsys):
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(memory_probe, "_forward_backward", no_memory)
+    cfg = dict(tiny_config, evaluation={"evaluators": []})
+    cfg["training"] = dict(tiny_config["training"], memory_probe=True, save_strategy="steps", save_steps=1)
+    assert main(["run", str(write_config(cfg))]) == 1
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: the largest batch of tiny (8 rows, texts up to ")
+    assert "does not fit in GPU memory: found by training.memory_probe before the first step" in line
+    assert "lower training.per_device_train_batch_size (now 8)" in line
+    assert "Traceback" not in err
+    out = Path(cfg["training"]["output_dir"])
+    assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+
+
+def test_any_other_probe_failure_is_one_note_and_the_run_trains(tiny_config, tiny_model_dir, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("a column the probe cannot read\nsecond line")
+
+    monkeypatch.setattr(memory_probe, "largest_batch", broken)
+    seen: list[str] = []
+    results, _ = three_step_run(tiny_config, tiny_model_dir, tmp_path / "broken", echo=seen.append, memory_probe=True)
+    assert "memory_probe: skipped tiny (ValueError: a column the probe cannot read)" in seen
+    assert results["train"]["steps"] == 3 and results["memory_probe"] == []
+
+
+@pytest.mark.parametrize("extra", [{"gradient_checkpointing": True}])
+def test_the_probe_stands_aside_where_it_cannot_stand_for_a_step(extra, tiny_config, tiny_model_dir, tmp_path):
+    seen: list[str] = []
+    results, _ = three_step_run(tiny_config, tiny_model_dir, tmp_path / "gc", echo=seen.append, memory_probe=True,
+                                extra=extra)
+    assert any(s.startswith("memory_probe: skipped (gradient checkpointing") for s in seen)
+    assert results["memory_probe"] == []
+
+
+def test_each_dataset_of_a_multi_dataset_run_is_probed_with_its_own_loss(tiny_config, tiny_model_dir, data_dir,
+                                                                          tmp_path, monkeypatch):
+    losses: list[tuple[str, str]] = []
+    real = memory_probe._forward_backward
+
+    def spy(trainer, rows, name, device, probed):
+        real(trainer, rows, name, device, probed)
+        loss = trainer.loss[name]
+        losses.append((name, type(getattr(loss, "loss", loss)).__name__))  # the loss inside the Matryoshka wrapper
+
+    monkeypatch.setattr(memory_probe, "_forward_backward", spy)
+    cfg = dict(tiny_config)
+    cfg["datasets"] = [
+        tiny_config["datasets"][0],
+        {"name": "pairs", "source": {"path": str(data_dir / "pairs.jsonl")},
+         "columns": ["sentence1", "sentence2", "score"], "loss": {"name": "cosent"}},
+    ]
+    seen: list[str] = []
+    results, _ = three_step_run(cfg, tiny_model_dir, tmp_path / "two", echo=seen.append, memory_probe=True)
+    assert [p["dataset"] for p in results["memory_probe"]] == ["tiny", "pairs"]
+    assert losses == [("tiny", "MultipleNegativesRankingLoss"), ("pairs", "CoSENTLoss")]
+    assert len([s for s in seen if s.startswith("memory_probe: the largest batch of")]) == 2
+
+
+def test_a_gradient_cache_loss_trains_the_same_weights_after_the_probe(tiny_config, tiny_model_dir, tmp_path):
+    """CachedMNRL replays each mini-batch's random state in its backward pass: the probe's own pass
+    must leave nothing of its cache or random state to the first step."""
+    cfg = dict(tiny_config, loss={"name": "cached_mnrl", "kwargs": {"mini_batch_size": 3}})
+    probed, with_probe = three_step_run(cfg, tiny_model_dir, tmp_path / "probe", memory_probe=True)
+    _, without = three_step_run(cfg, tiny_model_dir, tmp_path / "plain", memory_probe=False)
+    assert probed["memory_probe"][0]["rows"] == 8
+    for key in without:
+        assert torch.equal(with_probe[key], without[key]), key
