@@ -118,12 +118,11 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     assert record["runs"]["theirs"][1]["position_in_process"] < record["runs"]["ours"][1]["position_in_process"]
     for which in ("first", "warm"):
         assert record["ratios"][which]["samples_per_s"] > 0
-    # each variant ran once, with its keys (both of workers'), beside theirs and ours' two runs
-    assert list(record["runs"]) == ["theirs", "ours", "ours:unmerged", "ours:workers", "ours:compile",
-                                    "ours:fusedloss"]
+    # each variant ran twice, with its keys (both of workers'), beside theirs and ours' two runs
+    assert list(record["runs"]) == ["theirs", "ours", "ours:workers", "ours:compile", "ours:fusedloss"]
     assert record["variants_invalid"] == {} and record["variants_failed"] == {}
-    for side in ("ours:unmerged", "ours:workers", "ours:compile", "ours:fusedloss"):
-        assert len(record["runs"][side]) == 1, side
+    for side in ("ours:workers", "ours:compile", "ours:fusedloss"):
+        assert len(record["runs"][side]) == 2, side
         assert record["variant_ratios"][side]["first"]["samples_per_s"] > 0, side
     assert record["settings"]["ours_overrides"]["ours:workers"] == [
         ["training.dataloader_num_workers", 2],
@@ -132,7 +131,6 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     speed = {side: runs[0]["speed"] for side, runs in record["runs"].items() if side.startswith("ours")}
     assert speed["ours:workers"]["dataloader_num_workers"] == 2 and speed["ours"]["dataloader_num_workers"] == 0
     assert speed["ours:compile"]["compile_layers"] and not speed["ours"]["compile_layers"]
-    assert not speed["ours:unmerged"]["merge_columns"] and not speed["ours:unmerged"]["compile_layers"]
     assert speed["ours:fusedloss"]["fused_loss"] and not speed["ours"]["fused_loss"]
     # the allocator setting `mtrain run` uses, set by the script itself (the smoke's environment has none)
     assert record["settings"]["cuda_allocator"] == "expandable_segments:True"
@@ -144,6 +142,7 @@ def test_noprobe_part_runs_ours_without_the_memory_probe(suite):
     assert record["settings"]["ours_overrides"]["ours"] == [["training.memory_probe", False]]
     assert {side: len(runs) for side, runs in record["runs"].items()} == {"theirs": 2, "ours": 2}
     assert record["runs"]["ours"][0]["speed"]["memory_probe"] is False
+    assert record["runs"]["ours"][0]["memory_probe"] is None  # no probe ran (its figures land here when one does)
 
 
 def test_noexpandable_part_keeps_the_allocator_setting_it_was_given(suite):
@@ -203,7 +202,7 @@ def test_train_profile_summary(suite):
     out, _ = suite
     record = _one(out, LONG)
     profiled = record["profile"]
-    assert set(profiled) == {"theirs", "ours", "ours:unmerged", "ours:workers", "ours:fusedloss"}  # --profile-sides
+    assert set(profiled) == {"theirs", "ours", "ours:workers", "ours:fusedloss"}  # --profile-sides
     for side, p in profiled.items():
         assert "profile_error" not in p, p.get("profile_error")
         assert p["steps"] == 1 and len(p["host_step_s"]) == 1
@@ -427,6 +426,34 @@ def test_summarize_profile_cuda_events():
     assert s["runtime_alloc_calls_per_step"] == {"cudaMalloc": 1}
     assert s["top_level_aten_ops_per_step"] == 2 and s["aten_ops_per_step"] == 4
     assert s["distinct_gemm_shapes"] == 2
+    assert s["kernel_time_by_category_s_per_step"] == {"gemm": 1000 / 1e9} and s["gpu_busy_s_per_step"] == 1000 / 1e9
+    assert s["top_kernels"] == [{"name": "ampere_sgemm_64x64", "category": "gemm", "calls_per_step": 1,
+                                 "s_per_step": 1000 / 1e9}]
+
+
+def test_kernel_categories_and_busy_time():
+    names = {
+        "void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<64>>": "attention",
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1": "gemm",
+        "nvjet_tst_192x192_64x4_2x1_v_bz_coopB_TNT": "gemm",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl": "gelu",
+        "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float>": "layer norm",
+        "void at::native::(anonymous namespace)::fused_dropout_kernel_vec<c10::BFloat16, float>": "dropout / random",
+        "void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda": "copy / cast",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::BFloat16>>": "elementwise",
+        "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps": "reduction",
+        "void at::native::indexSelectLargeIndex<c10::BFloat16, long, unsigned int, 2, 2, -2>": "index / gather / cat",
+        "triton_per_fused_add_native_layer_norm_0": "compiled (triton)",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor": "optimizer",
+        "some_custom_kernel": "other",
+    }
+    for name, category in names.items():
+        assert benchlib.kernel_category(name) == category, name
+    overlapping = [_Event("a", 0, 10), _Event("b", 5, 20), _Event("c", 30, 40), _Event("d", 32, 35)]
+    assert benchlib.busy_ns(overlapping) == 20 + 10 and benchlib.busy_ns([]) == 0
+    summary = benchlib.kernel_breakdown(overlapping, steps=2, top=2)
+    assert summary["gpu_busy_s_per_step"] == 15 / 1e9
+    assert [k["name"] for k in summary["top_kernels"]] == ["b", "a"]
 
 
 def test_gpu_profile_keeps_the_other_variants_when_one_fails(tmp_path, monkeypatch):

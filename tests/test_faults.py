@@ -223,3 +223,11 @@ def test_weights_finite_helper():
     with torch.no_grad():
         layer.weight[0, 0] = math.inf
     assert not weights_finite(layer)
+    mixed = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).to(torch.bfloat16))
+    with torch.no_grad():
+        mixed[0].weight.fill_(1e30)  # large but finite weights are finite: the check does not overflow
+    assert weights_finite(mixed)
+    with torch.no_grad():
+        mixed[1].bias[1] = math.nan
+    assert not weights_finite(mixed)
+    assert weights_finite(torch.nn.Embedding(3, 2).requires_grad_(False))

@@ -41,10 +41,16 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # disk fu
 
 
 def weights_finite(model: Any) -> bool:
-    """True when no parameter holds a NaN or an infinity (one host read for all of them)."""
+    """True when no parameter holds a NaN or an infinity (one host read for all of them).
 
-    checks = [torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()]
-    return bool(torch.stack(checks).all()) if checks else True
+    One L1 norm over all of them, by torch's foreach kernels (a handful of operations, where a check
+    per parameter made two each: ~400 for a BERT-base, on every save step): a NaN or an infinity
+    anywhere makes the sum NaN or infinite, and finite weights cannot sum past float range."""
+
+    params = [p.detach() for p in model.parameters() if p.is_floating_point()]
+    if not params:
+        return True
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(params, norm_type=1.0)))
 
 
 class NanGuard(TrainerCallback):

@@ -46,7 +46,7 @@ class Probed:
     tokens: int | None  # all its texts' tokens, when pre-tokenized
     unit: str  # "tokens" or "characters"
     seconds: float = 0.0
-    peak_bytes: int | None = None  # CUDA: the most memory allocated during the pass
+    peak_bytes: int | None = None  # CUDA: the most memory allocated so far in the process, this pass included
     total_bytes: int | None = None  # CUDA: the device's memory
 
     def line(self) -> str:
@@ -200,9 +200,8 @@ def _forward_backward(trainer: Any, rows: list[dict[str, Any]], name: str, devic
     """The training step's forward (under the trainer's autocast) and backward on ``rows``; no
     optimizer step, no loss logged."""
     cuda = device.type == "cuda"
-    if cuda:
+    if cuda:  # the peak counter is not reset: it is the process's (a benchmark around the run may read it)
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     inputs = trainer._prepare_inputs(trainer.data_collator(rows))
     dataset_name = inputs.pop("dataset_name", None) or name

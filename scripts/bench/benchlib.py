@@ -478,6 +478,74 @@ GEMM_PREFIXES = ("aten::_scaled_dot_product_", "aten::_flash_attention", "aten::
 SYNC_RUNTIME = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 ALLOC_RUNTIME = ("cudaMalloc", "cudaFree", "cudaHostAlloc", "cudaFreeHost")
 
+# Where a step's GPU time goes: a CUDA kernel's category by fragments of its (lower-cased) name, the first
+# match winning. What MFU leaves out shows here: time in anything but "gemm" and "attention" is the
+# memory-bound work between the matrix products (the target of fused or compiled kernels).
+KERNEL_CATEGORIES = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "_mma_", "splitk")),
+    ("optimizer", ("multi_tensor_apply", "adam")),
+    ("compiled (triton)", ("triton",)),
+    ("layer norm", ("layer_norm", "layernorm")),
+    ("dropout / random", ("dropout", "philox", "bernoulli")),
+    ("gelu", ("gelu",)),
+    ("softmax / loss", ("softmax", "logsumexp", "cross_entropy", "nll_loss")),
+    ("index / gather / cat", ("index", "gather", "scatter", "catarraybatched", "embedding")),
+    ("copy / cast", ("copy_kernel", "direct_copy")),
+    ("reduction", ("reduce",)),
+    ("elementwise", ("elementwise", "vectorized", "unrolled")),
+)
+
+
+def kernel_category(name: str) -> str:
+    """The :data:`KERNEL_CATEGORIES` entry a kernel's name falls in ("other" if none)."""
+    lower = name.lower()
+    for category, fragments in KERNEL_CATEGORIES:
+        if any(f in lower for f in fragments):
+            return category
+    return "other"
+
+
+def busy_ns(events: list[Any]) -> int:
+    """How long at least one of ``events`` ran (their intervals' union): the GPU's busy time, which
+    the kernels' summed durations overstate where kernels overlap on several streams."""
+    total, end = 0, None
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        start, stop = e.start_ns(), e.end_ns()
+        if end is None or start > end:
+            total += stop - start
+            end = stop
+        elif stop > end:
+            total += stop - end
+            end = stop
+    return total
+
+
+def kernel_breakdown(kernels: list[Any], steps: int, top: int = 15) -> dict[str, Any]:
+    """Per step: kernel time and count by :func:`kernel_category`, the GPU's busy time, and the ``top``
+    kernels by time (name cut to 160 characters)."""
+    time_by: collections.Counter = collections.Counter()
+    count_by: collections.Counter = collections.Counter()
+    per_kernel: dict[str, list[int]] = {}
+    for e in kernels:
+        category = kernel_category(e.name())
+        time_by[category] += e.duration_ns()
+        count_by[category] += 1
+        entry = per_kernel.setdefault(e.name(), [0, 0])
+        entry[0] += 1
+        entry[1] += e.duration_ns()
+    ranked = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:top]
+    return {
+        "gpu_busy_s_per_step": busy_ns(kernels) / 1e9 / steps,
+        "kernel_time_by_category_s_per_step": {k: v / 1e9 / steps for k, v in time_by.most_common()},
+        "kernels_by_category_per_step": {k: count_by[k] / steps for k, _ in time_by.most_common()},
+        "top_kernels": [
+            {"name": name[:160], "category": kernel_category(name), "calls_per_step": n / steps,
+             "s_per_step": ns / 1e9 / steps}
+            for name, (n, ns) in ranked
+        ],
+    }
+
 
 def _kineto_events(prof: Any) -> list[Any]:
     results = getattr(getattr(prof, "profiler", None), "kineto_results", None)
@@ -610,6 +678,7 @@ def summarize_profile(prof: Any, steps: int, own_device_syncs: int = 0) -> dict[
             {
                 "kernels_per_step": len(kernels) / steps,
                 "kernel_time_s_per_step": sum(e.duration_ns() for e in kernels) / 1e9 / steps,
+                **kernel_breakdown(kernels, steps),
                 "distinct_kernels": len({e.name() for e in kernels}),
                 "memcpy_dtoh_per_step": sum("DtoH" in e.name() for e in device_events) / steps,
                 "memcpy_htod_per_step": sum("HtoD" in e.name() for e in device_events) / steps,

@@ -28,15 +28,15 @@
 # `mtrain run` does, unless it is set (for the whole process: theirs runs with it too); the JSON's
 # settings.cuda_allocator says what ran.
 #   train-long    train.py, 16-256 tokens, batch 128: ours (defaults: on CUDA the packed forward with all
-#                 columns in one encoder call, training.merge_columns auto) first, then plain ST,
-#                 alternating, 2 repeats, plus ours variants in the same process, one run each: unmerged
-#                 (merge_columns=false: the packed forward alone, run 4's default; the padded forward,
-#                 measured in runs 1-4, is left out to keep the part inside its cap), workers
+#                 columns in one encoder call, training.merge_columns auto, and the memory probe) first, then
+#                 plain ST, alternating, 2 repeats, plus ours variants in the same process, two runs each (one
+#                 run each was too thin a figure with the H200 host's run-to-run variance; unmerged and padded,
+#                 measured in runs 1-5, are left out to keep the part inside its cap): workers
 #                 (dataloader_num_workers=2, dataloader_prefetch_factor=4: collation off the main process)
 #                 compile (compile_layers=true on top of the default; the compile time falls in the
 #                 warm-up steps) and fusedloss (training.fused_loss=true: every Matryoshka dim of MNRL in
-#                 one pass, ~1,200 fewer aten ops a step); profiles of theirs, ours, ours:unmerged,
-#                 ours:workers, ours:fusedloss (3 steps); the loss
+#                 one pass, ~1,200 fewer aten ops a step); profiles of theirs, ours, ours:workers,
+#                 ours:fusedloss (3 steps); the loss
 #                 check adds packed vs plain in fp32 and bf16 (varlen on CUDA)
 #   profile-bert  gpu_profile.py bert-base (plain MNRL, batch 64, 16-510 tokens): pad64 / packed (varlen) /
 #                 packed-merged (one encoder call) / packed-merged-compile (each encoder layer compiled
@@ -76,8 +76,8 @@
 # 102 s. H200 run 4 (2026-11-28, SUITE_BUDGET_S=490; 409 s in all, profile-xlmr skipped with 81 s left):
 # train-long 132 s (5 sides), profile-bert 56 s, train-short 77 s, profile-bert-cached 79 s (fp32
 # recompute, 5.7 s a pad64 step), train-long-expandable 59 s (with profiles).
-# Expected now, on an H200 with SUITE_BUDGET_S=490: train-long ~160 s (6 sides: run 4's 5 took 132 s, plus the
-# workers' start and fusedloss), profile-bert ~56 s, train-short ~90 s (with rowfetch), batches ~25 s (on this CPU 35 s,
+# Expected now, on an H200 with SUITE_BUDGET_S=490: train-long ~180 s (10 runs: run 4's 7 runs and 5 profiles took
+# 132 s; the compile runs pay their compile in the warm-up steps; 4 profiles), profile-bert ~56 s, train-short ~90 s (with rowfetch), batches ~25 s (on this CPU 35 s,
 # most of it tokenizing 10k rows four times), profile-bert-cached ~50-65 s (bf16 recompute),
 # train-long-noprobe ~45 s, train-long-noexpandable ~45 s (no profiles; it may now be cut at its cap or skipped),
 # ~480 s with the env dump: profile-xlmr (it needs ~60-80 s: imports, building 560M parameters, 2 variants x 3
@@ -169,11 +169,10 @@ GPU_PROFILE=("$PY" scripts/bench/gpu_profile.py --out "$OUTDIR")
 
 WORKERS=(--ours-variant workers:training.dataloader_num_workers=2
   --ours-variant workers:training.dataloader_prefetch_factor=4)
-part train-long 195 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 1 \
-  --ours-variant unmerged:training.merge_columns=false \
+part train-long 200 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 2 \
   "${WORKERS[@]}" --ours-variant compile:training.compile_layers=true \
   --ours-variant fusedloss:training.fused_loss=true \
-  --profile-sides theirs,ours,ours:unmerged,ours:workers,ours:fusedloss
+  --profile-sides theirs,ours,ours:workers,ours:fusedloss
 part profile-bert 75 40 "${GPU_PROFILE[@]}" --profile "$PROFILE" "${GPROF[@]}" \
   --variants "$PB_VARIANTS"
 part train-short 110 60 "${TRAIN[@]}" "${SHORT[@]}" --label short --first ours --variant-repeats 1 \

@@ -14,6 +14,17 @@ def _f(value, spec: str = ".2f", scale: float = 1.0) -> str:
     return "-" if value is None else format(value * scale, spec)
 
 
+def category_line(p: dict) -> str | None:
+    """Where a profiled step's GPU time went, by kernel category (benchlib.kernel_breakdown), or None."""
+    by = p.get("kernel_time_by_category_s_per_step")
+    if not by:
+        return None
+    total = sum(by.values()) or 1.0
+    busy = p.get("gpu_busy_s_per_step")
+    parts = " · ".join(f"{k} {v / total:.0%}" for k, v in by.items() if v / total >= 0.01)
+    return f"      GPU busy {_f(busy, '.3f')}s/step; kernel time: {parts}"
+
+
 def train_lines(record: dict) -> list[str]:
     s = record["settings"]
     title = (
@@ -63,6 +74,9 @@ def train_lines(record: dict) -> list[str]:
             f" distinct GEMM shapes {p.get('distinct_gemm_shapes')}"
             f"  collate {_f(p.get('collate_s_per_step'), '.1f', 1000)} ms/step"
         )
+        categories = category_line(p)
+        if categories:
+            lines.append(categories)
         top = (p.get("readbacks") or {}).get("top_callers") or []
         for caller in top[:4]:
             lines.append(f"      read-back {caller['per_step']:.1f}/step at {caller['where']}")
@@ -91,6 +105,9 @@ def profile_lines(record: dict) -> list[str]:
             )
             + (f"  attention {r['packed']['attention']}" if r.get("packed") else "")
         )
+        categories = category_line(p)
+        if categories:
+            lines.append(categories)
     for variant, why in (record.get("failed_variants") or {}).items():
         lines.append(f"  {variant}: FAILED {why.splitlines()[0][:160]}")
     probe = record.get("shape_probe")

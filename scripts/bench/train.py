@@ -370,7 +370,8 @@ def run_ours(ctx: dict, max_steps: int, out: Path, callbacks: list, overrides: l
     config = validate(ours_config(ctx, max_steps, out, overrides))
     results = run(config, overwrite=True, echo=lines.append, callbacks=callbacks)
     speed = [line for text in lines for line in str(text).splitlines() if line.startswith(("Speed features", "  "))]
-    return {"speed": results.get("speed"), "padding": results.get("padding"), "echo_speed_lines": speed[:20]}
+    return {"speed": results.get("speed"), "padding": results.get("padding"), "echo_speed_lines": speed[:20],
+            "memory_probe": results.get("memory_probe")}
 
 
 def run_side(side: str, ctx: dict, max_steps: int, out: Path, callbacks: list) -> dict:
