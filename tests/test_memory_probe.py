@@ -21,34 +21,74 @@ def _rows(n: int = 40) -> Dataset:
     rng = np.random.default_rng(0)
     anchor_lengths, positive_lengths = rng.permutation(n) + 1, rng.permutation(n) + 1
     return Dataset.from_dict({
-        "anchor": ["a" * int(k) for k in anchor_lengths],
-        "positive": ["p" * (100 - int(k)) for k in positive_lengths],  # characters disagree with the tokens
+        "anchor": [f"{int(k)}:" + "a" * int(k) for k in anchor_lengths],
+        "positive": [f"{int(a)}:" + "p" * (100 - int(k)) for a, k in zip(anchor_lengths, positive_lengths)],
         "score": [float(k) for k in anchor_lengths],
         "__tok__anchor__input_ids": [list(range(int(k))) for k in anchor_lengths],
         "__tok__positive__input_ids": [list(range(int(k))) for k in positive_lengths],
     })
 
 
-def test_the_largest_batch_holds_each_columns_longest_texts():
+def _epochs(lengths, size, batches, seed):
+    """The batches costliest_batch draws, rebuilt the same way: each epoch a permutation cut in batches."""
+    rng, out, n = np.random.default_rng(seed), [], len(lengths[0])
+    while len(out) < batches:
+        perm = rng.permutation(n)[: (n // size) * size].reshape(-1, size)
+        out.extend(perm[: batches - len(out)])
+    return out
+
+
+def test_the_probed_batch_is_the_costliest_of_as_many_as_the_run_draws():
+    rng = np.random.default_rng(1)
+    lengths = [rng.integers(1, 10, 1000), rng.integers(1, 200, 1000) ** 2 // 200]  # a long tail in the second
+    for packed in (True, False):
+        rows, drawn = memory_probe.costliest_batch(lengths, 16, 300, packed, seed=7)
+        drawn_batches = _epochs(lengths, 16, 300, seed=7)
+        assert drawn == 300 and len(drawn_batches) == 300 and len(set(rows.tolist())) == 16
+
+        def cost(batch, packed=packed):
+            return sum(int(c[batch].sum() if packed else c[batch].max()) for c in lengths)
+
+        assert cost(rows) == max(cost(b) for b in drawn_batches)
+        top = sum(int(np.sort(c)[-16:].sum()) for c in lengths) if packed else sum(int(c.max()) for c in lengths)
+        assert cost(rows) < top or not packed  # packed: far below each column's 16 longest together
+    one, drawn = memory_probe.costliest_batch(lengths, 16, 1, True, seed=7)
+    assert drawn == 1 and np.array_equal(one, _epochs(lengths, 16, 1, seed=7)[0])
+    few, drawn = memory_probe.costliest_batch([np.arange(5)], 16, 10, True, seed=0)  # fewer rows than a batch
+    assert sorted(few.tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_the_largest_batch_holds_whole_rows_measured_in_tokens_or_characters():
     data = _rows()
-    rows, probed = memory_probe.largest_batch("d", data, 5)
-    assert [len(r["__tok__anchor__input_ids"]) for r in rows] == [40, 39, 38, 37, 36]
-    assert [len(r["__tok__positive__input_ids"]) for r in rows] == [40, 39, 38, 37, 36]
-    assert all(r["score"] == len(r["anchor"]) for r in rows)  # the other columns come with the anchors' rows
-    assert all(len(r["positive"]) == 100 - len(r["__tok__positive__input_ids"]) for r in rows)  # text with its ids
-    assert (probed.rows, probed.longest, probed.tokens, probed.unit) == (5, 40, 2 * (40 + 39 + 38 + 37 + 36), "tokens")
+    rows, probed = memory_probe.largest_batch("d", data, 5, batches=40, packed=True, seed=3)
+    assert len(rows) == 5 and probed.drawn == 40 and probed.unit == "tokens"
+    for row in rows:  # whole rows: each text with its own ids and label
+        k = len(row["__tok__anchor__input_ids"])
+        assert row["anchor"] == f"{k}:" + "a" * k and row["positive"].startswith(f"{k}:") and row["score"] == k
+    assert probed.tokens == sum(len(r["__tok__anchor__input_ids"]) + len(r["__tok__positive__input_ids"])
+                                for r in rows)
+    assert probed.longest == max(len(r[c]) for r in rows for c in ("__tok__anchor__input_ids",
+                                                                       "__tok__positive__input_ids"))
+    assert "the largest of 40 batches like the run's, from d (5 rows, texts up to" in probed.line()
 
     texts = data.select_columns(["anchor", "positive", "score"])  # not pre-tokenized: by characters
-    rows, probed = memory_probe.largest_batch("d", texts, 3)
-    assert [len(r["positive"]) for r in rows] == [99, 98, 97] and probed.unit == "characters"
-    assert probed.tokens is None and probed.longest == 99
+    rows, probed = memory_probe.largest_batch("d", texts, 3, batches=13, packed=False)
+    assert probed.unit == "characters" and probed.tokens is None
+    assert probed.longest == max(len(r[c]) for r in rows for c in ("anchor", "positive"))
 
     shuffled = data.shuffle(seed=1).select(range(10))  # an indices mapping: the dataset's own rows only
-    own = sorted(len(x) for x in shuffled["__tok__anchor__input_ids"])[-2:][::-1]
-    rows, probed = memory_probe.largest_batch("d", shuffled, 2)
-    assert [len(r["__tok__anchor__input_ids"]) for r in rows] == own
-    rows, probed = memory_probe.largest_batch("d", data.select(range(3)), 8)  # fewer rows than a batch
-    assert probed.rows == 3 and len(rows) == 3
+    rows, _ = memory_probe.largest_batch("d", shuffled, 10, batches=1)
+    assert sorted(r["anchor"] for r in rows) == sorted(shuffled["anchor"])
+
+
+def test_a_run_draws_as_many_batches_as_its_steps_or_epochs():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(per_device_train_batch_size=8, max_steps=10, gradient_accumulation_steps=2,
+                           num_train_epochs=3)
+    assert memory_probe.batches_in_run(args, 30, 60) == 10  # half of 20 micro-batches
+    args.max_steps = -1
+    assert memory_probe.batches_in_run(args, 30, 60) == 12  # 3 epochs of 30 rows in batches of 8
 
 
 def test_auto_probes_cuda_memory_only():
@@ -69,10 +109,10 @@ def test_a_run_with_the_probe_trains_the_same_weights_bit_for_bit(tiny_config, t
                                         memory_probe=True)
     plain, without = three_step_run(tiny_config, tiny_model_dir, tmp_path / "plain", memory_probe=False)
     (line,) = [s for s in seen if s.startswith("memory_probe:")]
-    assert line.startswith("memory_probe: the largest batch of tiny (8 rows, texts up to ")
+    assert line.startswith("memory_probe: the largest of 3 batches like the run's, from tiny (8 rows, texts up to ")
     (summary,) = probed["memory_probe"]
     assert summary["dataset"] == "tiny" and summary["rows"] == 8 and summary["unit"] == "tokens"
-    assert summary["tokens"] >= 8 * 3 * 5 and summary["seconds"] > 0
+    assert summary["tokens"] >= 8 * 3 * 5 and summary["seconds"] > 0 and summary["batches_drawn"] == 3
     assert plain["memory_probe"] is None and probed["speed"]["memory_probe"] is True
     assert probed["padding"] == plain["padding"]  # the sorted forward's counters were put back
     for key in without:
@@ -107,7 +147,7 @@ def test_a_batch_that_cannot_fit_ends_the_run_before_step_one(tiny_config, write
     assert main(["run", str(write_config(cfg))]) == 1
     err = capsys.readouterr().err
     (line,) = [x for x in err.splitlines() if x.startswith("error:")]
-    assert line.startswith("error: the largest batch of tiny (8 rows, texts up to ")
+    assert line.startswith("error: the largest of 4 batches like the run's, from tiny (8 rows, texts up to ")
     assert "does not fit in GPU memory: found by training.memory_probe before the first step" in line
     assert "lower training.per_device_train_batch_size (now 8)" in line
     assert "Traceback" not in err
@@ -158,7 +198,7 @@ def test_each_dataset_of_a_multi_dataset_run_is_probed_with_its_own_loss(tiny_co
     results, _ = three_step_run(cfg, tiny_model_dir, tmp_path / "two", echo=seen.append, memory_probe=True)
     assert [p["dataset"] for p in results["memory_probe"]] == ["tiny", "pairs", "distill"]
     assert losses == [("tiny", "MultipleNegativesRankingLoss"), ("pairs", "CoSENTLoss"), ("distill", "MSELoss")]
-    assert len([s for s in seen if s.startswith("memory_probe: the largest batch of")]) == 3
+    assert len([s for s in seen if s.startswith("memory_probe: the largest of")]) == 3
 
 
 def test_a_gradient_cache_loss_trains_the_same_weights_after_the_probe(tiny_config, tiny_model_dir, tmp_path):

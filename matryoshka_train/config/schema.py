@@ -494,8 +494,9 @@ class TrainingConfig(Section):
     )
     memory_probe: bool | Literal["auto"] = Field(
         "auto",
-        description="Before the first step, run each training dataset's largest batch (each text column's "
-        "batch-size longest texts) forward and backward, and drop its gradients: a batch that cannot fit in GPU "
+        description="Before the first step, run each training dataset's largest batch (the costliest of as many "
+        "batches as the run draws, drawn the same way from the texts' lengths) forward and backward, and drop its "
+        "gradients: a batch that cannot fit in GPU "
         "memory ends the run at once, with what to change, instead of hours in; one that fits reports its peak "
         "memory. The run trains the same weights (random-number state restored). 'auto': on for CUDA, off "
         "elsewhere (a CPU run's memory is the machine's RAM).",

@@ -299,7 +299,8 @@ def probe_memory(state: Run, trainer: Any) -> None:
     failed = None
     try:
         state.probed = [p.summary() for p in run_probe(trainer, (state.chunked, state.packed), state.echo,
-                                                   name=state.plan.datasets[0].name)]
+                                                   name=state.plan.datasets[0].name,
+                                                   packed=state.packed is not None)]
     except DoesNotFit as exc:
         failed = exc.probed
     if not distributed.any_process(failed is not None):
@@ -310,9 +311,8 @@ def probe_memory(state: Run, trainer: Any) -> None:
         raise TrainingAborted("another process's largest batch does not fit in GPU memory (training.memory_probe, "
                               f"before the first step; nothing was trained); {tips}")
     raise TrainingAborted(
-        f"the largest batch of {failed.dataset} ({failed.rows} rows, texts up to {failed.longest:,} {failed.unit}) "
-        "does not fit in GPU memory: found by training.memory_probe before the first step, so nothing was "
-        f"trained; {tips}"
+        f"{failed.what()} does not fit in GPU memory: found by training.memory_probe before the first step, so "
+        f"nothing was trained; {tips}"
     )
 
 

@@ -2,10 +2,12 @@
 
 A batch's memory grows with its texts' lengths, and the sampler draws batches in random order, so
 the batch that does not fit in GPU memory may come hours into a run. Before the first step this
-module builds, for each training dataset, the largest batch its data can make: each text column's
-``batch_size`` longest values (by token count when the data is pre-tokenized, else by characters),
-and runs it forward and backward through the run's own collator, forward (packed, merged, compiled,
-as configured), loss and autocast. Then:
+module finds, for each training dataset, the largest batch the run will draw, near enough: it draws
+as many batches as the run will (each epoch a random permutation of the rows cut into batches, from
+the rows' lengths alone: 3-4 s for 50M rows drawn), and keeps the costliest by what activations
+scale with (its tokens in all under the packed forward; each column's widest row times the rows
+when padded). It runs those rows forward and backward through the run's own collator, forward
+(packed, merged, compiled, as configured), loss and autocast. Then:
 
 * a batch that does not fit ends the run at once, with the dataset, the batch and what to change,
   before any time is spent training;
@@ -13,16 +15,23 @@ as configured), loss and autocast. Then:
 * the caching allocator's pool has grown to that batch's size, so the first steps do not grow it
   (whether that makes a first run as fast as a warm one is for the GPU suite to measure).
 
+Why not each column's ``batch_size`` longest texts together, the true upper bound: where long texts
+are rare (a long tail is common) no batch of the run comes near it, and a probe of it would stop runs
+that train. The run's own draws differ from these, so its largest batch can be a little larger than
+the one probed; then it runs out of memory in its step, as without the probe.
+
 Nothing of the run changes: the gradients are dropped (the first optimizer step has not happened,
 so no weight moved), the random-number generators are restored (dropout draws the same masks in
-step 1 as without the probe), and the padding counters of the packed and sorted forwards are put
-back. ``tests/test_memory_probe.py`` checks that a run with the probe trains the same weights bit
-for bit. The optimizer's states do not exist yet (they come with the first step), so a batch that
-fits here can still run out of memory there; that happens at step 1, not hours in.
+step 1 as without the probe; the draws here use their own generator), and the padding counters of
+the packed and sorted forwards are put back. ``tests/test_memory_probe.py`` checks that a run with
+the probe trains the same weights bit for bit. The optimizer's states do not exist yet (they come
+with the first step), so a batch that fits here can still run out of memory there; that happens at
+step 1, not hours in.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,6 +43,9 @@ import pyarrow.compute as pc
 import torch
 
 from ..data.pretokenize import PREFIX, text_columns
+from . import distributed
+
+MAX_DRAWN_ROWS = 50_000_000  # rows drawn in all when finding a run's largest batch (3-4 s on a 2-core VM)
 
 
 @dataclass
@@ -45,24 +57,28 @@ class Probed:
     longest: int  # the longest text in it (tokens, or characters when ``unit`` says so)
     tokens: int | None  # all its texts' tokens, when pre-tokenized
     unit: str  # "tokens" or "characters"
+    drawn: int = 1  # of how many batches drawn like the run's this is the costliest
     seconds: float = 0.0
     peak_bytes: int | None = None  # CUDA: the most memory allocated so far in the process, this pass included
     total_bytes: int | None = None  # CUDA: the device's memory
 
-    def line(self) -> str:
+    def what(self) -> str:
+        """"the largest of N batches like the run's, from D (R rows, texts up to L tokens, T in all)"."""
         size = f"{self.rows} rows, texts up to {self.longest:,} {self.unit}"
         if self.tokens is not None:
             size += f", {self.tokens:,} tokens in all"
+        return f"the largest of {self.drawn:,} batches like the run's, from {self.dataset} ({size})"
+
+    def line(self) -> str:
         memory = ""
         if self.peak_bytes is not None and self.total_bytes:
             memory = (f"; peak GPU memory {self.peak_bytes / 2**30:.1f} of {self.total_bytes / 2**30:.1f} GiB "
                       f"({self.peak_bytes / self.total_bytes:.0%}; the optimizer's states come with step 1)")
-        return f"memory_probe: the largest batch of {self.dataset} ({size}) ran forward and backward in " \
-               f"{self.seconds:.1f}s{memory}"
+        return f"memory_probe: {self.what()} ran forward and backward in {self.seconds:.1f}s{memory}"
 
     def summary(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "rows": self.rows, "longest": self.longest, "unit": self.unit,
-                "tokens": self.tokens, "seconds": round(self.seconds, 3),
+                "tokens": self.tokens, "batches_drawn": self.drawn, "seconds": round(self.seconds, 3),
                 "peak_gib": None if self.peak_bytes is None else round(self.peak_bytes / 2**30, 3),
                 "device_gib": None if not self.total_bytes else round(self.total_bytes / 2**30, 3)}
 
@@ -98,37 +114,67 @@ def _lengths(dataset: Any, column: str) -> np.ndarray | None:
     return lengths
 
 
-def _longest(lengths: np.ndarray, count: int) -> np.ndarray:
-    """The indices of the ``count`` largest values, largest first."""
-    top = np.argpartition(-lengths, count - 1)[:count] if count < len(lengths) else np.arange(len(lengths))
-    return top[np.argsort(-lengths[top], kind="stable")]
+def costliest_batch(lengths: list[np.ndarray], batch_size: int, batches: int, packed: bool,
+                    seed: int) -> tuple[np.ndarray, int]:
+    """The row indices of the costliest of ``batches`` batches drawn as a run draws them (each epoch a
+    random permutation of the rows cut into batches of ``batch_size``), and how many were drawn (at most
+    :data:`MAX_DRAWN_ROWS` rows in all). ``lengths``: each text column's row lengths. The cost is what
+    the batch's activations scale with: its tokens in all when ``packed`` (only real tokens run), else
+    each column's widest row times the rows (every row is padded to it)."""
+    n = len(lengths[0])
+    count = min(batch_size, n)
+    per_epoch = max(n // count, 1)
+    wanted = max(1, min(batches, MAX_DRAWN_ROWS // count))
+    total = np.sum(lengths, axis=0) if packed else None
+    rng = np.random.default_rng(seed)
+    best_cost, best, drawn = -1, np.arange(count), 0
+    while drawn < wanted:
+        take = min(per_epoch, wanted - drawn)
+        epoch = rng.permutation(n)[: take * count].reshape(take, count)
+        if packed:
+            cost = total[epoch].sum(axis=1)
+        else:
+            cost = sum(column[epoch].max(axis=1) for column in lengths) * count
+        i = int(np.argmax(cost))
+        if cost[i] > best_cost:
+            best_cost, best = int(cost[i]), epoch[i]
+        drawn += take
+    return best, drawn
 
 
-def largest_batch(name: str, dataset: Any, batch_size: int) -> tuple[list[dict[str, Any]], Probed]:
-    """The rows of the largest batch ``dataset`` can make (each text column's ``batch_size`` longest
-    values; the other columns from the rows of the first text column's longest values), and its size."""
-    count = min(batch_size, len(dataset))
+def largest_batch(name: str, dataset: Any, batch_size: int, batches: int = 1, packed: bool = True,
+                  seed: int = 0) -> tuple[list[dict[str, Any]], Probed]:
+    """The rows of the costliest of ``batches`` batches drawn from ``dataset`` like the run's
+    (:func:`costliest_batch`), and its size. Whole rows, as the run reads them: a batch of each
+    column's longest texts together would be far larger than any the run draws where long texts are
+    rare, and would stop runs that train."""
     columns = text_columns(dataset)
-    if count == 0 or not columns:
+    if len(dataset) == 0 or not columns:
         raise ValueError("no rows or no text columns")
     pretokenized = all(f"{PREFIX}{c}__input_ids" in dataset.column_names for c in columns)
-    rows: list[dict[str, Any]] | None = None
-    longest, tokens = 0, 0
+    lengths = []
     for column in columns:
         measured = f"{PREFIX}{column}__input_ids" if pretokenized else column
-        lengths = _lengths(dataset, measured)
-        if lengths is None:
+        values = _lengths(dataset, measured)
+        if values is None:
             raise ValueError(f"column {measured} holds neither token ids nor text")
-        top = _longest(lengths, count)
-        longest, tokens = max(longest, int(lengths[top[0]])), tokens + int(lengths[top].sum())
-        if rows is None:  # every column of these rows (labels, dataset name, …)
-            rows = dataset.select(top.tolist()).to_list()
-            continue
-        own = [column] + [c for c in dataset.column_names if c.startswith(f"{PREFIX}{column}__")]
-        for row, values in zip(rows, dataset.select_columns(own).select(top.tolist()).to_list()):
-            row.update(values)
+        lengths.append(values)
+    chosen, drawn = costliest_batch(lengths, batch_size, batches, packed, seed)
+    rows = dataset.select(chosen.tolist()).to_list()
+    longest = max(int(column[chosen].max()) for column in lengths)
+    tokens = sum(int(column[chosen].sum()) for column in lengths)
     unit = "tokens" if pretokenized else "characters"
-    return rows or [], Probed(name, count, longest, tokens if pretokenized else None, unit)
+    return rows, Probed(name, len(chosen), longest, tokens if pretokenized else None, unit, drawn=drawn)
+
+
+def batches_in_run(args: Any, rows: int, all_rows: int) -> int:
+    """How many batches a run with trainer arguments ``args`` draws from a dataset of ``rows`` rows,
+    of ``all_rows`` in all its datasets (on every process together)."""
+    size = max(args.per_device_train_batch_size, 1)
+    if args.max_steps and args.max_steps > 0:
+        steps = args.max_steps * args.gradient_accumulation_steps * distributed.world_size()
+        return max(1, math.ceil(steps * rows / max(all_rows, 1)))
+    return max(1, math.ceil(float(args.num_train_epochs) * rows / size))
 
 
 def why_skipped(trainer: Any) -> str | None:
@@ -145,20 +191,23 @@ def run_probe(
     counters: Iterable[Any] = (),
     echo: Callable[[str], None] = print,
     name: str = "train",
+    packed: bool = False,
 ) -> list[Probed]:
     """Run each training dataset's largest batch forward and backward through ``trainer``'s
     collator, model and loss (module docstring); returns what each took. Raises :class:`DoesNotFit`
     when one runs out of GPU memory. ``counters``: objects (the packed or sorted forward) whose int
     attributes are put back afterwards; ``name``: the dataset's, when the trainer has one dataset (not
-    a dict of them). Any other failure is reported in one line and skipped: the
+    a dict of them); ``packed``: the packed forward runs (a batch then costs its tokens in all, not its
+    widest rows). Any other failure is reported in one line and skipped: the
     probe must never stop a run that would train."""
     skipped = why_skipped(trainer)
     if skipped is not None:
         echo(f"memory_probe: skipped ({skipped})")
         return []
-    model = trainer.model
+    model, args = trainer.model, trainer.args
     device = next(model.parameters()).device
     datasets = trainer.train_dataset if isinstance(trainer.train_dataset, dict) else {name: trainer.train_dataset}
+    total_rows = sum(len(d) for d in datasets.values())
     kept = [(obj, {k: v for k, v in vars(obj).items() if type(v) is int}) for obj in counters if obj is not None]
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
@@ -168,7 +217,8 @@ def run_probe(
         model.train()
         for label, dataset in datasets.items():
             try:
-                rows, probed = largest_batch(label, dataset, trainer.args.per_device_train_batch_size)
+                rows, probed = largest_batch(label, dataset, args.per_device_train_batch_size,
+                                             batches_in_run(args, len(dataset), total_rows), packed, args.seed)
             except Exception as exc:  # noqa: BLE001 - a dataset the probe cannot read still trains
                 echo(f"memory_probe: skipped {label} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
                 continue
