@@ -210,3 +210,31 @@ def test_a_gradient_cache_loss_trains_the_same_weights_after_the_probe(tiny_conf
     assert probed["memory_probe"][0]["rows"] == 8
     for key in without:
         assert torch.equal(with_probe[key], without[key]), key
+
+
+def test_the_probe_runs_under_the_runs_autocast(tiny_config, tiny_model_dir, tmp_path, monkeypatch):
+    """bf16 on a CPU (a run here would fall back to fp32; the test lets it keep bf16) stands in for a
+    GPU's bf16: the probe's forward runs under the trainer's autocast, as the steps do (bf16 matrix
+    products inside it), and the run still trains the same weights."""
+    from matryoshka_train.training import plan
+
+    monkeypatch.setattr(plan, "resolve_precision", lambda asked, cuda, echo=print: asked)
+    dtypes: list[torch.dtype] = []
+    real = memory_probe._forward_backward
+
+    def spy(trainer, rows, name, device, probed):
+        hook = trainer.model[0].auto_model.encoder.layer[0].attention.self.query.register_forward_hook(
+            lambda module, args, out: dtypes.append(out.dtype))
+        try:
+            real(trainer, rows, name, device, probed)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(memory_probe, "_forward_backward", spy)
+    cpu_bf16 = {"precision": "bf16", "extra": {"use_cpu": True}}  # the trainer's own switch for bf16 on a CPU
+    _, with_probe = three_step_run(tiny_config, tiny_model_dir, tmp_path / "probe", memory_probe=True, **cpu_bf16)
+    monkeypatch.setattr(memory_probe, "_forward_backward", real)
+    _, without = three_step_run(tiny_config, tiny_model_dir, tmp_path / "plain", memory_probe=False, **cpu_bf16)
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # one call per chunk of the sorted forward
+    for key in without:
+        assert torch.equal(with_probe[key], without[key]), key
