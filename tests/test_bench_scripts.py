@@ -118,11 +118,13 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
     assert record["runs"]["theirs"][1]["position_in_process"] < record["runs"]["ours"][1]["position_in_process"]
     for which in ("first", "warm"):
         assert record["ratios"][which]["samples_per_s"] > 0
-    # each variant ran twice, with its keys (both of workers'), beside theirs and ours' two runs
+    # each variant ran (once in the smoke, twice on a GPU), with its keys (both of workers'), beside theirs and
+    # ours' two runs
     assert list(record["runs"]) == ["theirs", "ours", "ours:workers", "ours:compile", "ours:fusedloss"]
     assert record["variants_invalid"] == {} and record["variants_failed"] == {}
+    assert record["settings"]["variant_repeats"] == 1
     for side in ("ours:workers", "ours:compile", "ours:fusedloss"):
-        assert len(record["runs"][side]) == 2, side
+        assert len(record["runs"][side]) == 1, side
         assert record["variant_ratios"][side]["first"]["samples_per_s"] > 0, side
     assert record["settings"]["ours_overrides"]["ours:workers"] == [
         ["training.dataloader_num_workers", 2],
@@ -140,7 +142,7 @@ def test_train_json_first_warm_ratios_and_loss_equality(suite):
 def test_noprobe_part_runs_ours_without_the_memory_probe(suite):
     record = _one(suite[0], "train-tiny-cpu-words4-40-long-noprobe-*.json")
     assert record["settings"]["ours_overrides"]["ours"] == [["training.memory_probe", False]]
-    assert {side: len(runs) for side, runs in record["runs"].items()} == {"theirs": 2, "ours": 2}
+    assert {side: len(runs) for side, runs in record["runs"].items()} == {"theirs": 1, "ours": 1}  # smoke: 1
     assert record["runs"]["ours"][0]["speed"]["memory_probe"] is False
     assert record["runs"]["ours"][0]["memory_probe"] is None  # no probe ran (its figures land here when one does)
 
@@ -150,7 +152,7 @@ def test_noexpandable_part_keeps_the_allocator_setting_it_was_given(suite):
     record = _one(out, "train-tiny-cpu-words4-40-long-noexpandable-*.json")
     assert record["settings"]["cuda_allocator"] == "expandable_segments:False"  # from the environment, both sides
     assert record["settings"]["cuda_allocator_set_by_bench"] is False
-    assert {side: len(runs) for side, runs in record["runs"].items()} == {"theirs": 2, "ours": 2}
+    assert {side: len(runs) for side, runs in record["runs"].items()} == {"theirs": 1, "ours": 1}  # smoke: 1
     assert record["runs"]["ours"][0]["position_in_process"] == 0  # --first ours
     assert record["profile"] is None and record["complete"] is True  # --profile-steps 0: timed runs only
 

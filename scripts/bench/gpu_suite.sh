@@ -29,9 +29,9 @@
 # settings.cuda_allocator says what ran.
 #   train-long    train.py, 16-256 tokens, batch 128: ours (defaults: on CUDA the packed forward with all
 #                 columns in one encoder call, training.merge_columns auto, and the memory probe) first, then
-#                 plain ST, alternating, 2 repeats, plus ours variants in the same process, two runs each (one
-#                 run each was too thin a figure with the H200 host's run-to-run variance; unmerged and padded,
-#                 measured in runs 1-5, are left out to keep the part inside its cap): workers
+#                 plain ST, alternating, 2 repeats, plus ours variants in the same process, two runs each
+#                 (--smoke: one; one run each was too thin a figure with the H200 host's run-to-run variance;
+#                 unmerged and padded, measured in runs 1-5, are left out to keep the part inside its cap): workers
 #                 (dataloader_num_workers=2, dataloader_prefetch_factor=4: collation off the main process)
 #                 compile (compile_layers=true on top of the default; the compile time falls in the
 #                 warm-up steps) and fusedloss (training.fused_loss=true: every Matryoshka dim of MNRL in
@@ -114,6 +114,8 @@ if [ $smoke = 1 ]; then
   XLMR=(--profile tiny-cached --batch 12 --mini-batch 4 --steps 1 --warmup 0 --variants pad64,packed --label xlmr-smoke)
   BATCHES=(--words 4 40 --batch 8 --batches 4 --repeats 1 --datasets 1 2 --rows 64)
   MIN_PART=${MIN_PART_S:-5}; XLMR_MIN=100000  # always skipped: exercises the budget check
+  VREP=1; ONE=(--repeats 1)  # the smoke checks the plumbing, not the figures: one run of each variant, and of
+                             # ours and theirs in the parts that repeat train-long's setting
 else
   DEV=cuda; MODEL=bert-base; PROFILE=bert-base
   LONG=(--words 16 256 --batch 128 --steps 8 --warmup 2 --repeats 2 --profile-steps 3)
@@ -124,6 +126,7 @@ else
   XLMR=(--profile xlmr-large --batch 512 --steps 2 --warmup 1 --variants pad64,packed)
   BATCHES=(--words 16 256 --batch 128 --batches 30 --repeats 3 --datasets 1 4 --pad-to-multiple-of 64)
   XLMR_MIN=100  # ~15 s imports, ~15 s building 560M parameters, 2 variants x 3 steps at batch 512, loads
+  VREP=2; ONE=()
 fi
 
 {
@@ -169,7 +172,7 @@ GPU_PROFILE=("$PY" scripts/bench/gpu_profile.py --out "$OUTDIR")
 
 WORKERS=(--ours-variant workers:training.dataloader_num_workers=2
   --ours-variant workers:training.dataloader_prefetch_factor=4)
-part train-long 200 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats 2 \
+part train-long 200 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats "$VREP" \
   "${WORKERS[@]}" --ours-variant compile:training.compile_layers=true \
   --ours-variant fusedloss:training.fused_loss=true \
   --profile-sides theirs,ours,ours:workers,ours:fusedloss
@@ -182,11 +185,11 @@ part batches 45 20 "$PY" scripts/bench/batches.py --device "$DEV" --out "$OUTDIR
 part profile-bert-cached 90 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
 # ours without the memory probe (on by default on CUDA: the largest batch forward and backward before step 1):
 # against train-long's ours, whether the allocator's pool grown before step 1 brings the first run closer to warm
-part train-long-noprobe 60 40 "${TRAIN[@]}" "${LONG[@]}" --profile-steps 0 --label long-noprobe --first ours \
-  --ours-set training.memory_probe=false
+part train-long-noprobe 60 40 "${TRAIN[@]}" "${LONG[@]}" "${ONE[@]}" --profile-steps 0 --label long-noprobe \
+  --first ours --ours-set training.memory_probe=false
 # both sides with the allocator as it was before `mtrain run` set expandable segments (train-long has them)
 part train-long-noexpandable 60 40 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False "${TRAIN[@]}" "${LONG[@]}" \
-  --profile-steps 0 --label long-noexpandable --first ours
+  "${ONE[@]}" --profile-steps 0 --label long-noexpandable --first ours
 part train-long-compile 170 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label compiled --first ours \
   --variant-repeats 1 --ours-variant compile:training.compile_layers=true \
   --ours-variant paddedcompile:training.packed_forward=false --ours-variant paddedcompile:training.compile_layers=true \
