@@ -198,8 +198,8 @@ def run_probe(
     when one runs out of GPU memory. ``counters``: objects (the packed or sorted forward) whose int
     attributes are put back afterwards; ``name``: the dataset's, when the trainer has one dataset (not
     a dict of them); ``packed``: the packed forward runs (a batch then costs its tokens in all, not its
-    widest rows). Any other failure is reported in one line and skipped: the
-    probe must never stop a run that would train."""
+    widest rows). Any other failure is reported in one line and skipped: the probe must never stop a
+    run that would train."""
     skipped = why_skipped(trainer)
     if skipped is not None:
         echo(f"memory_probe: skipped ({skipped})")
@@ -220,7 +220,7 @@ def run_probe(
                 rows, probed = largest_batch(label, dataset, args.per_device_train_batch_size,
                                              batches_in_run(args, len(dataset), total_rows), packed, args.seed)
             except Exception as exc:  # noqa: BLE001 - a dataset the probe cannot read still trains
-                echo(f"memory_probe: skipped {label} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+                echo(_skipped(label, exc))
                 continue
             try:
                 _forward_backward(trainer, rows, label, device, probed)
@@ -229,7 +229,7 @@ def run_probe(
                 raise DoesNotFit(probed) from None
             except Exception as exc:  # noqa: BLE001 - as above; a real fault shows again in step 1, with its trace
                 _release(trainer)
-                echo(f"memory_probe: skipped {label} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+                echo(_skipped(label, exc))
                 continue
             _release(trainer)
             done.append(probed)
@@ -243,6 +243,12 @@ def run_probe(
             for key, value in values.items():
                 setattr(obj, key, value)
     return done
+
+
+def _skipped(label: str, exc: Exception) -> str:
+    """The one-line note for a dataset the probe skips."""
+    first = str(exc).splitlines()[0][:160] if str(exc) else ""
+    return f"memory_probe: skipped {label} ({type(exc).__name__}: {first})"
 
 
 def _forward_backward(trainer: Any, rows: list[dict[str, Any]], name: str, device: torch.device,
