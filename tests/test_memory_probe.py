@@ -238,3 +238,9 @@ def test_the_probe_runs_under_the_runs_autocast(tiny_config, tiny_model_dir, tmp
     assert dtypes and set(dtypes) == {torch.bfloat16}  # one call per chunk of the sorted forward
     for key in without:
         assert torch.equal(with_probe[key], without[key]), key
+
+
+def test_the_skip_note_is_one_line_for_any_exception():
+    note = memory_probe._skipped("d", ValueError("first line\nsecond"))
+    assert note == "memory_probe: skipped d (ValueError: first line)"
+    assert memory_probe._skipped("d", RuntimeError()) == "memory_probe: skipped d (RuntimeError: )"  # no message
