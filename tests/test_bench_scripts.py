@@ -481,3 +481,19 @@ def test_gpu_profile_keeps_the_other_variants_when_one_fails(tmp_path, monkeypat
     assert record["failed_variants"] == {"packed": "RuntimeError: no varlen kernel in this build"}
     assert record["settings"]["cuda_allocator"] == "expandable_segments:False"
     assert record["settings"]["cuda_allocator_set_by_bench"] is False
+
+
+def test_batches_times_a_static_embeddings_pipeline_and_checks_its_ids(tmp_path):
+    """--model static: a StaticEmbedding's batches (ids end to end with offsets), pre-tokenized and
+    read by column, equal the row reads' and hold the ids sentence-transformers' own collator gives."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "batches.py"), "--model", "static", "--words", "4", "40", "--batch", "8",
+         "--batches", "4", "--repeats", "1", "--datasets", "1", "2", "--rows", "64", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    record = _one(tmp_path, "batches-cpu-static-words4-40-b8-*.json")
+    for result in record["results"].values():
+        assert result["checks"] == {"ours_equals_ours_rows": True, "ours_texts_equals_theirs": True,
+                                    "token_ids_equal_theirs": True}

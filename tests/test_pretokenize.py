@@ -96,3 +96,61 @@ class _PlainCollator:
 
     def __call__(self, features):
         return {"label": torch.tensor([f["score"] for f in features])}
+
+
+def _static_model(tiny_model_dir):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+
+    tokenizer = SentenceTransformer(str(tiny_model_dir), device="cpu")[0].tokenizer.backend_tokenizer
+    torch.manual_seed(0)
+    return SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=16)], device="cpu")
+
+
+def test_a_static_embeddings_ids_and_offsets_equal_its_own_preprocessing(tiny_model_dir, file_dataset):
+    """A StaticEmbedding sums each text's token ids in an EmbeddingBag: no padding, no mask. Its texts
+    are tokenized once too, and the collator lays them out as StaticEmbedding.preprocess does, from
+    the dataset's rows and from rows read a column at a time."""
+    from matryoshka_train.data.fetch import ColumnarRows
+
+    model = _static_model(tiny_model_dir)
+    done = pretokenize(file_dataset(), model, echo=lambda _: None)
+    assert done is not None and done.text_columns == ["anchor", "positive"]
+    assert set(done.dataset.column_names) >= {f"{PREFIX}anchor__input_ids", f"{PREFIX}positive__input_ids"}
+    collator = PretokenizedCollator(_PlainCollator(), model[0].tokenizer,
+                                    [c for c in done.dataset.column_names if c.startswith(PREFIX)], bags=True)
+    picked = list(range(0, 40, 3))
+    for rows in ([done.dataset[i] for i in picked], ColumnarRows(done.dataset).__getitems__(picked)):
+        batch = collator(rows)
+        for column in ("anchor", "positive"):
+            theirs = model.preprocess([r[column] for r in rows])
+            assert set(theirs) == {"input_ids", "offsets"}
+            for key in ("input_ids", "offsets"):
+                assert torch.equal(batch[f"{column}_{key}"], theirs[key]), (column, key)
+        assert not any(k.endswith("attention_mask") for k in batch)
+
+
+def test_a_static_run_on_token_ids_trains_the_weights_of_one_that_tokenizes_per_batch(tiny_config, tiny_model_dir,
+                                                                                       tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from matryoshka_train.config import validate
+    from matryoshka_train.training.entry import run
+
+    static_dir = tmp_path / "static"
+    _static_model(tiny_model_dir).save(str(static_dir))
+    weights, seen = {}, []
+    for pre in (True, False):
+        cfg = json.loads(json.dumps(tiny_config))
+        cfg["model"] = {"name_or_path": str(static_dir)}
+        cfg["matryoshka"]["dims"] = [16, 8]
+        cfg["evaluation"] = {"evaluators": []}
+        cfg["training"].update(max_steps=3, learning_rate=0.1, pretokenize=pre, output_dir=str(tmp_path / f"o{pre}"))
+        results = run(validate(cfg), echo=seen.append)
+        assert bool(results["pretokenize"]) is pre
+        weights[pre] = SentenceTransformer(str(tmp_path / f"o{pre}"), device="cpu").state_dict()
+    start = SentenceTransformer(str(static_dir), device="cpu").state_dict()
+    assert not torch.equal(weights[True]["0.embedding.weight"], start["0.embedding.weight"])  # it trained
+    for key, value in weights[True].items():  # and on the same batches as the per-batch path
+        assert torch.equal(value, weights[False][key]), key
+    assert any(line.startswith("Tokenized tiny once") for line in seen)

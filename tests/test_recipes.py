@@ -237,8 +237,9 @@ def test_static_trains_on_all_18_datasets_and_evaluates_each(write_config, tmp_p
     evaluated = {k for e in events if e.get("event") == "eval" for k in e}
     assert {f"eval_{name}_loss" for name in names} <= evaluated
     results = results_of(out)
-    probed = results["memory_probe"]  # every dataset's largest batch, measured in characters (not pre-tokenized)
-    assert [p["dataset"] for p in probed] == names and {p["unit"] for p in probed} == {"characters"}
+    assert set(results["pretokenize"]) == set(names)  # the StaticEmbedding's texts were tokenized once
+    probed = results["memory_probe"]  # every dataset's largest batch, measured in tokens
+    assert [p["dataset"] for p in probed] == names and {p["unit"] for p in probed} == {"tokens"}
     assert results["carbon"]["tracked"] is True and results["carbon"]["energy_kwh"] > 0
     assert (out / "emissions.csv").is_file() and "Carbon:" in (out / "README.md").read_text()
 

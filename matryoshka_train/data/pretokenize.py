@@ -30,7 +30,7 @@ from datasets import Value
 from sentence_transformers.base.data_collator import (
     DEFAULT_LABEL_COLUMNS as label_columns,
 )
-from sentence_transformers.sentence_transformer.modules import Transformer
+from sentence_transformers.sentence_transformer.modules import StaticEmbedding, Transformer
 
 from ..models.sorted_forward import first_transformer
 from ..reporting import progress
@@ -65,17 +65,34 @@ def token_columns(dataset: Any) -> list[str]:
     return [name for name in dataset.column_names if name.startswith(PREFIX)]
 
 
+def static_embedding(model: Any) -> Any:
+    """The model's first module if it is a plain ``StaticEmbedding`` (token ids summed in an
+    EmbeddingBag: no padding, no attention mask), else None."""
+    children = list(model.children()) if hasattr(model, "children") else []
+    return children[0] if children and type(children[0]) is StaticEmbedding else None
+
+
 def qualifies(model: Any) -> bool:
-    """Only a plain transformer text encoder (not a subclass, which may preprocess its own way)
-    with a fast tokenizer is pre-tokenized."""
+    """A plain transformer text encoder (not a subclass, which may preprocess its own way) with a
+    fast tokenizer, or a plain StaticEmbedding, is pre-tokenized."""
 
     transformer = first_transformer(model)
-    return type(transformer) is Transformer and getattr(transformer.tokenizer, "is_fast", False)
+    if type(transformer) is Transformer and getattr(transformer.tokenizer, "is_fast", False):
+        return True
+    return static_embedding(model) is not None
 
 
 def _tokenizer_key(model: Any) -> str:
-    tokenizer = first_transformer(model).tokenizer
     h = hashlib.sha256()
+    static = static_embedding(model)
+    if static is not None:  # a `tokenizers.Tokenizer`, called without special tokens, no truncation
+        spec = json.loads(static.tokenizer.to_str())
+        for state in ("truncation", "padding"):
+            spec.pop(state, None)
+        h.update(json.dumps(spec, sort_keys=True).encode())
+        h.update(b"StaticEmbedding, no special tokens")
+        return h.hexdigest()[:16]
+    tokenizer = first_transformer(model).tokenizer
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     for state in ("truncation", "padding"):  # set by each call, not part of what the ids are
         spec.pop(state, None)
@@ -96,17 +113,31 @@ def pretokenize(
     columns = text_columns(dataset)
     if not columns:
         return None
-    tokenizer = first_transformer(model).tokenizer
-    max_length = model.max_seq_length
-    keys = [k for k in _KEYS if k in tokenizer.model_input_names] or ["input_ids"]
+    static = static_embedding(model)
+    if static is not None:  # as StaticEmbedding.preprocess encodes: no special tokens, no truncation
+        bag_tokenizer = static.tokenizer
+        keys = ["input_ids"]
 
-    def tokenize(batch: dict[str, list]) -> dict[str, list]:
-        out = {}
-        for c in columns:
-            encoded = tokenizer(batch[c], truncation="longest_first", max_length=max_length, padding=False)
-            for key in keys:
-                out[_column(c, key)] = encoded[key]
-        return out
+        def tokenize(batch: dict[str, list]) -> dict[str, list]:
+            return {_column(c, "input_ids"): [e.ids for e in bag_tokenizer.encode_batch(batch[c],
+                                                                                        add_special_tokens=False)]
+                    for c in columns}
+
+        collator = PretokenizedCollator(None, None, bags=True)
+    else:
+        tokenizer = first_transformer(model).tokenizer
+        max_length = model.max_seq_length
+        keys = [k for k in _KEYS if k in tokenizer.model_input_names] or ["input_ids"]
+
+        def tokenize(batch: dict[str, list]) -> dict[str, list]:
+            out = {}
+            for c in columns:
+                encoded = tokenizer(batch[c], truncation="longest_first", max_length=max_length, padding=False)
+                for key in keys:
+                    out[_column(c, key)] = encoded[key]
+            return out
+
+        collator = PretokenizedCollator(None, tokenizer)
 
     if num_proc is None:
         num_proc = max(1, min(os.cpu_count() or 1, len(dataset) // 100_000))
@@ -125,7 +156,7 @@ def pretokenize(
             desc=f"Tokenizing {name} once" if name else "Tokenizing once",
         )
     seconds = time.time() - started
-    problem = PretokenizedCollator(None, tokenizer).mismatch(tokenized, model, columns)
+    problem = collator.mismatch(tokenized, model, columns)
     if problem:
         echo(f"Note: not pre-tokenizing ({problem}); tokenizing each batch instead.")
         return None
@@ -155,13 +186,15 @@ class PretokenizedCollator:
     is what sentence-transformers' samplers leave out when they compare texts."""
 
     def __init__(self, inner: Any, tokenizer: Any, extra_label_columns: list[str] = (),
-                 pad_to_multiple_of: int | None = None, max_width: int | None = None):
+                 pad_to_multiple_of: int | None = None, max_width: int | None = None, bags: bool = False):
         self.inner = inner
         self.pad_to_multiple_of = pad_to_multiple_of
         self.max_width = max_width  # rounding up never pads past this (the model's max_seq_length)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.bags = bags  # a StaticEmbedding's layout: ids end to end and each row's offset, no padding
+        pad_id = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad_id if pad_id is not None else 0
         self.pad_type = getattr(tokenizer, "pad_token_type_id", 0) or 0
-        self.left = tokenizer.padding_side == "left"
+        self.left = getattr(tokenizer, "padding_side", "right") == "left"
         self.extra_label_columns = list(extra_label_columns)
 
     @property
@@ -197,6 +230,12 @@ class PretokenizedCollator:
         else:
             ids = [row[ids_name] for row in rows]
             lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        if self.bags:  # StaticEmbedding.preprocess's layout: every id end to end, each row's start
+            flat = ids if isinstance(ids, np.ndarray) else _end_to_end(ids, int(lengths.sum()))
+            starts = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
+            flat = np.array(flat, dtype=np.int64)  # a copy: rows read by column are views of read-only Arrow buffers
+            return {"input_ids": torch.from_numpy(flat),
+                    "offsets": torch.from_numpy(starts)}
         width = self.width(int(lengths.max()) if len(lengths) else 0)
         positions = np.arange(width)
         if self.left:

@@ -28,7 +28,7 @@ from .. import testing
 from ..config.loading import dump_resolved
 from ..config.schema import RunConfig
 from ..data.fetch import columnar_fetch
-from ..data.pretokenize import PretokenizedCollator, token_columns
+from ..data.pretokenize import PretokenizedCollator, static_embedding, token_columns
 from ..errors import ConfigError, TrainingAborted
 from ..losses.per_dim import fused_losses
 from ..models import compiled_layers, merged_columns, packed_forward, sorted_forward
@@ -244,6 +244,7 @@ def train(state: Run, callbacks: list[Any], resume_hint: str | None) -> None:
             columns,
             pad_to_multiple_of=plan.speed.pad_to_multiple_of,
             max_width=plan.model.max_seq_length,
+            bags=static_embedding(plan.model) is not None,
         )
     make_checkpoints_atomic(trainer)
     state.chunked = (

@@ -125,6 +125,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="rows generated (default: enough for 2 passes, >= 2000)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--pad-to-multiple-of", type=int, default=None, help="ours' widths (64: CUDA default)")
+    parser.add_argument("--model", choices=["tiny", "static"], default="tiny",
+                        help="static: a StaticEmbedding over the same tokenizer (ids end to end, offsets, no padding)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
@@ -150,6 +152,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-batches-"))
     max_len = min(args.words[1] + 2, benchlib.MAX_POSITIONS)
     model = benchlib.build_model("tiny", tmp / "model", max_seq_length=max_len)
+    static = args.model == "static"
+    if static:  # the static recipe's kind of model: an EmbeddingBag over the tokenizer, no padding
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+
+        model = SentenceTransformer(modules=[StaticEmbedding(model[0].tokenizer.backend_tokenizer, embedding_dim=64)],
+                                    device="cpu")
     rows_needed = args.batch * args.batches * 2
     data = make_data(tmp, args.rows or max(rows_needed, 2000), tuple(args.words), args.seed)
     full = load_dataset("json", data_files=str(data), split="train", cache_dir=str(tmp / "hf-cache"))
@@ -167,7 +176,7 @@ def main() -> None:
         batches = index_batches([len(p) for p in parts], args.batch, args.batches, args.seed)
         ours_collator = HostLengthsCollator(PretokenizedCollator(
             theirs_collator, model[0].tokenizer, token_columns(tokenized[0]),
-            pad_to_multiple_of=args.pad_to_multiple_of, max_width=max_len,
+            pad_to_multiple_of=args.pad_to_multiple_of, max_width=max_len, bags=static,
         ))
         sides = {
             "theirs": loader(theirs_data, batches, theirs_collator, pin),
@@ -210,7 +219,7 @@ def main() -> None:
         }
 
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"batches-{args.device}-words{args.words[0]}-{args.words[1]}-b{args.batch}"
+    stem = f"batches-{args.device}-{'static-' if static else ''}words{args.words[0]}-{args.words[1]}-b{args.batch}"
     path = args.out / f"{stem}-{dt.date.today().isoformat()}.json"
     record = {
         "benchmark": "batches",
