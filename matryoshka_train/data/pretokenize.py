@@ -83,22 +83,19 @@ def qualifies(model: Any) -> bool:
 
 
 def _tokenizer_key(model: Any) -> str:
-    h = hashlib.sha256()
     static = static_embedding(model)
-    if static is not None:  # a `tokenizers.Tokenizer`, called without special tokens, no truncation
-        spec = json.loads(static.tokenizer.to_str())
-        for state in ("truncation", "padding"):
-            spec.pop(state, None)
-        h.update(json.dumps(spec, sort_keys=True).encode())
-        h.update(b"StaticEmbedding, no special tokens")
-        return h.hexdigest()[:16]
-    tokenizer = first_transformer(model).tokenizer
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    backend = static.tokenizer if static is not None else first_transformer(model).tokenizer.backend_tokenizer
+    h = hashlib.sha256()
+    spec = json.loads(backend.to_str())  # the `tokenizers.Tokenizer` that makes the ids
     for state in ("truncation", "padding"):  # set by each call, not part of what the ids are
         spec.pop(state, None)
     h.update(json.dumps(spec, sort_keys=True).encode())
-    h.update(json.dumps([type(tokenizer).__name__, model.max_seq_length, tokenizer.padding_side,
-                         tokenizer.pad_token_id, getattr(tokenizer, "model_input_names", None)]).encode())
+    if static is not None:  # called as StaticEmbedding.preprocess calls it: no special tokens, no truncation
+        h.update(b"StaticEmbedding, no special tokens")
+    else:
+        tokenizer = first_transformer(model).tokenizer
+        h.update(json.dumps([type(tokenizer).__name__, model.max_seq_length, tokenizer.padding_side,
+                             tokenizer.pad_token_id, getattr(tokenizer, "model_input_names", None)]).encode())
     return h.hexdigest()[:16]
 
 

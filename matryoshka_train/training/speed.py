@@ -60,11 +60,11 @@ The evidence, in one place (update it when a benchmark on that device says other
   torch's ConcatDataset reads one at a time; 512 triplets of 5-40 words 5.1 vs 7.9 ms (1.5x) and 5.2 vs
   27.1 (5.2x). The same batches, so on for every device. Its effect on a GPU step is not measured yet
   (the GPU suite's ``batches`` part and ``ours:rowfetch``).
-* memory probe (``training/memory_probe.py``): not a speed feature but a fault found early: the largest
-  batch each dataset can make runs forward and backward before the first step, so a batch that cannot fit in
-  GPU memory stops the run at once. About one step's time; on for CUDA, whose memory is fixed, and off
-  elsewhere. Whether the allocator's pool, grown to that batch before step 1, brings a first run closer to a
-  warm one is not measured yet (the GPU suite's ``ours:noprobe``).
+* memory probe (``training/memory_probe.py``): not a speed feature but a fault found early: each dataset's
+  largest batch (the costliest of as many as the run draws) runs forward and backward before the first step,
+  so a batch that cannot fit in GPU memory stops the run at once. About one step's time; on for CUDA, whose
+  memory is fixed, and off elsewhere. Whether the allocator's pool, grown to that batch before step 1, brings a
+  first run closer to a warm one is not measured yet (the GPU suite's ``train-long-noprobe`` part).
 * NaN check: reading the loss on the host every step costs nothing on a CPU (there is no device
   queue to drain) but stalls a GPU's queue every step (14% of samples/s on an H100); there it runs
   on logging and save steps.
