@@ -185,11 +185,11 @@ part batches 45 20 "$PY" scripts/bench/batches.py --device "$DEV" --out "$OUTDIR
 part profile-bert-cached 90 50 "${GPU_PROFILE[@]}" "${CACHED[@]}"
 # ours without the memory probe (on by default on CUDA: the largest batch forward and backward before step 1):
 # against train-long's ours, whether the allocator's pool grown before step 1 brings the first run closer to warm
-part train-long-noprobe 60 40 "${TRAIN[@]}" "${LONG[@]}" "${ONE[@]}" --profile-steps 0 --label long-noprobe \
+part train-long-noprobe 60 40 "${TRAIN[@]}" "${LONG[@]}" ${ONE[@]+"${ONE[@]}"} --profile-steps 0 --label long-noprobe \
   --first ours --ours-set training.memory_probe=false
 # both sides with the allocator as it was before `mtrain run` set expandable segments (train-long has them)
 part train-long-noexpandable 60 40 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False "${TRAIN[@]}" "${LONG[@]}" \
-  "${ONE[@]}" --profile-steps 0 --label long-noexpandable --first ours
+  ${ONE[@]+"${ONE[@]}"} --profile-steps 0 --label long-noexpandable --first ours
 part train-long-compile 170 60 "${TRAIN[@]}" "${LONG[@]}" --repeats 1 --label compiled --first ours \
   --variant-repeats 1 --ours-variant compile:training.compile_layers=true \
   --ours-variant paddedcompile:training.packed_forward=false --ours-variant paddedcompile:training.compile_layers=true \
