@@ -12,8 +12,12 @@ DataLoader over the same batches of indices for every side, in this one process:
   :class:`~matryoshka_train.models.host_reads.HostLengthsCollator`), i.e. ``training.columnar_fetch: false``;
 * ``ours``: the same, with the rows read from Arrow a column at a time
   (:class:`~matryoshka_train.data.fetch.ColumnarRows`, ``training.columnar_fetch`` on: the default);
-* ``ours:texts``: a run whose model is not pre-tokenized (a StaticEmbedding, prompts): the texts read
-  a column at a time, then sentence-transformers' collator tokenizes them as in ``theirs``.
+* ``ours:texts``: a run whose data is not pre-tokenized (prompts, a model whose own preprocessing
+  differs; a StaticEmbedding until 2026-11-28): the texts read a column at a time, then
+  sentence-transformers' collator tokenizes them as in ``theirs``.
+
+``--model static`` runs every side on a StaticEmbedding over the same tokenizer (the static recipe's
+kind of model: ids end to end with each row's offset, no padding).
 
 Several datasets (``--datasets K``, the data split in K) go through torch's ``ConcatDataset``, as the
 sentence-transformers trainer trains a dataset dict; every batch comes from one of them. Each side's
@@ -24,6 +28,7 @@ the model's own tokenizer gives (``theirs``). Raw figures: scripts/bench/results
     python scripts/bench/batches.py                         # word-level texts of 16-256 words, batch 128
     python scripts/bench/batches.py --words 5 40 --batch 512
     python scripts/bench/batches.py --device cuda           # also pin each batch and copy it to the GPU
+    python scripts/bench/batches.py --model static --words 5 40 --batch 2048 --batches 10   # the static recipe
 
 The work measured runs on the host, so a CPU machine measures it; ``--device cuda`` adds the pinned
 copy a GPU run makes. It is not a training-speed figure: how much of it a GPU step hides depends on
