@@ -77,7 +77,8 @@
 # train-long 132 s (5 sides), profile-bert 56 s, train-short 77 s, profile-bert-cached 79 s (fp32
 # recompute, 5.7 s a pad64 step), train-long-expandable 59 s (with profiles).
 # Expected now, on an H200 with SUITE_BUDGET_S=490: train-long ~180 s (10 runs: run 4's 7 runs and 5 profiles took
-# 132 s; the compile runs pay their compile in the warm-up steps; 4 profiles), profile-bert ~56 s, train-short ~90 s (with rowfetch), batches ~25 s (on this CPU 35 s,
+# 132 s; the compile runs pay their compile in the warm-up steps; 4 profiles; capped at 215 s, as its profiles
+# come after the timed runs and a cut there would lose them), profile-bert ~56 s, train-short ~90 s (with rowfetch), batches ~25 s (on this CPU 35 s,
 # most of it tokenizing 10k rows four times), profile-bert-cached ~50-65 s (bf16 recompute),
 # train-long-noprobe ~45 s, train-long-noexpandable ~45 s (no profiles; it may now be cut at its cap or skipped),
 # ~480 s with the env dump: profile-xlmr (it needs ~60-80 s: imports, building 560M parameters, 2 variants x 3
@@ -172,7 +173,7 @@ GPU_PROFILE=("$PY" scripts/bench/gpu_profile.py --out "$OUTDIR")
 
 WORKERS=(--ours-variant workers:training.dataloader_num_workers=2
   --ours-variant workers:training.dataloader_prefetch_factor=4)
-part train-long 200 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats "$VREP" \
+part train-long 215 60 "${TRAIN[@]}" "${LONG[@]}" --label long --first ours --variant-repeats "$VREP" \
   "${WORKERS[@]}" --ours-variant compile:training.compile_layers=true \
   --ours-variant fusedloss:training.fused_loss=true \
   --profile-sides theirs,ours,ours:workers,ours:fusedloss
