@@ -10,7 +10,7 @@ attention masks on the CPU, so each row's length is free to read *before* the ba
   the batch under :data:`HOST_LENGTHS` (a NumPy array passes through pinning and the move to the
   device untouched).
 * :func:`carry_host_lengths` takes them out again once the batch is on the device and attaches each
-  to its device mask (attribute :data:`HOST_LENGTHS_ATTR`), where :func:`row_lengths` finds them;
+  to its device mask (attribute :data:`HOST_LENGTHS_ATTR`), where :func:`lengths_of` finds them;
   when sentence-transformers merges the candidate columns into one batch, the lengths are merged
   alongside.
 * transformers' SDPA mask builder reads ``padding_mask.all()`` in every encoder forward to see
@@ -67,11 +67,6 @@ def lengths_of(mask: Tensor) -> tuple[np.ndarray, bool]:
     if known is not None:
         return known, True
     return mask.sum(dim=1).cpu().numpy(), False
-
-
-def row_lengths(mask: Tensor) -> np.ndarray:
-    """The real length of each row of a 2-D attention mask, as a host array (see :func:`lengths_of`)."""
-    return lengths_of(mask)[0]
 
 
 class HostLengthsCollator:
